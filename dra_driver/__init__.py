@@ -1,0 +1,1 @@
+"""DRA kubelet plugin: publishes shareable devices and prepares claims with limits."""

@@ -1,0 +1,196 @@
+"""Kubernetes API access at the edges: plain JSON objects over ``kubernetes_asyncio``'s transport.
+
+The webhook and the driver talk to the API server through :class:`KubeClient`. Objects stay plain
+dicts (the wire format, camelCase) so that fields newer than the client's generated models (for
+example ``consumedCapacity`` or ``allowMultipleAllocations``) are never dropped; the official
+client supplies configuration loading (kubeconfig or in-cluster), authentication and TLS.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator, Mapping
+from typing import Any
+
+from kubernetes_asyncio import client as k8s_client
+from kubernetes_asyncio import config as k8s_config
+from kubernetes_asyncio.client.exceptions import ApiException
+
+Obj = dict[str, Any]
+
+RESOURCE_V1 = "/apis/resource.k8s.io/v1"
+
+
+class KubeError(Exception):
+    """An API call failed; ``status`` is the HTTP status (0 when the server could not be reached)."""
+
+    def __init__(self, status: int, reason: str, *, method: str = "", path: str = "") -> None:
+        self.status = status
+        self.reason = reason
+        self.method = method
+        self.path = path
+        where = f"{method} {path}: " if method else ""
+        super().__init__(f"{where}{reason} (HTTP {status})" if status else f"{where}{reason}")
+
+    @property
+    def not_found(self) -> bool:
+        return self.status == 404
+
+    @property
+    def conflict(self) -> bool:
+        return self.status == 409
+
+    @property
+    def unreachable(self) -> bool:
+        return self.status == 0
+
+
+def namespaced_path(group_version: str, plural: str, namespace: str, name: str | None = None) -> str:
+    """``/api/v1/namespaces/ns/pods[/name]`` or ``/apis/<g>/<v>/namespaces/ns/<plural>[/name]``."""
+    prefix = "/api/v1" if group_version == "v1" else f"/apis/{group_version}"
+    path = f"{prefix}/namespaces/{namespace}/{plural}"
+    return f"{path}/{name}" if name else path
+
+
+def cluster_path(group_version: str, plural: str, name: str | None = None) -> str:
+    prefix = "/api/v1" if group_version == "v1" else f"/apis/{group_version}"
+    path = f"{prefix}/{plural}"
+    return f"{path}/{name}" if name else path
+
+
+class KubeClient:
+    """A small async client for JSON objects; one instance per process, closed with :meth:`close`."""
+
+    def __init__(self, api: k8s_client.ApiClient, *, timeout: float = 10.0) -> None:
+        self._api = api
+        self.timeout = timeout
+
+    @classmethod
+    async def connect(cls, kubeconfig: str | None = None, *, timeout: float = 10.0) -> KubeClient:
+        """From a kubeconfig file, else the in-cluster service account."""
+        configuration = k8s_client.Configuration()
+        if kubeconfig:
+            await k8s_config.load_kube_config(config_file=kubeconfig, client_configuration=configuration)
+        else:
+            k8s_config.load_incluster_config(client_configuration=configuration)
+        return cls(k8s_client.ApiClient(configuration), timeout=timeout)
+
+    @property
+    def host(self) -> str:
+        return str(self._api.configuration.host)
+
+    async def close(self) -> None:
+        await self._api.close()
+
+    async def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        body: Any = None,
+        query: Mapping[str, str] | None = None,
+        content_type: str = "application/json",
+        timeout: float | None = None,
+    ) -> Obj:
+        """One call; the decoded JSON answer, or :class:`KubeError`."""
+        response = await self._raw(method, path, body=body, query=query, content_type=content_type, timeout=timeout)
+        try:
+            data = await response.read()
+        finally:
+            response.release()
+        if not data:
+            return {}
+        decoded = json.loads(data)
+        if not isinstance(decoded, dict):
+            raise KubeError(response.status, "answer is not a JSON object", method=method, path=path)
+        return decoded
+
+    async def _raw(
+        self,
+        method: str,
+        path: str,
+        *,
+        body: Any = None,
+        query: Mapping[str, str] | None = None,
+        content_type: str = "application/json",
+        timeout: float | None = None,
+    ) -> Any:
+        headers = {"Accept": "application/json", "Content-Type": content_type}
+        try:
+            return await self._api.call_api(
+                path,
+                method,
+                query_params=list((query or {}).items()),
+                header_params=headers,
+                body=body,
+                auth_settings=["BearerToken"],
+                _preload_content=False,
+                _request_timeout=timeout if timeout is not None else self.timeout,
+            )
+        except ApiException as exc:
+            raise KubeError(exc.status or 0, _reason(exc), method=method, path=path) from exc
+        except (TimeoutError, asyncio.TimeoutError) as exc:
+            raise KubeError(0, f"no answer within {timeout or self.timeout:g}s", method=method, path=path) from exc
+        except OSError as exc:
+            raise KubeError(0, f"cannot reach the API server at {self.host}: {exc}", method=method, path=path) from exc
+        except Exception as exc:  # aiohttp.ClientError and friends
+            if type(exc).__module__.startswith("aiohttp"):
+                raise KubeError(0, f"cannot reach the API server at {self.host}: {exc}", method=method, path=path) from exc
+            raise
+
+    async def get(self, path: str) -> Obj:
+        return await self.request("GET", path)
+
+    async def list(self, path: str, **selectors: str) -> Obj:
+        """List; keyword arguments become query parameters (``labelSelector``, ``fieldSelector``)."""
+        return await self.request("GET", path, query=selectors)
+
+    async def create(self, path: str, obj: Mapping[str, Any], *, dry_run: bool = False) -> Obj:
+        return await self.request("POST", path, body=dict(obj), query={"dryRun": "All"} if dry_run else None)
+
+    async def replace(self, path: str, obj: Mapping[str, Any]) -> Obj:
+        return await self.request("PUT", path, body=dict(obj))
+
+    async def merge_patch(self, path: str, patch: Mapping[str, Any]) -> Obj:
+        return await self.request("PATCH", path, body=dict(patch), content_type="application/merge-patch+json")
+
+    async def delete(self, path: str) -> Obj:
+        return await self.request("DELETE", path)
+
+    async def watch(
+        self, path: str, *, resource_version: str | None = None, timeout_seconds: int = 300, **selectors: str
+    ) -> AsyncIterator[Obj]:
+        """Watch events (``{"type": ..., "object": ...}``) until the server ends the stream."""
+        query = dict(selectors)
+        query["watch"] = "true"
+        query["timeoutSeconds"] = str(timeout_seconds)
+        if resource_version:
+            query["resourceVersion"] = resource_version
+        response = await self._raw("GET", path, query=query, timeout=timeout_seconds + 30)
+        try:
+            while True:
+                line = await response.content.readline()
+                if not line:
+                    return
+                if line.strip():
+                    event = json.loads(line)
+                    if isinstance(event, dict):
+                        yield event
+        finally:
+            response.release()
+
+
+def _reason(exc: ApiException) -> str:
+    body = exc.body
+    if isinstance(body, bytes):
+        body = body.decode("utf-8", "replace")
+    if isinstance(body, str) and body:
+        try:
+            status = json.loads(body)
+            if isinstance(status, dict) and status.get("message"):
+                return str(status["message"])
+        except ValueError:
+            pass
+        return body[:300]
+    return str(exc.reason or "request failed")

@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# Installs everything the tests, the demo and the benchmarks need, into the repository only:
+# a virtual environment (.venv) and the official helm binary (.tools/bin/helm, sha256-checked).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PYTHON=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+  "$PYTHON" -m venv .venv
+fi
+.venv/bin/python -m pip install -q --disable-pip-version-check --upgrade pip
+.venv/bin/python -m pip install -q --disable-pip-version-check -e '.[dev]'
+
+bash scripts/install-helm.sh

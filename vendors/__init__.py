@@ -1,0 +1,41 @@
+"""Vendor registry: every supported vendor, looked up by short name or driver name."""
+
+from __future__ import annotations
+
+from . import nvidia
+from .base import AdmissionVendor, NodeVendor, VendorNames
+
+
+class UnknownVendorError(KeyError):
+    """A vendor name that no module provides."""
+
+
+_ADMISSION: dict[str, AdmissionVendor] = {nvidia.NAMES.vendor: nvidia.VENDOR}
+_NODE: dict[str, NodeVendor] = {nvidia.NAMES.vendor: nvidia.VENDOR}
+
+
+def all_names() -> list[VendorNames]:
+    """Names of every vendor this build knows, enabled or not."""
+    return [v.names for v in _ADMISSION.values()]
+
+
+def admission_vendors(enabled: list[str] | None = None) -> list[AdmissionVendor]:
+    """Admission sides of the enabled vendors (all known ones when ``enabled`` is ``None``)."""
+    if enabled is None:
+        return list(_ADMISSION.values())
+    return [admission_vendor(name) for name in enabled]
+
+
+def admission_vendor(name: str) -> AdmissionVendor:
+    try:
+        return _ADMISSION[name]
+    except KeyError:
+        raise UnknownVendorError(f"unknown vendor {name!r}; known: {sorted(_ADMISSION)}") from None
+
+
+def node_vendor(name: str) -> NodeVendor:
+    """The node side of a vendor by short name (``nvidia``) or driver name (``nvidia.tessera.dev``)."""
+    for vendor in _NODE.values():
+        if name in (vendor.names.vendor, vendor.names.driver):
+            return vendor
+    raise UnknownVendorError(f"unknown vendor {name!r}; known: {sorted(_NODE)}")

@@ -1,0 +1,365 @@
+"""The vendor layer: one module per accelerator vendor, behind two small protocols.
+
+* :class:`AdmissionVendor` is what the webhook needs: which container resources belong to the
+  vendor, what a container asks for (a :class:`DeviceAsk`), and which CEL selectors the pod's
+  annotations imply.
+* :class:`NodeVendor` is what the DRA driver needs: the simulated models its mock backend can
+  offer, how to discover real devices, and the container edits (env, mounts, device nodes) that
+  enforce an allocated share.
+
+Every name the system agrees on (domain, driver and DeviceClass names, capacity and attribute
+names, the opaque config kind) is defined here or in the vendor module, nowhere else.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol
+
+DOMAIN = "tessera.dev"
+"""Our API domain: annotations, labels and the opaque config live under it."""
+
+SHARING_CONFIG_API_VERSION = f"{DOMAIN}/v1alpha1"
+SHARING_CONFIG_KIND = "SharingConfig"
+
+OPT_OUT_KEY = f"{DOMAIN}/webhook"
+"""Label or annotation on a pod, or label on a namespace; the value ``ignore`` opts out."""
+OPT_OUT_VALUE = "ignore"
+
+# Capacity names published on every shareable device (DESIGN §3).
+CAPACITY_MEMORY = "memory"
+CAPACITY_CORES = "cores"
+CAPACITY_SHARES = "shares"
+
+# Attribute names published on every device (DESIGN §3).
+ATTR_UUID = "uuid"
+ATTR_INDEX = "index"
+ATTR_PRODUCT_NAME = "productName"
+ATTR_TYPE = "type"
+ATTR_ARCHITECTURE = "architecture"
+ATTR_NUMA_NODE = "numaNode"
+ATTR_PCIE_BUS_ID = "pcieBusID"
+ATTR_DRIVER_VERSION = "driverVersion"
+
+DEFAULT_SPLIT_COUNT = 10
+"""Default number of shares per physical device (HAMi's deviceSplitCount)."""
+
+MIB = 1024 * 1024
+
+CoreLimitPolicy = Literal["default", "force", "disable"]
+CORE_LIMIT_POLICIES: tuple[CoreLimitPolicy, ...] = ("default", "force", "disable")
+
+
+class ConversionError(ValueError):
+    """A pod cannot be converted; the message tells the user what to change."""
+
+
+class DiscoveryError(RuntimeError):
+    """Devices could not be enumerated on this node; the message says what to check."""
+
+
+@dataclass(frozen=True)
+class VendorNames:
+    """The names one vendor's devices carry through the system."""
+
+    vendor: str
+    """Short name used on the command line and in Helm values, e.g. ``nvidia``."""
+    device_word: str
+    """The word for one device: device names are ``<word>-<index>``, request names start with it."""
+
+    @property
+    def driver(self) -> str:
+        """DRA driver name, also the name of the vendor's DeviceClass."""
+        return f"{self.vendor}.{DOMAIN}"
+
+    @property
+    def device_class(self) -> str:
+        return self.driver
+
+    @property
+    def cdi_kind(self) -> str:
+        """CDI ``vendor/class`` of the per-claim specs the driver writes."""
+        return f"k8s.{self.driver}/claim"
+
+    def device_name(self, index: int) -> str:
+        return f"{self.device_word}-{index}"
+
+    def qualified(self, name: str) -> str:
+        """A capacity or attribute name qualified with the driver's domain, as CEL and constraints use it."""
+        return f"{self.driver}/{name}"
+
+
+@dataclass(frozen=True)
+class DeviceAsk:
+    """What one container asks of one vendor, validated and in canonical units.
+
+    ``memory_mib`` and ``memory_percent`` are per device and mutually exclusive; ``None`` means the
+    container did not say (the whole device's memory). ``cores`` is a percentage of each device;
+    ``None`` means the container did not ask for cores (no SM limit is applied).
+    """
+
+    count: int
+    memory_mib: int | None = None
+    memory_percent: int | None = None
+    cores: int | None = None
+    priority: int | None = None
+    models: tuple[str, ...] = ()
+    """Device models (the ``type`` attribute) the resource names themselves imply, e.g. ``910B3``."""
+    consumed_resources: tuple[str, ...] = ()
+    """Container resource names this ask was built from, removed from requests and limits."""
+    consumed_env: tuple[str, ...] = ()
+    """Container env names this ask was built from (e.g. ``CUDA_TASK_PRIORITY``), removed from the env."""
+
+
+@dataclass(frozen=True)
+class SharingConfig:
+    """The opaque, per-request config the webhook writes and the driver reads (DESIGN §3)."""
+
+    priority: int | None = None
+    core_limit_policy: CoreLimitPolicy = "default"
+    oversubscribe: bool = False
+
+    def to_parameters(self) -> dict[str, Any]:
+        params: dict[str, Any] = {
+            "apiVersion": SHARING_CONFIG_API_VERSION,
+            "kind": SHARING_CONFIG_KIND,
+            "coreLimitPolicy": self.core_limit_policy,
+            "oversubscribe": self.oversubscribe,
+        }
+        if self.priority is not None:
+            params["priority"] = self.priority
+        return params
+
+    @classmethod
+    def from_parameters(cls, params: Mapping[str, Any]) -> SharingConfig:
+        """Parse and validate opaque parameters; raise ``ValueError`` with the offending field."""
+        if params.get("apiVersion") != SHARING_CONFIG_API_VERSION or params.get("kind") != SHARING_CONFIG_KIND:
+            raise ValueError(
+                f"opaque config is not a {SHARING_CONFIG_API_VERSION} {SHARING_CONFIG_KIND}: "
+                f"apiVersion={params.get('apiVersion')!r} kind={params.get('kind')!r}"
+            )
+        known = {"apiVersion", "kind", "priority", "coreLimitPolicy", "oversubscribe"}
+        unknown = sorted(set(params) - known)
+        if unknown:
+            raise ValueError(f"{SHARING_CONFIG_KIND} has unknown fields {unknown}")
+        priority = params.get("priority")
+        if priority is not None and (isinstance(priority, bool) or priority not in (0, 1)):
+            raise ValueError(f"{SHARING_CONFIG_KIND}.priority must be 0 (high) or 1 (low), got {priority!r}")
+        policy = params.get("coreLimitPolicy", "default")
+        if policy not in CORE_LIMIT_POLICIES:
+            raise ValueError(
+                f"{SHARING_CONFIG_KIND}.coreLimitPolicy must be one of {list(CORE_LIMIT_POLICIES)}, got {policy!r}"
+            )
+        oversubscribe = params.get("oversubscribe", False)
+        if not isinstance(oversubscribe, bool):
+            raise ValueError(f"{SHARING_CONFIG_KIND}.oversubscribe must be a boolean, got {oversubscribe!r}")
+        return cls(priority=priority, core_limit_policy=policy, oversubscribe=oversubscribe)
+
+
+AttributeValue = int | bool | str
+
+
+@dataclass(frozen=True)
+class DeviceInfo:
+    """One physical device as discovery (real or simulated) reports it."""
+
+    index: int
+    uuid: str
+    product_name: str
+    model: str
+    """Short model, published as the ``type`` attribute (``H200``, ``910B3``)."""
+    memory_bytes: int
+    architecture: str = ""
+    compute_capability: str = ""
+    driver_version: str = ""
+    """A semantic version string (``550.54.15`` is normalised by the publisher)."""
+    pci_bus_id: str = ""
+    numa_node: int | None = None
+    device_nodes: tuple[str, ...] = ()
+    """Host device nodes the container needs for this device (empty for simulated devices)."""
+    extra_attributes: Mapping[str, AttributeValue] = field(default_factory=dict)
+    """Vendor-specific attributes, published next to the common ones."""
+
+
+@dataclass(frozen=True)
+class MockModel:
+    """A device model the mock backend can simulate (``--mock-devices 4xH200``)."""
+
+    model: str
+    product_name: str
+    memory_mib: int
+    architecture: str = ""
+    compute_capability: str = ""
+    extra_attributes: Mapping[str, AttributeValue] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Share:
+    """One allocated device (or share of one) that the driver prepares for a container."""
+
+    device: DeviceInfo
+    request: str
+    share_id: str | None
+    memory_bytes: int | None
+    """Consumed memory; ``None`` means the whole device (no limit)."""
+    cores: int | None
+    """Consumed cores in percent, only when the claim asked for cores; ``None`` means no SM limit."""
+
+
+@dataclass(frozen=True)
+class DeviceNode:
+    path: str
+    host_path: str | None = None
+    permissions: str | None = None
+
+
+@dataclass(frozen=True)
+class Mount:
+    host_path: str
+    container_path: str
+    read_only: bool = True
+
+    def options(self) -> list[str]:
+        return ["ro" if self.read_only else "rw", "nosuid", "nodev", "bind"]
+
+
+@dataclass(frozen=True)
+class ContainerEdits:
+    """What the runtime applies to a container that gets a share (CDI ``containerEdits``)."""
+
+    env: Mapping[str, str] = field(default_factory=dict)
+    device_nodes: tuple[DeviceNode, ...] = ()
+    mounts: tuple[Mount, ...] = ()
+
+    def to_cdi(self) -> dict[str, Any]:
+        edits: dict[str, Any] = {}
+        if self.env:
+            edits["env"] = [f"{k}={v}" for k, v in self.env.items()]
+        if self.device_nodes:
+            nodes = []
+            for n in self.device_nodes:
+                node: dict[str, Any] = {"path": n.path}
+                if n.host_path:
+                    node["hostPath"] = n.host_path
+                if n.permissions:
+                    node["permissions"] = n.permissions
+                nodes.append(node)
+            edits["deviceNodes"] = nodes
+        if self.mounts:
+            edits["mounts"] = [
+                {"hostPath": m.host_path, "containerPath": m.container_path, "type": "bind", "options": m.options()}
+                for m in self.mounts
+            ]
+        return edits
+
+
+@dataclass(frozen=True)
+class NodeLayout:
+    """Where the driver keeps things on the host, as the container edits refer to them."""
+
+    host_lib_dir: str
+    """Holds ``libvgpu.so``, ``ld.so.preload``, ``claims/<claim uid>/`` and ``node/``."""
+    claim_dir: str
+    """The per-claim writable directory (host path; mounted at the same path in the container)."""
+
+
+class AdmissionVendor(Protocol):
+    """The webhook side of a vendor."""
+
+    names: VendorNames
+
+    def owns_resource(self, resource_name: str) -> bool:
+        """True when a container resource with this name belongs to the vendor."""
+        ...
+
+    def parse(self, container: Mapping[str, Any]) -> DeviceAsk | None:
+        """What the container asks of this vendor, or ``None`` if nothing.
+
+        Raises :class:`ConversionError` with a message the user can act on for bad values.
+        """
+        ...
+
+    def selectors(self, annotations: Mapping[str, str]) -> list[str]:
+        """CEL expressions the pod's annotations impose on this vendor's devices."""
+        ...
+
+
+class NodeVendor(Protocol):
+    """The node (DRA driver) side of a vendor."""
+
+    names: VendorNames
+    real_backend: str
+    """Name of the real discovery backend for ``--backend`` (``nvml``, ``npu-smi``, ...)."""
+    mock_models: Mapping[str, MockModel]
+
+    def discover(self) -> list[DeviceInfo]:
+        """Enumerate the node's devices with the vendor's own library or tool.
+
+        Raises :class:`DiscoveryError` when the library or tool is missing or its output is unusable.
+        """
+        ...
+
+    def container_edits(self, shares: Sequence[Share], config: SharingConfig, layout: NodeLayout) -> ContainerEdits:
+        """The edits that give a container exactly ``shares`` (sorted by device index) and enforce them."""
+        ...
+
+
+# --- helpers shared by vendor modules (pure) -----------------------------------------------------
+
+_INT_RE = re.compile(r"^\s*\+?(\d+)\s*$")
+
+
+def parse_count(value: Any, resource: str) -> int:
+    """A non-negative whole number from a container resource value (int or quantity string)."""
+    if isinstance(value, bool):
+        raise ConversionError(f"{resource}: expected a whole number, got {value!r}")
+    if isinstance(value, int):
+        number = value
+    else:
+        match = _INT_RE.match(str(value))
+        if not match:
+            raise ConversionError(
+                f"{resource}: expected a whole number, got {value!r}; write for example {resource}: 1"
+            )
+        number = int(match.group(1))
+    if number < 0:
+        raise ConversionError(f"{resource}: must not be negative, got {value!r}")
+    if number > 2**31 - 1:
+        raise ConversionError(f"{resource}: {value!r} is too large")
+    return number
+
+
+def split_list(value: str) -> list[str]:
+    """Comma-separated annotation values, trimmed, empty entries dropped."""
+    return [item.strip() for item in value.split(",") if item.strip()]
+
+
+def cel_string(value: str) -> str:
+    """A CEL string literal (double-quoted, escaped)."""
+    escaped = value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+    return f'"{escaped}"'
+
+
+def cel_regex_literal(value: str) -> str:
+    """``value`` as a case-insensitive RE2 substring pattern, itself as a CEL string literal."""
+    return cel_string("(?i)" + re.escape(value))
+
+
+def type_selector(names: VendorNames, types: Sequence[str], *, negate: bool) -> str:
+    """Case-insensitive substring match of ``type`` or ``productName`` against any of ``types`` (HAMi)."""
+    attrs = f"device.attributes[{cel_string(names.driver)}]"
+    terms = [
+        f"{attrs}.{ATTR_TYPE}.matches({cel_regex_literal(t)}) || {attrs}.{ATTR_PRODUCT_NAME}.matches({cel_regex_literal(t)})"
+        for t in types
+    ]
+    expr = " || ".join(f"({t})" for t in terms)
+    return f"!({expr})" if negate else expr
+
+
+def uuid_selector(names: VendorNames, uuids: Sequence[str], *, negate: bool) -> str:
+    attrs = f"device.attributes[{cel_string(names.driver)}]"
+    listed = ", ".join(cel_string(u) for u in uuids)
+    expr = f"{attrs}.{ATTR_UUID} in [{listed}]"
+    return f"!({expr})" if negate else expr

@@ -1,0 +1,1 @@
+"""Mutating admission webhook: HAMi-style pods become DRA ResourceClaimTemplates."""
