@@ -14,6 +14,25 @@ _ADMISSION: dict[str, AdmissionVendor] = {nvidia.NAMES.vendor: nvidia.VENDOR}
 _NODE: dict[str, NodeVendor] = {nvidia.NAMES.vendor: nvidia.VENDOR}
 
 
+# Resource-name prefixes of every vendor HAMi users write, implemented here or not, so that a pod
+# asking for a vendor this webhook does not serve is refused by name instead of passing through.
+RESOURCE_PREFIXES: dict[str, tuple[str, ...]] = {
+    "nvidia": ("nvidia.com/", "volcano.sh/vgpu-"),
+    "ascend": ("huawei.com/Ascend",),
+    "cambricon": ("cambricon.com/",),
+    "hygon": ("hygon.com/",),
+    "iluvatar": ("iluvatar.ai/",),
+}
+
+
+def vendor_for_resource(resource_name: str) -> str | None:
+    """The vendor a container resource name belongs to, implemented or not; ``None`` if none."""
+    for vendor, prefixes in RESOURCE_PREFIXES.items():
+        if resource_name.startswith(prefixes):
+            return vendor
+    return None
+
+
 def all_names() -> list[VendorNames]:
     """Names of every vendor this build knows, enabled or not."""
     return [v.names for v in _ADMISSION.values()]
