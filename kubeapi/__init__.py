@@ -8,11 +8,11 @@ client supplies configuration loading (kubeconfig or in-cluster), authentication
 
 from __future__ import annotations
 
-import asyncio
 import json
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
+import aiohttp
 from kubernetes_asyncio import client as k8s_client
 from kubernetes_asyncio import config as k8s_config
 from kubernetes_asyncio.client.exceptions import ApiException
@@ -73,7 +73,7 @@ class KubeClient:
         if kubeconfig:
             await k8s_config.load_kube_config(config_file=kubeconfig, client_configuration=configuration)
         else:
-            k8s_config.load_incluster_config(client_configuration=configuration)
+            k8s_config.load_incluster_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
         return cls(k8s_client.ApiClient(configuration), timeout=timeout)
 
     @property
@@ -130,14 +130,11 @@ class KubeClient:
             )
         except ApiException as exc:
             raise KubeError(exc.status or 0, _reason(exc), method=method, path=path) from exc
-        except (TimeoutError, asyncio.TimeoutError) as exc:
+        except TimeoutError as exc:
             raise KubeError(0, f"no answer within {timeout or self.timeout:g}s", method=method, path=path) from exc
-        except OSError as exc:
-            raise KubeError(0, f"cannot reach the API server at {self.host}: {exc}", method=method, path=path) from exc
-        except Exception as exc:  # aiohttp.ClientError and friends
-            if type(exc).__module__.startswith("aiohttp"):
-                raise KubeError(0, f"cannot reach the API server at {self.host}: {exc}", method=method, path=path) from exc
-            raise
+        except (OSError, aiohttp.ClientError) as exc:
+            unreachable = f"cannot reach the API server at {self.host}: {exc}"
+            raise KubeError(0, unreachable, method=method, path=path) from exc
 
     async def get(self, path: str) -> Obj:
         return await self.request("GET", path)
@@ -182,9 +179,8 @@ class KubeClient:
 
 
 def _reason(exc: ApiException) -> str:
-    body = exc.body
-    if isinstance(body, bytes):
-        body = body.decode("utf-8", "replace")
+    raw = exc.body
+    body = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else raw
     if isinstance(body, str) and body:
         try:
             status = json.loads(body)

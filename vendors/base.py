@@ -351,7 +351,7 @@ def type_selector(names: VendorNames, types: Sequence[str], *, negate: bool) -> 
     """Case-insensitive substring match of ``type`` or ``productName`` against any of ``types`` (HAMi)."""
     attrs = f"device.attributes[{cel_string(names.driver)}]"
     terms = [
-        f"{attrs}.{ATTR_TYPE}.matches({cel_regex_literal(t)}) || {attrs}.{ATTR_PRODUCT_NAME}.matches({cel_regex_literal(t)})"
+        " || ".join(f"{attrs}.{attr}.matches({cel_regex_literal(t)})" for attr in (ATTR_TYPE, ATTR_PRODUCT_NAME))
         for t in types
     ]
     expr = " || ".join(f"({t})" for t in terms)
