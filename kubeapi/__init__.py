@@ -118,7 +118,7 @@ class KubeClient:
     ) -> Any:
         headers = {"Accept": "application/json", "Content-Type": content_type}
         try:
-            return await self._api.call_api(
+            response = await self._api.call_api(
                 path,
                 method,
                 query_params=list((query or {}).items()),
@@ -135,6 +135,16 @@ class KubeClient:
         except (OSError, aiohttp.ClientError) as exc:
             unreachable = f"cannot reach the API server at {self.host}: {exc}"
             raise KubeError(0, unreachable, method=method, path=path) from exc
+        # With _preload_content=False the client hands error answers back instead of raising them.
+        status = int(getattr(response, "status", 0) or 0)
+        if not 200 <= status <= 299:
+            try:
+                data = await response.read()
+            finally:
+                response.release()
+            reason = _reason_from_body(data) or str(getattr(response, "reason", "") or "request failed")
+            raise KubeError(status, reason, method=method, path=path)
+        return response
 
     async def get(self, path: str) -> Obj:
         return await self.request("GET", path)
@@ -179,7 +189,11 @@ class KubeClient:
 
 
 def _reason(exc: ApiException) -> str:
-    raw = exc.body
+    return _reason_from_body(exc.body) or str(exc.reason or "request failed")
+
+
+def _reason_from_body(raw: Any) -> str:
+    """The message of a ``metav1.Status`` answer, else the start of the body ("" when there is none)."""
     body = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else raw
     if isinstance(body, str) and body:
         try:
@@ -189,4 +203,4 @@ def _reason(exc: ApiException) -> str:
         except ValueError:
             pass
         return body[:300]
-    return str(exc.reason or "request failed")
+    return ""
