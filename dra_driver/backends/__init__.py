@@ -1,0 +1,50 @@
+"""Device discovery backends: the vendor's real one (NVML for NVIDIA) or the mock.
+
+Both return :class:`vendors.base.DeviceInfo` sorted by index; the rest of the driver cannot tell
+them apart.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from vendors.base import DeviceInfo, DiscoveryError, NodeVendor
+
+from . import mock
+
+MOCK = "mock"
+
+
+class BackendError(RuntimeError):
+    """The configured backend cannot produce devices; the message says what to change."""
+
+
+def backend_names(vendor: NodeVendor) -> list[str]:
+    return [vendor.real_backend, MOCK]
+
+
+async def discover(vendor: NodeVendor, backend: str, *, node_name: str, mock_devices: str | None) -> list[DeviceInfo]:
+    """Enumerate the node's devices with ``backend`` (``mock`` or the vendor's real backend)."""
+    if backend == MOCK:
+        if not mock_devices:
+            raise BackendError("--backend mock needs --mock-devices, e.g. --mock-devices 4xH200")
+        try:
+            devices = mock.discover(mock_devices, vendor.names, vendor.mock_models, node_name)
+        except mock.MockSpecError as exc:
+            raise BackendError(str(exc)) from exc
+    elif backend == vendor.real_backend:
+        try:
+            devices = await asyncio.to_thread(vendor.discover)
+        except DiscoveryError as exc:
+            raise BackendError(str(exc)) from exc
+    else:
+        raise BackendError(
+            f"unknown backend {backend!r} for vendor {vendor.names.vendor}; choose one of {backend_names(vendor)}"
+        )
+    devices = sorted(devices, key=lambda d: d.index)
+    seen: set[str] = set()
+    for d in devices:
+        if d.uuid in seen:
+            raise BackendError(f"two devices report the same UUID {d.uuid}; discovery output is unusable")
+        seen.add(d.uuid)
+    return devices

@@ -1,0 +1,209 @@
+"""From a ResourceClaim to what this node must prepare: pure functions, no I/O.
+
+``plan_claim`` reads ``status.allocation`` (the results of this driver in this node's pool, the
+consumed capacity of each share, the opaque ``SharingConfig``) and ``spec.devices`` (whether a
+request asked for cores) and yields one :class:`RequestPlan` per request of the claim.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from vendors.base import CAPACITY_CORES, CAPACITY_MEMORY, DeviceInfo, Share, SharingConfig, VendorNames
+
+from .quantity import QuantityError, quantity_ceil
+
+
+class ClaimError(Exception):
+    """Preparing one claim failed; ``reason`` is a short metric label, the message says what to do."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        self.reason = reason
+        super().__init__(message)
+
+
+@dataclass(frozen=True)
+class ClaimRef:
+    namespace: str
+    name: str
+    uid: str
+
+    def __str__(self) -> str:
+        return f"{self.namespace}/{self.name}"
+
+
+@dataclass(frozen=True)
+class AllocatedDevice:
+    """One allocation result of this driver in this node's pool."""
+
+    request: str
+    """As in the result: ``<request>`` or ``<request>/<subrequest>``."""
+    device: str
+    pool: str
+    share_id: str | None
+    memory_bytes: int | None
+    cores: int | None
+    admin_access: bool = False
+
+    @property
+    def base_request(self) -> str:
+        return self.request.split("/", 1)[0]
+
+
+@dataclass(frozen=True)
+class RequestPlan:
+    """The devices one request of the claim got, and how the container that uses them is limited."""
+
+    name: str
+    results: tuple[AllocatedDevice, ...]
+    shares: tuple[Share, ...]
+    """One per distinct device, sorted by device index (the container's CUDA ordinal order)."""
+    config: SharingConfig = field(default_factory=SharingConfig)
+
+
+@dataclass(frozen=True)
+class ClaimPlan:
+    ref: ClaimRef
+    requests: tuple[RequestPlan, ...]
+
+    @property
+    def results(self) -> list[AllocatedDevice]:
+        return [r for req in self.requests for r in req.results]
+
+
+def _capacity_value(consumed: Mapping[str, Any], names: VendorNames, key: str) -> Any:
+    for k in (key, names.qualified(key)):
+        if k in consumed:
+            return consumed[k]
+    return None
+
+
+def _asked_capacity(claim: Mapping[str, Any], request: str) -> Mapping[str, Any]:
+    """``capacity.requests`` of the request (or the chosen subrequest) named in a result."""
+    base, _, sub = request.partition("/")
+    for req in ((claim.get("spec") or {}).get("devices") or {}).get("requests") or []:
+        if req.get("name") != base:
+            continue
+        if sub:
+            for alt in req.get("firstAvailable") or []:
+                if alt.get("name") == sub:
+                    return ((alt.get("capacity") or {}).get("requests")) or {}
+            return {}
+        exactly = req.get("exactly") or {}
+        return ((exactly.get("capacity") or {}).get("requests")) or {}
+    return {}
+
+
+def _sharing_config(
+    ref: ClaimRef, configs: Sequence[Mapping[str, Any]], names: VendorNames, result_names: set[str]
+) -> SharingConfig:
+    """The SharingConfig for one request: class configs first, claim configs later; the last one wins."""
+    ordered = sorted(
+        (c for c in configs if ((c.get("opaque") or {}).get("driver")) == names.driver),
+        key=lambda c: 0 if c.get("source") == "FromClass" else 1,
+    )
+    chosen: SharingConfig | None = None
+    for entry in ordered:
+        applies_to = entry.get("requests") or []
+        if applies_to and not (set(applies_to) & result_names):
+            continue
+        params = (entry.get("opaque") or {}).get("parameters")
+        if not isinstance(params, Mapping):
+            raise ClaimError("config", f"ResourceClaim {ref}: opaque config for {names.driver} is not a JSON object")
+        try:
+            chosen = SharingConfig.from_parameters(params)
+        except ValueError as exc:
+            raise ClaimError(
+                "config", f"ResourceClaim {ref}: invalid opaque config for request(s) {sorted(result_names)}: {exc}"
+            ) from exc
+    return chosen or SharingConfig()
+
+
+def plan_claim(
+    claim: Mapping[str, Any],
+    ref: ClaimRef,
+    names: VendorNames,
+    pool: str,
+    devices: Mapping[str, DeviceInfo],
+) -> ClaimPlan:
+    """What to prepare for ``claim`` on this node; :class:`ClaimError` when it cannot be prepared."""
+    meta = claim.get("metadata") or {}
+    if meta.get("uid") != ref.uid:
+        raise ClaimError(
+            "claim",
+            f"ResourceClaim {ref} has UID {meta.get('uid')!r} but kubelet asked for {ref.uid!r}: the claim was "
+            "replaced; kubelet will retry with the current one",
+        )
+    allocation = (claim.get("status") or {}).get("allocation")
+    if not allocation:
+        raise ClaimError(
+            "claim", f"ResourceClaim {ref} is not allocated (status.allocation is empty); kubelet will retry"
+        )
+    alloc_devices = allocation.get("devices") or {}
+    results: list[AllocatedDevice] = []
+    for res in alloc_devices.get("results") or []:
+        if res.get("driver") != names.driver or res.get("pool") != pool:
+            continue
+        device_name = str(res.get("device", ""))
+        if device_name not in devices:
+            raise ClaimError(
+                "claim",
+                f"ResourceClaim {ref} was allocated device {device_name!r} of pool {pool}, which this node does not "
+                f"have (it has {', '.join(sorted(devices)) or 'no devices'}); delete the pod so that the claim "
+                "is allocated again",
+            )
+        consumed = res.get("consumedCapacity") or {}
+        request = str(res.get("request", ""))
+        try:
+            mem_value = _capacity_value(consumed, names, CAPACITY_MEMORY)
+            memory = quantity_ceil(mem_value) if mem_value is not None else None
+            asked = _asked_capacity(claim, request)
+            cores: int | None = None
+            if _capacity_value(asked, names, CAPACITY_CORES) is not None:
+                consumed_cores = _capacity_value(consumed, names, CAPACITY_CORES)
+                raw = consumed_cores if consumed_cores is not None else _capacity_value(asked, names, CAPACITY_CORES)
+                cores = max(0, min(100, quantity_ceil(raw)))
+        except QuantityError as exc:
+            raise ClaimError(
+                "claim", f"ResourceClaim {ref}: unreadable capacity for device {device_name}: {exc}"
+            ) from exc
+        share_id = res.get("shareID") or None
+        results.append(
+            AllocatedDevice(
+                request=request,
+                device=device_name,
+                pool=pool,
+                share_id=str(share_id) if share_id else None,
+                memory_bytes=memory,
+                cores=cores,
+                admin_access=bool(res.get("adminAccess")),
+            )
+        )
+    configs = alloc_devices.get("config") or []
+    plans: list[RequestPlan] = []
+    for base in dict.fromkeys(r.base_request for r in results):
+        mine = tuple(r for r in results if r.base_request == base)
+        config = _sharing_config(ref, configs, names, {base} | {r.request for r in mine})
+        plans.append(RequestPlan(name=base, results=mine, shares=_merge_shares(mine, base, devices), config=config))
+    return ClaimPlan(ref=ref, requests=tuple(plans))
+
+
+def _merge_shares(
+    results: Sequence[AllocatedDevice], request: str, devices: Mapping[str, DeviceInfo]
+) -> tuple[Share, ...]:
+    """One share per device: two shares of the same card in one request add up (the container sees it once)."""
+    merged: dict[str, Share] = {}
+    for r in results:
+        info = devices[r.device]
+        prev = merged.get(r.device)
+        if prev is None:
+            merged[r.device] = Share(
+                device=info, request=request, share_id=r.share_id, memory_bytes=r.memory_bytes, cores=r.cores
+            )
+            continue
+        memory = None if prev.memory_bytes is None or r.memory_bytes is None else prev.memory_bytes + r.memory_bytes
+        cores = None if prev.cores is None and r.cores is None else min(100, (prev.cores or 0) + (r.cores or 0))
+        merged[r.device] = Share(device=info, request=request, share_id=prev.share_id, memory_bytes=memory, cores=cores)
+    return tuple(sorted(merged.values(), key=lambda s: s.device.index))

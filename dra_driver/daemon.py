@@ -1,0 +1,232 @@
+"""Wiring: discovery, checkpoint, the two sockets, the slice publisher, health and metrics.
+
+Start order follows the kubelet's expectations: the DRA socket serves before the registration
+socket appears (the kubelet calls the DRA socket as soon as it registers us); on SIGTERM the
+registration socket goes first, then the DRA socket, and both files are removed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import logging
+import os
+import signal
+from typing import IO
+
+import grpc
+from aiohttp import web
+
+import vendors
+from kubeapi import KubeClient
+from vendors.base import DeviceInfo, NodeVendor
+
+from . import backends, fsutil, health, plugin, registration
+from .checkpoint import Checkpoint
+from .cli import Settings
+from .metrics import DriverMetrics
+from .metrics import serve as serve_metrics
+from .prepare import Preparer
+from .slices import SlicePublisher
+
+log = logging.getLogger("dra_driver")
+
+
+class StartupError(RuntimeError):
+    """The driver cannot start; the message says what to fix."""
+
+
+class Driver:
+    """One running plugin instance."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.vendor: NodeVendor = vendors.node_vendor(settings.driver)
+        self.names = self.vendor.names
+        self.metrics = DriverMetrics(self.names, settings.node_name, hami=settings.hami_metrics)
+        self.devices: list[DeviceInfo] = []
+        self.client: KubeClient | None = None
+        self.checkpoint: Checkpoint | None = None
+        self.preparer: Preparer | None = None
+        self.publisher: SlicePublisher | None = None
+        self.monitor: health.DeviceHealthMonitor | None = None
+        self._dra_server: grpc.aio.Server | None = None
+        self._reg_server: grpc.aio.Server | None = None
+        self._live_server: grpc.aio.Server | None = None
+        self._metrics_runner: web.AppRunner | None = None
+        self._lock_file: IO[str] | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._stopped = asyncio.Event()
+
+    # -- start ----------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        s = self.settings
+        for directory in (s.plugin_dir, s.registry_dir, s.cdi_dir, os.path.join(s.host_lib_dir, "claims")):
+            os.makedirs(directory, exist_ok=True)
+        fsutil.make_shared_dir(os.path.join(s.host_lib_dir, "node"))
+        self._take_lock()
+        try:
+            self.devices = await backends.discover(
+                self.vendor, s.backend, node_name=s.node_name, mock_devices=s.mock_devices
+            )
+        except backends.BackendError as exc:
+            raise StartupError(str(exc)) from exc
+        self.metrics.devices = self.devices
+        log.info(
+            "devices discovered",
+            extra={
+                "node": s.node_name,
+                "backend": s.backend,
+                "devices": [f"{self.names.device_name(d.index)}:{d.model}:{d.uuid}" for d in self.devices],
+            },
+        )
+        self.checkpoint = Checkpoint.load(s.checkpoint_path, s.driver)
+        if self.checkpoint.previous_boot_id and self.checkpoint.previous_boot_id != self.checkpoint.boot_id:
+            log.info("node rebooted since the checkpoint was written", extra={"claims": len(self.checkpoint)})
+        try:
+            self.client = await KubeClient.connect(s.kubeconfig, timeout=s.api_timeout)
+        except Exception as exc:
+            raise StartupError(
+                f"cannot configure the Kubernetes client ({exc}); pass --kubeconfig or run in a pod with a "
+                "service account"
+            ) from exc
+        self.preparer = Preparer(
+            vendor=self.vendor,
+            node_name=s.node_name,
+            devices=self.devices,
+            client=self.client,
+            checkpoint=self.checkpoint,
+            cdi_dir=s.cdi_dir,
+            host_lib_dir=s.host_lib_dir,
+            metrics=self.metrics,
+            api_timeout=s.api_timeout,
+            failpoint=s.failpoint,
+        )
+        await self.preparer.restore()
+        await self.checkpoint.commit()
+
+        self.monitor = health.DeviceHealthMonitor(
+            self.names, s.node_name, self.devices, self._rediscover, interval=s.health_interval
+        )
+        self._dra_server = grpc.aio.server()
+        plugin.add_to_server(self._dra_server, self.preparer)
+        health.add_to_server(self._dra_server, self.monitor)
+        await self._listen_unix(self._dra_server, s.dra_socket)
+
+        self.publisher = SlicePublisher(
+            self.client,
+            self.names,
+            s.node_name,
+            self.devices,
+            s.split_count,
+            self.metrics,
+            resync_seconds=s.slice_resync,
+        )
+        self.publisher.start()
+
+        reg = registration.Registration(
+            s.driver, s.dra_socket, [*plugin.SERVICES, health.HEALTH_SERVICE], on_registered=self._on_registered
+        )
+        self._reg_server = grpc.aio.server()
+        registration.add_to_server(self._reg_server, reg)
+        await self._listen_unix(self._reg_server, s.registration_socket)
+
+        self._tasks.append(asyncio.create_task(self.monitor.run(), name="device-health"))
+        if s.healthz_port:
+            live = health.Liveness(s.registration_socket, s.dra_socket)
+            self._live_server = await health.serve_liveness(live, s.listen_address, s.healthz_port)
+        if s.metrics_port:
+            self._metrics_runner = await serve_metrics(self.metrics, s.listen_address, s.metrics_port)
+        log.info(
+            "driver started",
+            extra={
+                "driver": s.driver,
+                "node": s.node_name,
+                "dra_socket": s.dra_socket,
+                "registration_socket": s.registration_socket,
+                "prepared_claims": len(self.checkpoint),
+            },
+        )
+
+    def _take_lock(self) -> None:
+        path = os.path.join(self.settings.plugin_dir, "plugin.lock")
+        f = open(path, "a+", encoding="utf-8")  # noqa: SIM115 - held for the process lifetime
+        try:
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.close()
+            raise StartupError(
+                f"another instance of {self.settings.driver} holds {path}; only one may run per node "
+                "(DaemonSet maxSurge must be 0)"
+            ) from None
+        self._lock_file = f
+
+    async def _listen_unix(self, server: grpc.aio.Server, path: str) -> None:
+        fsutil.remove_stale_socket(path)
+        if server.add_insecure_port(f"unix://{path}") == 0:
+            raise StartupError(f"cannot listen on {path}")
+        await server.start()
+
+    async def _rediscover(self) -> list[DeviceInfo]:
+        s = self.settings
+        return await backends.discover(self.vendor, s.backend, node_name=s.node_name, mock_devices=s.mock_devices)
+
+    def _on_registered(self, registered: bool, error: str) -> None:
+        if registered and self.publisher is not None:
+            self.publisher.trigger("kubelet registration")
+
+    # -- stop -----------------------------------------------------------------------------------
+
+    def request_stop(self) -> None:
+        self._stopped.set()
+
+    async def wait(self) -> None:
+        await self._stopped.wait()
+
+    async def stop(self) -> None:
+        s = self.settings
+        if self._reg_server is not None:
+            await self._reg_server.stop(grace=1)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(s.registration_socket)
+        if self._dra_server is not None:
+            await self._dra_server.stop(grace=5)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(s.dra_socket)
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        if self.publisher is not None:
+            await self.publisher.stop()
+        if self._live_server is not None:
+            await self._live_server.stop(grace=1)
+        if self._metrics_runner is not None:
+            await self._metrics_runner.cleanup()
+        if self.client is not None:
+            await self.client.close()
+        if self._lock_file is not None:
+            self._lock_file.close()
+            self._lock_file = None
+        log.info("driver stopped; sockets removed", extra={"driver": s.driver, "node": s.node_name})
+
+
+async def run(settings: Settings) -> int:
+    """Run until SIGTERM or SIGINT; the exit code."""
+    driver = Driver(settings)
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, driver.request_stop)
+    try:
+        await driver.start()
+    except StartupError as exc:
+        log.error("cannot start: %s", exc)
+        await driver.stop()
+        return 1
+    await driver.wait()
+    log.info("stopping", extra={"driver": settings.driver})
+    await driver.stop()
+    return 0

@@ -1,0 +1,80 @@
+"""Durable file operations: atomic replace with fsync, and tidy removal. Blocking; call via a thread."""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import shutil
+import tempfile
+
+
+def fsync_dir(path: str) -> None:
+    """Flush a directory entry change (create, rename, unlink) to disk."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_atomic(path: str, data: bytes, *, mode: int = 0o644) -> None:
+    """Replace ``path`` with ``data`` so that readers see the old or the new content, never a mix.
+
+    A temporary file in the same directory is written and fsynced, renamed over ``path``, and the
+    directory is fsynced so that the rename survives a power cut.
+    """
+    directory = os.path.dirname(path) or "."
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=directory)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fchmod(f.fileno(), mode)
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    fsync_dir(directory)
+
+
+def remove_file(path: str) -> bool:
+    """Remove a file and flush the directory; ``False`` if it was already gone."""
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        return False
+    fsync_dir(os.path.dirname(path) or ".")
+    return True
+
+
+def remove_tree(path: str) -> bool:
+    """Remove a directory tree; ``False`` if it was already gone."""
+    try:
+        shutil.rmtree(path)
+    except FileNotFoundError:
+        return False
+    parent = os.path.dirname(path.rstrip("/")) or "."
+    with contextlib.suppress(FileNotFoundError):
+        fsync_dir(parent)
+    return True
+
+
+def make_shared_dir(path: str, mode: int = 0o777) -> None:
+    """Create ``path`` (and parents) and give it ``mode`` regardless of the umask."""
+    os.makedirs(path, exist_ok=True)
+    os.chmod(path, mode)
+
+
+def remove_stale_socket(path: str) -> None:
+    """Remove a leftover socket (or file) at ``path`` so that a server can bind there."""
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        return
+    except IsADirectoryError:
+        raise OSError(errno.EISDIR, f"{path} is a directory, not a socket; remove it") from None
+    except PermissionError as exc:  # pragma: no cover - depends on host permissions
+        raise OSError(exc.errno, f"cannot remove stale socket {path}: {exc.strerror}") from exc

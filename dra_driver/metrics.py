@@ -1,0 +1,180 @@
+"""Prometheus metrics of the driver, on ``--metrics-port`` (``/metrics``).
+
+Tessera's own names start with ``tessera_dra_``. With ``--hami-metrics`` the per-device allocation
+figures are also exported under HAMi's scheduler names (``hami_gpu_memory_allocated_bytes`` and
+friends, const label ``zone="vGPU"``), so existing HAMi dashboards keep working.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from vendors.base import MIB, DeviceInfo, VendorNames
+
+log = logging.getLogger("dra_driver.metrics")
+
+LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+
+@dataclass(frozen=True)
+class DeviceUsage:
+    """What prepared claims hold of one device."""
+
+    memory_bytes: int = 0
+    cores: int = 0
+    shares: int = 0
+
+
+UsageProvider = Callable[[], Mapping[str, DeviceUsage]]
+"""Device name -> usage, computed from the checkpoint at scrape time."""
+
+
+class _DeviceCollector(Collector):
+    def __init__(self, owner: DriverMetrics) -> None:
+        self._owner = owner
+
+    def collect(self) -> Iterable[GaugeMetricFamily]:
+        owner = self._owner
+        usage = owner.usage_provider() if owner.usage_provider else {}
+        labels = ["device", "uuid", "index", "type"]
+        devices = GaugeMetricFamily("tessera_dra_devices", "Devices this driver publishes, by model.", labels=["type"])
+        total = GaugeMetricFamily("tessera_dra_device_memory_bytes", "Published memory of each device.", labels=labels)
+        mem = GaugeMetricFamily(
+            "tessera_dra_device_allocated_memory_bytes", "Memory of each device held by prepared claims.", labels=labels
+        )
+        cores = GaugeMetricFamily(
+            "tessera_dra_device_allocated_cores_percent",
+            "Cores (percent of SM time) of each device held by prepared claims.",
+            labels=labels,
+        )
+        shares = GaugeMetricFamily(
+            "tessera_dra_device_shares", "Prepared shares (allocations) on each device.", labels=labels
+        )
+        by_model: dict[str, int] = {}
+        for d in owner.devices:
+            by_model[d.model] = by_model.get(d.model, 0) + 1
+            name = owner.names.device_name(d.index)
+            values = [name, d.uuid, str(d.index), d.model]
+            u = usage.get(name, DeviceUsage())
+            total.add_metric(values, float((d.memory_bytes // MIB) * MIB))
+            mem.add_metric(values, float(u.memory_bytes))
+            cores.add_metric(values, float(u.cores))
+            shares.add_metric(values, float(u.shares))
+        for model, count in sorted(by_model.items()):
+            devices.add_metric([model], float(count))
+        yield from (devices, total, mem, cores, shares)
+        if not owner.hami:
+            return
+        hami_labels = ["node", "device_uuid", "device_index", "device_type", "zone"]
+        limit = GaugeMetricFamily("hami_gpu_memory_limit_bytes", "Device memory (HAMi name).", labels=hami_labels)
+        core_limit = GaugeMetricFamily(
+            "hami_gpu_core_limit_ratio", "Device cores, 0-100 (HAMi name).", labels=hami_labels
+        )
+        allocated = GaugeMetricFamily(
+            "hami_gpu_memory_allocated_bytes",
+            "Device memory allocated to prepared claims (HAMi name).",
+            labels=["node", "device_uuid", "device_index", "device_cores", "device_type", "zone"],
+        )
+        shared = GaugeMetricFamily("hami_gpu_shared_count", "Shares on the device (HAMi name).", labels=hami_labels)
+        core_alloc = GaugeMetricFamily(
+            "hami_gpu_core_allocated_ratio", "Cores allocated, 0-100 (HAMi name).", labels=hami_labels
+        )
+        mem_ratio = GaugeMetricFamily(
+            "hami_node_gpu_memory_allocated_ratio", "Memory allocated, 0-1 (HAMi name).", labels=hami_labels
+        )
+        for d in owner.devices:
+            u = usage.get(owner.names.device_name(d.index), DeviceUsage())
+            base = [owner.node, d.uuid, str(d.index), d.model, "vGPU"]
+            memory = float((d.memory_bytes // MIB) * MIB)
+            limit.add_metric(base, memory)
+            core_limit.add_metric(base, 100.0)
+            allocated.add_metric(
+                [owner.node, d.uuid, str(d.index), str(u.cores), d.model, "vGPU"], float(u.memory_bytes)
+            )
+            shared.add_metric(base, float(u.shares))
+            core_alloc.add_metric(base, float(u.cores))
+            mem_ratio.add_metric(base, float(u.memory_bytes) / memory if memory else 0.0)
+        yield from (limit, core_limit, allocated, shared, core_alloc, mem_ratio)
+
+
+class DriverMetrics:
+    """Every metric of one driver instance, in its own registry."""
+
+    def __init__(self, names: VendorNames, node: str, *, hami: bool = False) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.names = names
+        self.node = node
+        self.hami = hami
+        self.devices: Sequence[DeviceInfo] = ()
+        self.usage_provider: UsageProvider | None = None
+        r = self.registry
+        self.prepares = Counter(
+            "tessera_dra_prepares", "Claims prepared, by result (ok, error).", ["result"], registry=r
+        )
+        self.prepare_errors = Counter(
+            "tessera_dra_prepare_errors",
+            "Claims whose prepare failed, by reason (api, claim, conflict, config, io).",
+            ["reason"],
+            registry=r,
+        )
+        self.unprepares = Counter(
+            "tessera_dra_unprepares", "Claims unprepared, by result (ok, error).", ["result"], registry=r
+        )
+        self.prepare_seconds = Histogram(
+            "tessera_dra_prepare_duration_seconds",
+            "Time to prepare one claim (API read, CDI write and checkpoint included).",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.slice_publish = Counter(
+            "tessera_dra_slice_reconciles",
+            "ResourceSlice reconciles, by result (changed, unchanged, error).",
+            ["result"],
+            registry=r,
+        )
+        self.slice_publish_seconds = Histogram(
+            "tessera_dra_slice_publish_duration_seconds",
+            "Time to publish a changed pool.",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.sharing_enabled = Gauge(
+            "tessera_dra_sharing_enabled",
+            "1 when devices are published as shareable; 0 when the API server dropped the consumable-capacity "
+            "fields (DRAConsumableCapacity gate off) and devices are published whole.",
+            registry=r,
+        )
+        self.fields_dropped = Counter(
+            "tessera_dra_consumable_capacity_dropped",
+            "Times the API server was found dropping allowMultipleAllocations or request policies.",
+            registry=r,
+        )
+        self.prepared_claims = Gauge("tessera_dra_prepared_claims", "Claims in the checkpoint.", registry=r)
+        self.registry.register(_DeviceCollector(self))
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+async def serve(metrics: DriverMetrics, host: str, port: int) -> web.AppRunner:
+    """Serve ``/metrics`` over HTTP; the caller cleans up the returned runner."""
+
+    async def handle(_: web.Request) -> web.Response:
+        body = metrics.render()
+        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    app = web.Application()
+    app.router.add_get("/metrics", handle)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, host, port)
+    await site.start()
+    log.info("metrics listening", extra={"address": f"{host}:{port}", "hami_names": metrics.hami})
+    return runner

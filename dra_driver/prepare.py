@@ -1,0 +1,333 @@
+"""NodePrepareResources and NodeUnprepareResources: the orchestration (DESIGN §2 steps 4 and 7).
+
+Per claim: answer from the checkpoint if it is already prepared; else GET the claim, plan it
+(:mod:`claims`), refuse devices prepared for another claim unless both allocations are shares,
+record ``PrepareStarted``, create the claim directory, write the CDI spec, record
+``PrepareCompleted``. Unprepare works from the checkpoint alone. Claims are independent: each has
+its own lock, and a failure is reported for that claim only.
+
+``TESSERA_FAILPOINT=<step>`` (test only) makes the process kill itself with SIGKILL right after the
+named step, to prove that a restart recovers: ``after-started``, ``after-claim-dir``, ``after-cdi``,
+``after-completed``, ``unprepare-after-cdi``, ``unprepare-after-claim-dir``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import os
+import signal
+import time
+from collections.abc import AsyncIterator, Mapping, Sequence
+from contextlib import asynccontextmanager
+
+from kubeapi import KubeClient, KubeError, namespaced_path
+from vendors.base import DeviceInfo, NodeLayout, NodeVendor
+
+from . import cdi, fsutil
+from .checkpoint import COMPLETED, STARTED, Checkpoint, ClaimEntry, DeviceHold, PreparedDevice
+from .claims import ClaimError, ClaimPlan, ClaimRef, plan_claim
+from .metrics import DeviceUsage, DriverMetrics
+
+log = logging.getLogger("dra_driver.prepare")
+
+FAILPOINTS = (
+    "after-started",
+    "after-claim-dir",
+    "after-cdi",
+    "after-completed",
+    "unprepare-after-cdi",
+    "unprepare-after-claim-dir",
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class PrepareResult:
+    devices: tuple[PreparedDevice, ...] = ()
+    error: str = ""
+
+
+class _KeyedLocks:
+    """One asyncio lock per key, dropped when nobody holds or waits for it."""
+
+    def __init__(self) -> None:
+        self._locks: dict[str, tuple[asyncio.Lock, int]] = {}
+
+    @asynccontextmanager
+    async def hold(self, key: str) -> AsyncIterator[None]:
+        lock, users = self._locks.get(key, (asyncio.Lock(), 0))
+        self._locks[key] = (lock, users + 1)
+        try:
+            async with lock:
+                yield
+        finally:
+            lock, users = self._locks[key]
+            if users <= 1:
+                del self._locks[key]
+            else:
+                self._locks[key] = (lock, users - 1)
+
+
+class Preparer:
+    """Prepares and unprepares claims of one driver on one node."""
+
+    def __init__(
+        self,
+        *,
+        vendor: NodeVendor,
+        node_name: str,
+        devices: Sequence[DeviceInfo],
+        client: KubeClient | None,
+        checkpoint: Checkpoint,
+        cdi_dir: str,
+        host_lib_dir: str,
+        metrics: DriverMetrics,
+        api_timeout: float = 10.0,
+        failpoint: str | None = None,
+    ) -> None:
+        self.vendor = vendor
+        self.names = vendor.names
+        self.node = node_name
+        self.devices = {vendor.names.device_name(d.index): d for d in devices}
+        self.client = client
+        self.checkpoint = checkpoint
+        self.cdi_dir = cdi_dir
+        self.host_lib_dir = host_lib_dir
+        self.metrics = metrics
+        self.api_timeout = api_timeout
+        self.failpoint = failpoint
+        self._locks = _KeyedLocks()
+        metrics.usage_provider = self.usage
+        metrics.prepared_claims.set(len(checkpoint))
+
+    # -- public ---------------------------------------------------------------------------------
+
+    async def prepare(self, claims: Sequence[ClaimRef]) -> dict[str, PrepareResult]:
+        """Prepare every claim concurrently; an entry per claim UID, errors per claim."""
+        results = await asyncio.gather(*(self._prepare_timed(c) for c in claims))
+        return {c.uid: r for c, r in zip(claims, results, strict=True)}
+
+    async def unprepare(self, claims: Sequence[ClaimRef]) -> dict[str, str]:
+        """Unprepare every claim; claim UID -> error ("" on success). Unknown claims succeed."""
+        results = await asyncio.gather(*(self._unprepare_one(c) for c in claims))
+        return {c.uid: r for c, r in zip(claims, results, strict=True)}
+
+    def usage(self) -> dict[str, DeviceUsage]:
+        """Per device: memory, cores and shares held by prepared claims (for metrics)."""
+        out: dict[str, DeviceUsage] = {}
+        for _, entry in self.checkpoint.items():
+            for hold in entry.holds:
+                info = self.devices.get(hold.device)
+                prev = out.get(hold.device, DeviceUsage())
+                memory = hold.memory_bytes if hold.memory_bytes is not None else (info.memory_bytes if info else 0)
+                cores = hold.cores if hold.cores is not None else (0 if hold.share_id else 100)
+                out[hold.device] = DeviceUsage(
+                    memory_bytes=prev.memory_bytes + memory, cores=prev.cores + cores, shares=prev.shares + 1
+                )
+        return out
+
+    async def restore(self) -> None:
+        """At start-up: put back CDI specs and claim directories of completed claims that went missing
+        (``/var/run/cdi`` is emptied by a reboot) so that running and restarting containers still start."""
+        for uid, entry in self.checkpoint.items():
+            if entry.completed and not self._files_present(entry):
+                await self._restore_files(entry)
+                log.info("restored files of prepared claim", extra=self._ctx(entry.namespace, entry.name, uid))
+
+    # -- prepare --------------------------------------------------------------------------------
+
+    async def _prepare_timed(self, ref: ClaimRef) -> PrepareResult:
+        started = time.perf_counter()
+        try:
+            devices = await self._prepare_one(ref)
+        except ClaimError as exc:
+            self.metrics.prepares.labels(result="error").inc()
+            self.metrics.prepare_errors.labels(reason=exc.reason).inc()
+            log.warning("prepare failed", extra={**self._ctx(ref.namespace, ref.name, ref.uid), "error": str(exc)})
+            return PrepareResult(error=str(exc))
+        except Exception as exc:
+            self.metrics.prepares.labels(result="error").inc()
+            self.metrics.prepare_errors.labels(reason="io").inc()
+            log.exception("prepare failed", extra=self._ctx(ref.namespace, ref.name, ref.uid))
+            return PrepareResult(error=f"preparing ResourceClaim {ref} failed: {exc}; kubelet will retry")
+        elapsed = time.perf_counter() - started
+        self.metrics.prepares.labels(result="ok").inc()
+        self.metrics.prepare_seconds.observe(elapsed)
+        log.info(
+            "prepared",
+            extra={
+                **self._ctx(ref.namespace, ref.name, ref.uid),
+                "devices": [d.device_name for d in devices],
+                "ms": round(elapsed * 1000, 2),
+            },
+        )
+        return PrepareResult(devices=devices)
+
+    async def _prepare_one(self, ref: ClaimRef) -> tuple[PreparedDevice, ...]:
+        async with self._locks.hold(ref.uid):
+            entry = self.checkpoint.get(ref.uid)
+            if entry is not None and entry.completed:
+                if not self._files_present(entry):
+                    await self._restore_files(entry)
+                return entry.devices
+            claim = await self.read_claim(ref)
+            return await self.prepare_claim(claim, ref)
+
+    async def read_claim(self, ref: ClaimRef) -> Mapping[str, object]:
+        if self.client is None:
+            raise ClaimError("api", f"cannot read ResourceClaim {ref}: no API client configured")
+        path = namespaced_path("resource.k8s.io/v1", "resourceclaims", ref.namespace, ref.name)
+        try:
+            return await asyncio.wait_for(self.client.get(path), timeout=self.api_timeout + 1)
+        except KubeError as exc:
+            if exc.not_found:
+                raise ClaimError(
+                    "api", f"cannot read ResourceClaim {ref}: it does not exist (HTTP 404); kubelet will retry"
+                ) from exc
+            raise ClaimError("api", f"cannot read ResourceClaim {ref}: {exc.reason}; kubelet will retry") from exc
+        except TimeoutError as exc:
+            raise ClaimError(
+                "api", f"cannot read ResourceClaim {ref}: no answer within {self.api_timeout:g}s; kubelet will retry"
+            ) from exc
+
+    async def prepare_claim(self, claim: Mapping[str, object], ref: ClaimRef) -> tuple[PreparedDevice, ...]:
+        """Prepare a claim already read from the API server (the caller holds the claim's lock)."""
+        plan = plan_claim(claim, ref, self.names, self.node, self.devices)
+        entry = self.checkpoint.get(ref.uid)
+        if entry is not None:
+            # A previous attempt died half-way (or its files went missing): undo, then redo.
+            log.info("rolling back an unfinished prepare", extra=self._ctx(ref.namespace, ref.name, ref.uid))
+            await self._remove_files(entry)
+        self._check_overlap(plan)
+        claim_dir = os.path.join(self.host_lib_dir, "claims", ref.uid)
+        spec, devices = self._build(plan, claim_dir)
+        holds = tuple(DeviceHold(r.device, r.share_id, r.memory_bytes, r.cores, r.admin_access) for r in plan.results)
+        started = ClaimEntry(
+            state=STARTED,
+            namespace=ref.namespace,
+            name=ref.name,
+            cdi_spec_path=cdi.spec_path(self.cdi_dir, self.names, ref.uid),
+            claim_dir=claim_dir,
+            devices=devices,
+            holds=holds,
+            cdi_spec=spec,
+        )
+        self.checkpoint.put(ref.uid, started)
+        try:
+            await self.checkpoint.commit()
+            self._fail("after-started")
+            if spec["devices"]:
+                await asyncio.to_thread(fsutil.make_shared_dir, claim_dir)
+                self._fail("after-claim-dir")
+                await asyncio.to_thread(cdi.write_spec, started.cdi_spec_path, spec)
+                self._fail("after-cdi")
+        except OSError as exc:
+            raise ClaimError("io", f"cannot prepare ResourceClaim {ref}: {exc}; kubelet will retry") from exc
+        self.checkpoint.put(ref.uid, dataclasses.replace(started, state=COMPLETED))
+        await self.checkpoint.commit()
+        self._fail("after-completed")
+        self.metrics.prepared_claims.set(len(self.checkpoint))
+        return devices
+
+    def _check_overlap(self, plan: ClaimPlan) -> None:
+        """A device already prepared for another claim may only be shared by two share allocations."""
+        for uid, entry in self.checkpoint.items():
+            if uid == plan.ref.uid:
+                continue
+            for hold in entry.holds:
+                for res in plan.results:
+                    if hold.device != res.device or res.admin_access or hold.admin_access:
+                        continue
+                    if res.share_id and hold.share_id:
+                        continue
+                    raise ClaimError(
+                        "conflict",
+                        f"ResourceClaim {plan.ref}: device {res.device} is already prepared for ResourceClaim "
+                        f"{entry.namespace}/{entry.name} (uid {uid}) and one of the two allocations is not a share; "
+                        "the allocations overlap. Check that the DRAConsumableCapacity gate is the same on "
+                        "kube-scheduler and kube-apiserver; kubelet will retry",
+                    )
+
+    def _build(self, plan: ClaimPlan, claim_dir: str) -> tuple[dict[str, object], tuple[PreparedDevice, ...]]:
+        layout = NodeLayout(host_lib_dir=self.host_lib_dir, claim_dir=claim_dir)
+        cdi_devices: list[tuple[str, Mapping[str, object]]] = []
+        prepared: list[PreparedDevice] = []
+        for request in plan.requests:
+            edits = self.vendor.container_edits(request.shares, request.config, layout).to_cdi()
+            for res in request.results:
+                name = cdi.device_name(plan.ref.uid, res.device, res.share_id)
+                cdi_devices.append((name, edits))
+                prepared.append(
+                    PreparedDevice(
+                        request_names=(request.name,),
+                        pool_name=res.pool,
+                        device_name=res.device,
+                        cdi_device_ids=(cdi.qualified_id(self.names, name),),
+                        share_id=res.share_id,
+                    )
+                )
+        return cdi.build_spec(self.names, cdi_devices), tuple(prepared)
+
+    # -- unprepare ------------------------------------------------------------------------------
+
+    async def _unprepare_one(self, ref: ClaimRef) -> str:
+        async with self._locks.hold(ref.uid):
+            entry = self.checkpoint.get(ref.uid)
+            if entry is None:
+                self.metrics.unprepares.labels(result="ok").inc()
+                log.info(
+                    "unprepare of an unknown claim: nothing to do", extra=self._ctx(ref.namespace, ref.name, ref.uid)
+                )
+                return ""
+            try:
+                await self._remove_files(entry, failpoints=True)
+            except OSError as exc:
+                self.metrics.unprepares.labels(result="error").inc()
+                message = f"cannot unprepare ResourceClaim {ref}: {exc}; kubelet will retry"
+                log.warning("unprepare failed", extra={**self._ctx(ref.namespace, ref.name, ref.uid), "error": message})
+                return message
+            self.checkpoint.delete(ref.uid)
+            await self.checkpoint.commit()
+            self.metrics.prepared_claims.set(len(self.checkpoint))
+            self.metrics.unprepares.labels(result="ok").inc()
+            log.info("unprepared", extra=self._ctx(ref.namespace, ref.name, ref.uid))
+            return ""
+
+    # -- files ----------------------------------------------------------------------------------
+
+    @staticmethod
+    def _files_present(entry: ClaimEntry) -> bool:
+        if not entry.cdi_spec.get("devices"):
+            return True
+        return os.path.isfile(entry.cdi_spec_path) and os.path.isdir(entry.claim_dir)
+
+    async def _restore_files(self, entry: ClaimEntry) -> None:
+        try:
+            await asyncio.to_thread(fsutil.make_shared_dir, entry.claim_dir)
+            await asyncio.to_thread(cdi.write_spec, entry.cdi_spec_path, entry.cdi_spec)
+        except OSError as exc:
+            raise ClaimError(
+                "io", f"cannot restore the files of ResourceClaim {entry.namespace}/{entry.name}: {exc}"
+            ) from exc
+
+    async def _remove_files(self, entry: ClaimEntry, *, failpoints: bool = False) -> None:
+        await asyncio.to_thread(cdi.remove_spec, entry.cdi_spec_path)
+        if failpoints:
+            self._fail("unprepare-after-cdi")
+        await asyncio.to_thread(fsutil.remove_tree, entry.claim_dir)
+        if failpoints:
+            self._fail("unprepare-after-claim-dir")
+
+    # -- helpers --------------------------------------------------------------------------------
+
+    def _fail(self, step: str) -> None:
+        if self.failpoint == step:
+            log.warning("failpoint reached: killing the process", extra={"failpoint": step})
+            for handler in logging.getLogger().handlers:
+                handler.flush()
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    @staticmethod
+    def _ctx(namespace: str, name: str, uid: str) -> dict[str, str]:
+        return {"claim": f"{namespace}/{name}", "uid": uid}
