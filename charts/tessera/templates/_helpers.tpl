@@ -1,0 +1,109 @@
+{{/*
+Names. The API domain and the driver names come from the code (vendors/base.py: DOMAIN,
+VendorNames.driver); tests/chart checks that these helpers render the same strings.
+*/}}
+{{- define "tessera.domain" -}}tessera.dev{{- end -}}
+
+{{- define "tessera.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{- define "tessera.fullname" -}}
+{{- if .Values.fullnameOverride -}}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- $name := default .Chart.Name .Values.nameOverride -}}
+{{- if contains $name .Release.Name -}}
+{{- .Release.Name | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "tessera.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{/* Labels of every object. */}}
+{{- define "tessera.labels" -}}
+helm.sh/chart: {{ include "tessera.chart" . }}
+app.kubernetes.io/name: {{ include "tessera.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/part-of: tessera
+{{- with .Values.commonLabels }}
+{{ toYaml . }}
+{{- end }}
+{{- end -}}
+
+{{/* The opt-out label: our own pods never go through our webhook. */}}
+{{- define "tessera.optOutLabel" -}}
+{{ include "tessera.domain" . }}/webhook: ignore
+{{- end -}}
+
+{{/* Webhook names. */}}
+{{- define "tessera.webhook.fullname" -}}
+{{- printf "%s-webhook" (include "tessera.fullname" .) | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+{{- define "tessera.webhook.tlsSecret" -}}
+{{- printf "%s-tls" (include "tessera.webhook.fullname" .) | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+{{- define "tessera.webhook.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "tessera.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/component: webhook
+{{- end -}}
+
+{{/* Vendors the webhook converts: webhook.vendors, or every enabled vendor (sorted). */}}
+{{- define "tessera.webhook.vendors" -}}
+{{- if .Values.webhook.vendors -}}
+{{- join "," .Values.webhook.vendors -}}
+{{- else -}}
+{{- $enabled := list -}}
+{{- range $name, $v := .Values.vendors -}}
+{{- if $v.enabled -}}{{- $enabled = append $enabled $name -}}{{- end -}}
+{{- end -}}
+{{- join "," $enabled -}}
+{{- end -}}
+{{- end -}}
+
+{{/* Driver names: call with (dict "root" $ "vendor" $name). */}}
+{{- define "tessera.driver.name" -}}
+{{- printf "%s.%s" .vendor (include "tessera.domain" .root) -}}
+{{- end -}}
+{{- define "tessera.driver.fullname" -}}
+{{- printf "%s-%s-driver" (include "tessera.fullname" .root) .vendor | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+{{- define "tessera.driver.serviceAccount" -}}
+{{- printf "%s-driver" (include "tessera.fullname" .) | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+{{- define "tessera.driver.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "tessera.name" .root }}
+app.kubernetes.io/instance: {{ .root.Release.Name }}
+app.kubernetes.io/component: driver
+{{ include "tessera.domain" .root }}/vendor: {{ .vendor }}
+{{- end -}}
+
+{{/* Image reference: call with (dict "image" .Values.x.image "root" $). */}}
+{{- define "tessera.image" -}}
+{{- $repo := .image.repository -}}
+{{- if .image.registry -}}{{- $repo = printf "%s/%s" .image.registry .image.repository -}}{{- end -}}
+{{- if .image.digest -}}
+{{- printf "%s@%s" $repo .image.digest -}}
+{{- else -}}
+{{- printf "%s:%s" $repo (default .root.Chart.AppVersion .image.tag) -}}
+{{- end -}}
+{{- end -}}
+
+{{/* The security context every container gets, root or not: no privilege gain, no capabilities,
+read-only root filesystem, the runtime's default seccomp profile. */}}
+{{- define "tessera.restrictedContainer" -}}
+allowPrivilegeEscalation: false
+readOnlyRootFilesystem: true
+capabilities:
+  drop: ["ALL"]
+seccompProfile:
+  type: RuntimeDefault
+{{- end -}}

@@ -1,0 +1,298 @@
+"""Security properties of the rendered chart, read from the objects themselves."""
+
+from __future__ import annotations
+
+import base64
+from typing import Any
+
+import pytest
+import yaml
+
+from vendors.base import OPT_OUT_KEY, OPT_OUT_VALUE
+
+from . import helm
+
+DRIVER_RULES = [
+    {"apiGroups": ["resource.k8s.io"], "resources": ["resourceclaims"], "verbs": ["get"]},
+    {"apiGroups": ["resource.k8s.io"], "resources": ["resourceslices"],
+     "verbs": ["list", "watch", "create", "update", "delete"]},
+    {"apiGroups": [""], "resources": ["nodes"], "verbs": ["get"]},
+    {"apiGroups": [""], "resources": ["events"], "verbs": ["create"]},
+]  # fmt: skip
+WEBHOOK_RULES = [
+    {"apiGroups": ["resource.k8s.io"], "resources": ["resourceclaimtemplates"], "verbs": ["get", "create"]},
+]
+WEBHOOK_INVENTORY_RULES = [{"apiGroups": ["resource.k8s.io"], "resources": ["resourceslices"], "verbs": ["list"]}]
+
+
+def _mwc(objs: list[helm.Obj]) -> dict[str, Any]:
+    config = helm.one(objs, "MutatingWebhookConfiguration")
+    assert len(config["webhooks"]) == 1
+    hook: dict[str, Any] = config["webhooks"][0]
+    return hook
+
+
+def test_webhook_fails_closed(objs: list[helm.Obj]) -> None:
+    hook = _mwc(objs)
+    assert hook["failurePolicy"] == "Fail"
+    assert hook["sideEffects"] == "NoneOnDryRun"
+    assert hook["reinvocationPolicy"] == "IfNeeded"
+    assert hook["timeoutSeconds"] == 5
+    assert hook["admissionReviewVersions"] == ["v1"]
+    assert hook["matchPolicy"] == "Equivalent"
+    assert hook["rules"] == [
+        {"operations": ["CREATE"], "apiGroups": [""], "apiVersions": ["v1"], "resources": ["pods"], "scope": "Namespaced"}
+    ]
+
+
+def test_failure_policy_cannot_be_configured_away(helm_home: Any) -> None:
+    result = helm.run_helm(helm.template_args(sets={"webhook.failurePolicy": "Ignore"}), helm_home, check=False)
+    assert result.returncode != 0 and "failurePolicy" in result.stderr
+
+
+def test_webhook_selectors_opt_out_and_exclude_system_namespaces(objs: list[helm.Obj]) -> None:
+    hook = _mwc(objs)
+    opt_out = {"key": OPT_OUT_KEY, "operator": "NotIn", "values": [OPT_OUT_VALUE]}
+    assert hook["objectSelector"] == {"matchExpressions": [opt_out]}
+    ns_exprs = hook["namespaceSelector"]["matchExpressions"]
+    assert opt_out in ns_exprs
+    (by_name,) = [e for e in ns_exprs if e["key"] == "kubernetes.io/metadata.name"]
+    assert by_name["operator"] == "NotIn"
+    assert {helm.NAMESPACE, "kube-system"} <= set(by_name["values"])
+    assert len(ns_exprs) == 2  # nothing else narrows what is sent to the webhook
+
+
+def test_extra_excluded_namespaces(all_objs: list[helm.Obj]) -> None:
+    (by_name,) = [e for e in _mwc(all_objs)["namespaceSelector"]["matchExpressions"] if e["operator"] == "NotIn"
+                  and e["key"] == "kubernetes.io/metadata.name"]  # fmt: skip
+    assert by_name["values"] == [helm.NAMESPACE, "kube-system", "monitoring", "gpu-operator"]
+
+
+def test_our_own_pods_opt_out(objs: list[helm.Obj]) -> None:
+    for workload in helm.workloads(objs):
+        labels = workload["spec"]["template"]["metadata"]["labels"]
+        assert labels[OPT_OUT_KEY] == OPT_OUT_VALUE, workload["metadata"]["name"]
+        assert workload["metadata"]["namespace"] == helm.NAMESPACE
+
+
+def test_webhook_client_config_points_at_the_webhook_service(objs: list[helm.Obj]) -> None:
+    hook = _mwc(objs)
+    svc_ref = hook["clientConfig"]["service"]
+    service = helm.one(objs, "Service", svc_ref["name"])
+    assert svc_ref["namespace"] == helm.NAMESPACE and svc_ref["path"] == "/mutate"
+    (port,) = service["spec"]["ports"]
+    assert port["port"] == svc_ref["port"] == 443
+    deployment = helm.one(objs, "Deployment")
+    pod_labels = deployment["spec"]["template"]["metadata"]["labels"]
+    assert service["spec"]["selector"].items() <= pod_labels.items()
+    ports = {p["name"]: p for p in helm.pod_spec(deployment)["containers"][0]["ports"]}
+    assert port["targetPort"] in ports
+
+
+def test_generated_tls_secret_feeds_the_ca_bundle(default_objs: list[helm.Obj]) -> None:
+    hook = _mwc(default_objs)
+    secret = helm.one(default_objs, "Secret")
+    assert secret["type"] == "kubernetes.io/tls"
+    assert hook["clientConfig"]["caBundle"] == secret["data"]["ca.crt"]
+    assert base64.b64decode(secret["data"]["ca.crt"]).startswith(b"-----BEGIN CERTIFICATE-----")
+    volumes = {v["name"]: v for v in helm.pod_spec(helm.one(default_objs, "Deployment"))["volumes"]}
+    assert volumes["tls"]["secret"]["secretName"] == secret["metadata"]["name"]
+
+
+def test_cert_manager_mode(all_objs: list[helm.Obj]) -> None:
+    config = helm.one(all_objs, "MutatingWebhookConfiguration")
+    assert "caBundle" not in config["webhooks"][0]["clientConfig"]
+    assert not helm.find(all_objs, "Secret")  # cert-manager writes it
+    cert = helm.one(all_objs, "Certificate")
+    issuer = helm.one(all_objs, "Issuer")
+    assert issuer["spec"] == {"selfSigned": {}}
+    assert cert["spec"]["issuerRef"] == {"name": issuer["metadata"]["name"], "kind": "Issuer", "group": "cert-manager.io"}
+    assert config["metadata"]["annotations"]["cert-manager.io/inject-ca-from"] == (
+        f"{cert['metadata']['namespace']}/{cert['metadata']['name']}"
+    )
+    service = helm.one(all_objs, "Service", _mwc(all_objs)["clientConfig"]["service"]["name"])
+    assert f"{service['metadata']['name']}.{helm.NAMESPACE}.svc" in cert["spec"]["dnsNames"]
+    volumes = {v["name"]: v for v in helm.pod_spec(helm.one(all_objs, "Deployment"))["volumes"]}
+    assert volumes["tls"]["secret"]["secretName"] == cert["spec"]["secretName"]
+
+
+def test_cert_manager_with_an_existing_issuer(helm_home: Any) -> None:
+    objs = helm.render(
+        helm_home,
+        sets={"webhook.tls.certManager.enabled": "true", "webhook.tls.certManager.issuerRef.name": "corp-ca",
+              "webhook.tls.certManager.issuerRef.kind": "ClusterIssuer"},
+    )  # fmt: skip
+    assert not helm.find(objs, "Issuer")
+    assert helm.one(objs, "Certificate")["spec"]["issuerRef"] == {"name": "corp-ca", "kind": "ClusterIssuer"}
+
+
+def test_webhook_deployment_is_highly_available(objs: list[helm.Obj]) -> None:
+    deployment = helm.one(objs, "Deployment")
+    assert deployment["spec"]["replicas"] >= 2
+    assert deployment["spec"]["strategy"]["rollingUpdate"]["maxUnavailable"] == 0
+    pdb = helm.one(objs, "PodDisruptionBudget")
+    assert pdb["spec"]["minAvailable"] == 1
+    assert pdb["spec"]["selector"]["matchLabels"].items() <= deployment["spec"]["template"]["metadata"]["labels"].items()
+    container = helm.pod_spec(deployment)["containers"][0]
+    assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "https", "scheme": "HTTPS"}
+    assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "https", "scheme": "HTTPS"}
+
+
+def test_webhook_runs_as_non_root_with_nothing_extra(objs: list[helm.Obj]) -> None:
+    deployment = helm.one(objs, "Deployment")
+    spec = helm.pod_spec(deployment)
+    assert spec["securityContext"]["runAsNonRoot"] is True
+    assert spec["securityContext"]["runAsUser"] != 0
+    for c in helm.containers(deployment):
+        sc = c["securityContext"]
+        assert sc["runAsNonRoot"] is True and sc["runAsUser"] >= 10000
+        assert sc.get("privileged", False) is False
+
+
+def test_every_container_is_locked_down(objs: list[helm.Obj]) -> None:
+    for workload in helm.workloads(objs):
+        spec = helm.pod_spec(workload)
+        for key in ("hostNetwork", "hostPID", "hostIPC"):
+            assert not spec.get(key), f"{workload['metadata']['name']}: {key}"
+        assert spec["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+        for c in helm.containers(workload):
+            who = f"{workload['metadata']['name']}/{c['name']}"
+            sc = c["securityContext"]
+            assert sc["readOnlyRootFilesystem"] is True, who
+            assert all("hostPort" not in p for p in c.get("ports", [])), who
+            if sc.get("privileged"):
+                continue  # only where a value asked for it: test_privileged_only_on_request
+            assert sc["allowPrivilegeEscalation"] is False, who
+            assert sc["capabilities"] == {"drop": ["ALL"]}, who
+            assert sc["seccompProfile"] == {"type": "RuntimeDefault"}, who
+            assert c["resources"]["requests"] and c["resources"]["limits"], who
+            assert c["resources"]["limits"].get("memory"), who
+
+
+def test_privileged_only_on_request(default_objs: list[helm.Obj], all_objs: list[helm.Obj]) -> None:
+    privileged = {
+        (w["metadata"]["name"], c["name"])
+        for w in helm.workloads(all_objs)
+        for c in helm.containers(w)
+        if c["securityContext"].get("privileged")
+    }
+    assert privileged == {("tessera-hygon-driver", "driver")}  # vendors.hygon.privileged: true
+    assert not any(c["securityContext"].get("privileged") for w in helm.workloads(default_objs) for c in helm.containers(w))
+
+
+def _host_paths(workload: helm.Obj) -> dict[str, dict[str, str]]:
+    return {v["name"]: v["hostPath"] for v in helm.pod_spec(workload)["volumes"] if "hostPath" in v}
+
+
+@pytest.mark.parametrize(("values", "kubelet"), [("default", "/var/lib/kubelet"), ("all", "/var/lib/k0s/kubelet")])
+def test_driver_host_paths_are_exactly_the_needed_ones(
+    renders: dict[tuple[str, str], list[helm.Obj]], values: str, kubelet: str
+) -> None:
+    objs = renders[(values, helm.KUBE_VERSIONS[0])]
+    daemonsets = helm.find(objs, "DaemonSet")
+    assert daemonsets
+    for ds in daemonsets:
+        vendor = ds["metadata"]["labels"]["tessera.dev/vendor"]
+        assert _host_paths(ds) == {
+            "plugin-dir": {"path": f"{kubelet}/plugins/{vendor}.tessera.dev", "type": "DirectoryOrCreate"},
+            "registry-dir": {"path": f"{kubelet}/plugins_registry", "type": "Directory"},
+            "cdi-dir": {"path": "/var/run/cdi", "type": "DirectoryOrCreate"},
+            "host-lib": {"path": "/usr/local/tessera", "type": "DirectoryOrCreate"},
+        }
+        spec = helm.pod_spec(ds)
+        host_volumes = set(_host_paths(ds))
+        for c in helm.containers(ds):
+            for mount in c.get("volumeMounts", []):
+                if mount["name"] in host_volumes:
+                    # Mounted at the host path: sockets and CDI specs name host paths.
+                    assert mount["mountPath"] == _host_paths(ds)[mount["name"]]["path"]
+                    assert not mount.get("mountPropagation")
+        for init in spec.get("initContainers", []):
+            assert [m["name"] for m in init["volumeMounts"]] == ["host-lib"]
+    deployment = helm.one(objs, "Deployment")
+    assert not _host_paths(deployment)
+
+
+def _rules(objs: list[helm.Obj], name: str) -> list[dict[str, Any]]:
+    rules: list[dict[str, Any]] = helm.one(objs, "ClusterRole", name)["rules"]
+    return rules
+
+
+def test_rbac_is_exactly_what_the_code_uses(objs: list[helm.Obj]) -> None:
+    assert _rules(objs, "tessera-driver") == DRIVER_RULES
+    assert _rules(objs, "tessera-webhook") == WEBHOOK_RULES
+    assert _rules(objs, "tessera-webhook-inventory") == WEBHOOK_INVENTORY_RULES
+    assert not helm.find(objs, "Role")
+    assert len(helm.find(objs, "ClusterRole")) == 3
+
+
+def test_no_wildcards_secrets_or_escalation_in_rbac(objs: list[helm.Obj]) -> None:
+    for role in helm.find(objs, "ClusterRole") + helm.find(objs, "Role"):
+        for rule in role["rules"]:
+            for key in ("apiGroups", "resources", "verbs", "resourceNames", "nonResourceURLs"):
+                assert "*" not in rule.get(key, []), f"{role['metadata']['name']}: wildcard in {key}"
+            assert not {"secrets", "pods", "serviceaccounts/token", "*"} & set(rule["resources"])
+            assert not {"escalate", "bind", "impersonate", "approve"} & set(rule["verbs"])
+
+
+def test_bindings_bind_only_our_roles_to_our_service_accounts(objs: list[helm.Obj]) -> None:
+    roles = {r["metadata"]["name"] for r in helm.find(objs, "ClusterRole")}
+    accounts = {(sa["metadata"]["name"], sa["metadata"]["namespace"]) for sa in helm.find(objs, "ServiceAccount")}
+    bindings = helm.find(objs, "ClusterRoleBinding") + helm.find(objs, "RoleBinding")
+    assert bindings
+    for binding in bindings:
+        assert binding["roleRef"]["kind"] == "ClusterRole" and binding["roleRef"]["name"] in roles
+        assert binding["roleRef"]["name"] not in ("cluster-admin", "admin", "edit")
+        for subject in binding["subjects"]:
+            assert subject["kind"] == "ServiceAccount"
+            assert (subject["name"], subject["namespace"]) in accounts
+    for workload in helm.workloads(objs):
+        sa = helm.pod_spec(workload)["serviceAccountName"]
+        assert (sa, helm.NAMESPACE) in accounts
+    for sa in helm.find(objs, "ServiceAccount"):
+        assert sa["automountServiceAccountToken"] is False  # only the pods that use the API mount it
+
+
+def test_template_permissions_can_be_limited_to_namespaces(all_objs: list[helm.Obj]) -> None:
+    role_bindings = helm.find(all_objs, "RoleBinding")
+    assert sorted(b["metadata"]["namespace"] for b in role_bindings) == ["team-a", "team-b"]
+    assert {b["roleRef"]["name"] for b in role_bindings} == {"tessera-webhook"}
+    cluster_bound = {b["roleRef"]["name"] for b in helm.find(all_objs, "ClusterRoleBinding")}
+    assert cluster_bound == {"tessera-driver", "tessera-webhook-inventory"}
+
+
+def test_network_policies_open_only_served_ports(all_objs: list[helm.Obj]) -> None:
+    policies = {p["metadata"]["name"]: p for p in helm.find(all_objs, "NetworkPolicy")}
+    for workload in helm.workloads(all_objs):
+        policy = policies[workload["metadata"]["name"]]
+        labels = workload["spec"]["template"]["metadata"]["labels"]
+        assert policy["spec"]["podSelector"]["matchLabels"].items() <= labels.items()
+        assert policy["spec"]["policyTypes"] == ["Ingress"]
+        served = {p["name"] for c in helm.pod_spec(workload)["containers"] for p in c.get("ports", [])}
+        allowed = {p["port"] for rule in policy["spec"]["ingress"] for p in rule["ports"]}
+        assert allowed == served
+        assert all("from" not in rule for rule in policy["spec"]["ingress"])
+
+
+def test_service_monitors_select_what_serves_metrics(all_objs: list[helm.Obj]) -> None:
+    monitors = {m["metadata"]["name"]: m for m in helm.find(all_objs, "ServiceMonitor")}
+    assert set(monitors) == {"tessera-webhook", "tessera-driver"}
+    for monitor in monitors.values():
+        assert monitor["metadata"]["labels"]["release"] == "prometheus"
+        selector = monitor["spec"]["selector"]["matchLabels"]
+        services = [s for s in helm.find(all_objs, "Service") if selector.items() <= s["metadata"]["labels"].items()]
+        assert services, monitor["metadata"]["name"]
+        port = monitor["spec"]["endpoints"][0]["port"]
+        assert all(port in {p["name"] for p in s["spec"]["ports"]} for s in services)
+    webhook_tls = monitors["tessera-webhook"]["spec"]["endpoints"][0]["tlsConfig"]
+    assert "insecureSkipVerify" not in webhook_tls
+    cert = helm.one(all_objs, "Certificate")
+    assert webhook_tls["ca"]["secret"]["name"] == cert["spec"]["secretName"]
+    assert webhook_tls["serverName"] in cert["spec"]["dnsNames"]
+
+
+def test_key_material_only_in_the_tls_secret(default_objs: list[helm.Obj]) -> None:
+    key_b64 = helm.one(default_objs, "Secret")["data"]["tls.key"]
+    assert b"PRIVATE KEY" in base64.b64decode(key_b64)
+    text = yaml.safe_dump_all(o for o in default_objs if o["kind"] != "Secret")
+    assert "PRIVATE KEY" not in text and key_b64 not in text
