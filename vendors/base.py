@@ -16,7 +16,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol
+from typing import Any, Literal, Protocol, runtime_checkable
 
 DOMAIN = "tessera.dev"
 """Our API domain: annotations, labels and the opaque config live under it."""
@@ -283,6 +283,20 @@ class AdmissionVendor(Protocol):
 
     def selectors(self, annotations: Mapping[str, str]) -> list[str]:
         """CEL expressions the pod's annotations impose on this vendor's devices."""
+        ...
+
+
+@runtime_checkable
+class AttributeMatchingVendor(Protocol):
+    """Optional webhook-side extension: attributes all devices of one container must share.
+
+    A vendor implements it when pod annotations can bind a container's devices together (NVIDIA's
+    ``nvidia.com/numa-bind`` -> ``numaNode``); the webhook turns each name into a ``matchAttribute``
+    constraint on the container's request when it asks for more than one device.
+    """
+
+    def match_attributes(self, annotations: Mapping[str, str]) -> list[str]:
+        """Unqualified attribute names; raises :class:`ConversionError` for a malformed annotation."""
         ...
 
 

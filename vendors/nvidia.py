@@ -9,6 +9,7 @@ from typing import Any
 from isolation import env as isolation_env
 
 from .base import (
+    ATTR_NUMA_NODE,
     ContainerEdits,
     ConversionError,
     DeviceAsk,
@@ -205,6 +206,14 @@ class _Nvidia:
             if uuids:
                 out.append(uuid_selector(NAMES, uuids, negate=negate))
         return out
+
+    def match_attributes(self, annotations: Mapping[str, str]) -> list[str]:
+        value = annotations.get(NUMA_BIND, "").strip().lower()
+        if value in ("", "false"):
+            return []
+        if value == "true":
+            return [ATTR_NUMA_NODE]
+        raise ConversionError(f'annotation {NUMA_BIND} must be "true" or "false", got {annotations[NUMA_BIND]!r}')
 
     # --- node side -----------------------------------------------------------------------------
 

@@ -1,0 +1,256 @@
+"""``python -m webhook serve|convert``.
+
+``serve`` runs the admission server (see :mod:`webhook.serve`); every flag ``--foo-bar`` also reads
+the environment variable ``TESSERA_FOO_BAR`` (the flag wins).
+
+``convert`` converts the pods of a manifest offline and prints the result as multi-document YAML:
+each pod as the webhook would admit it, followed by its ResourceClaimTemplate; other objects pass
+through unchanged. Exit status: 0 every pod converted (or had nothing to convert), 2 bad input or
+usage (one line on stderr), 3 at least one pod was denied (each reason on stderr; the others are
+still printed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import jsonpatch
+import yaml
+
+import vendors as vendor_registry
+from vendors.base import CORE_LIMIT_POLICIES, AdmissionVendor
+
+from .convert import Converter
+from .inventory import Inventory, InventoryError, load_file, parse_documents
+
+EXIT_OK = 0
+EXIT_BAD_INPUT = 2
+EXIT_DENIED = 3
+
+
+class UsageError(Exception):
+    """Bad input or usage: printed as one line, exit status 2."""
+
+
+def _env_default(flag: str, default: Any) -> Any:
+    return os.environ.get("TESSERA_" + flag.lstrip("-").replace("-", "_").upper(), default)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m webhook",
+        description="Tessera admission webhook: HAMi-style pods become DRA ResourceClaimTemplates.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{serve,convert}")
+
+    serve = sub.add_parser(
+        "serve",
+        help="run the HTTPS admission server",
+        description="Serve POST /mutate (AdmissionReview v1), /healthz, /readyz and /metrics over HTTPS. "
+        "Every flag --foo-bar also reads the environment variable TESSERA_FOO_BAR (the flag wins).",
+    )
+
+    def opt(flag: str, default: Any = None, **kwargs: Any) -> None:
+        serve.add_argument(flag, default=_env_default(flag, default), **kwargs)
+
+    opt("--host", "0.0.0.0", help="address to listen on (default %(default)s)")
+    opt("--port", 8443, type=int, help="HTTPS port (default %(default)s)")
+    opt("--tls-cert-file", help="PEM certificate (chain) to serve; reloaded when the file changes")
+    opt("--tls-key-file", help="PEM private key of the certificate; reloaded when the file changes")
+    opt("--kubeconfig", help="kubeconfig file (default: the in-cluster service account)")
+    _common(opt)
+    opt("--log-format", "json", choices=["json", "text"], help="log format (default %(default)s)")
+    opt("--log-level", "info", choices=["debug", "info", "warning", "error"], help="(default %(default)s)")
+    opt(
+        "--inventory-refresh-seconds",
+        30.0,
+        type=float,
+        help="how often the device inventory is read from the ResourceSlices (default %(default)s)",
+    )
+    opt(
+        "--template-cache-seconds",
+        30.0,
+        type=float,
+        help="how long a template known to exist is not checked again (default %(default)s)",
+    )
+    opt(
+        "--api-deadline-seconds",
+        3.0,
+        type=float,
+        help="time allowed to ensure a template, retries included; keep it below the webhook timeout "
+        "(default %(default)s)",
+    )
+    opt(
+        "--tls-reload-seconds",
+        2.0,
+        type=float,
+        help="how often the certificate files are checked (default %(default)s)",
+    )
+
+    convert = sub.add_parser(
+        "convert",
+        help="convert the pods of a manifest offline",
+        description="Print the pods of FILE as the webhook would admit them, each followed by its "
+        "ResourceClaimTemplate, as multi-document YAML. Exit status: 0 all converted, 2 bad input, "
+        "3 at least one pod denied (reasons on stderr).",
+    )
+    convert.add_argument("-f", "--filename", required=True, metavar="FILE", help="YAML/JSON manifest; - for stdin")
+    source = convert.add_mutually_exclusive_group()
+    source.add_argument(
+        "--inventory",
+        metavar="FILE",
+        help="ResourceSlices (YAML or JSON) giving the cluster's device models, for gpumem-percentage and "
+        "memory-size checks",
+    )
+    source.add_argument("--kubeconfig", help="read the ResourceSlices from this cluster instead")
+    convert.add_argument(
+        "-n", "--namespace", default="default", help="namespace of pods that name none (default %(default)s)"
+    )
+
+    def copt(flag: str, default: Any = None, **kwargs: Any) -> None:
+        convert.add_argument(flag, default=default, **kwargs)
+
+    _common(copt)
+    return parser
+
+
+def _common(opt: Any) -> None:
+    opt("--vendors", help="comma list of enabled vendors (default: every implemented one)")
+    opt(
+        "--core-policy",
+        "default",
+        choices=list(CORE_LIMIT_POLICIES),
+        help="GPU core limit policy written into each claim's SharingConfig (default %(default)s)",
+    )
+
+
+def enabled_vendors(spec: str | None) -> list[AdmissionVendor]:
+    if not spec:
+        return vendor_registry.admission_vendors()
+    names = [v.strip() for v in spec.split(",") if v.strip()]
+    if not names:
+        raise UsageError("--vendors is empty; name at least one vendor or leave it out")
+    try:
+        return vendor_registry.admission_vendors(names)
+    except vendor_registry.UnknownVendorError as exc:
+        raise UsageError(str(exc.args[0]) if exc.args else str(exc)) from None
+
+
+# --- convert -------------------------------------------------------------------------------------------
+
+
+def _objects(docs: Sequence[Any], source: str) -> Iterator[tuple[str, Any]]:
+    for n, doc in enumerate(docs, 1):
+        if not isinstance(doc, dict) or not isinstance(doc.get("kind"), str) or not doc.get("apiVersion"):
+            raise UsageError(f"{source}: document {n} is not a Kubernetes object (it needs apiVersion and kind)")
+        kind = doc["kind"]
+        if kind.endswith("List") and isinstance(doc.get("items"), list):
+            for m, item in enumerate(doc["items"], 1):
+                if isinstance(item, dict) and "kind" not in item and kind == "PodList":
+                    item = {"apiVersion": "v1", "kind": "Pod", **item}
+                if not isinstance(item, dict) or not isinstance(item.get("kind"), str):
+                    raise UsageError(f"{source}: document {n}, item {m} is not a Kubernetes object")
+                yield f"document {n}, item {m}", item
+        else:
+            yield f"document {n}", doc
+
+
+def _read(path: str) -> str:
+    try:
+        if path == "-":
+            return sys.stdin.read()
+        with open(path, encoding="utf-8") as handle:
+            return handle.read()
+    except OSError as exc:
+        raise UsageError(f"cannot read {path}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError:
+        raise UsageError(f"{path} is not UTF-8 text") from None
+
+
+async def _fetch_inventory(kubeconfig: str) -> Inventory:
+    from kubeapi import KubeClient, KubeError
+
+    from .inventory import fetch
+
+    try:
+        client = await KubeClient.connect(kubeconfig, timeout=10.0)
+    except Exception as exc:  # kubeconfig loading raises many kinds
+        raise UsageError(f"cannot use kubeconfig {kubeconfig}: {exc}") from None
+    try:
+        return await fetch(client)
+    except KubeError as exc:
+        raise UsageError(f"cannot read ResourceSlices from the API server: {exc}") from None
+    finally:
+        await client.close()
+
+
+def run_convert(args: argparse.Namespace, out: Any = None, err: Any = None) -> int:
+    out = out or sys.stdout
+    err = err or sys.stderr
+    converter = Converter(enabled_vendors(args.vendors), core_policy=args.core_policy)
+    inventory: Inventory | None = None
+    try:
+        if args.inventory:
+            inventory = load_file(args.inventory)
+        elif args.kubeconfig:
+            inventory = asyncio.run(_fetch_inventory(args.kubeconfig))
+    except InventoryError as exc:
+        raise UsageError(f"inventory: {exc}") from None
+    source = "stdin" if args.filename == "-" else args.filename
+    try:
+        docs = parse_documents(_read(args.filename), source)
+    except InventoryError as exc:
+        raise UsageError(str(exc)) from None
+    objects = list(_objects(docs, source))
+    if not objects:
+        raise UsageError(f"{source}: no Kubernetes objects in it")
+
+    emitted: list[Any] = []
+    templates: set[tuple[str, str]] = set()
+    denied = 0
+    for where, obj in objects:
+        if obj.get("kind") != "Pod" or obj.get("apiVersion") != "v1":
+            emitted.append(obj)
+            continue
+        meta = obj.get("metadata") if isinstance(obj.get("metadata"), dict) else {}
+        namespace = meta.get("namespace") or args.namespace
+        label = f"pod {namespace}/{meta.get('name') or meta.get('generateName') or '?'} ({where})"
+        result = converter.convert(obj, str(namespace), inventory)
+        if not result.allowed:
+            if result.malformed:
+                raise UsageError(f"{source}: {label} is not a well-formed Pod: {result.message}")
+            print(f"convert: {label} denied: {result.message}", file=err)
+            denied += 1
+            continue
+        for note in result.notes:
+            print(f"convert: note: {label}: {note}", file=err)
+        emitted.append(jsonpatch.apply_patch(obj, result.patch) if result.patch else obj)
+        if result.template is not None:
+            key = (result.template["metadata"]["namespace"], result.template["metadata"]["name"])
+            if key not in templates:
+                templates.add(key)
+                emitted.append(result.template)
+    if emitted:
+        yaml.safe_dump_all(emitted, out, sort_keys=False, width=1_000_000, explicit_start=True)
+    return EXIT_DENIED if denied else EXIT_OK
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "convert":
+            return run_convert(args)
+        from .serve import run_serve
+
+        return run_serve(args)
+    except UsageError as exc:
+        print(f"{parser.prog} {args.command}: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        return 130

@@ -1,0 +1,604 @@
+"""Pod -> JSONPatch + ResourceClaimTemplate: the webhook's conversion (DESIGN §4), a pure function.
+
+:meth:`Converter.convert` reads a Pod (a plain dict, as the API server sends it), asks every enabled
+vendor what each container wants, and answers a :class:`Result`: allowed with no patch (nothing to
+convert, the fast path), allowed with a JSONPatch and one ResourceClaimTemplate, or denied with a
+message that says what to change. It never trusts our own ``tessera.dev/`` annotations: whether a
+pod is converted is decided by its content, and annotations a user set under our domain are
+overwritten or removed.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import vendors as vendor_registry
+from isolation import env as isolation_env
+from vendors.base import (
+    DOMAIN,
+    MIB,
+    OPT_OUT_KEY,
+    OPT_OUT_VALUE,
+    AdmissionVendor,
+    AttributeMatchingVendor,
+    ConversionError,
+    CoreLimitPolicy,
+    DeviceAsk,
+)
+
+from .claimspec import TEMPLATE_NAME_RE, Want, build_template, is_dns_label
+from .inventory import Inventory
+
+CLAIM_NAME = "tessera"
+"""Name of the pod's claim entry (``spec.resourceClaims[].name``); suffixed when already taken."""
+TEMPLATE_ANNOTATION = f"{DOMAIN}/claim-template"
+"""Pod annotation: the template the pod's claim comes from."""
+CONVERTED_ANNOTATION = f"{DOMAIN}/converted"
+"""Pod annotation: JSON record of what was converted, per container (resources and env removed)."""
+_DOMAIN_PREFIX = f"{DOMAIN}/"
+
+NODE_POLICY_KEY = "hami.io/node-scheduler-policy"
+GPU_POLICY_KEY = "hami.io/gpu-scheduler-policy"
+NODE_POLICIES = ("binpack", "spread")
+GPU_POLICIES = ("binpack", "spread", "topology-aware", "mutex", "numa")
+LD_PRELOAD = "LD_PRELOAD"
+
+Patch = list[dict[str, Any]]
+
+
+@dataclass(frozen=True)
+class Result:
+    """The answer for one pod."""
+
+    allowed: bool
+    message: str = ""
+    """Why the pod is denied (empty when allowed)."""
+    patch: Patch = field(default_factory=list)
+    """JSONPatch (RFC 6902) ops against the pod as received; empty: admit unchanged."""
+    template: dict[str, Any] | None = None
+    """The ResourceClaimTemplate the patched pod refers to (to be ensured in the pod's namespace)."""
+    vendors: tuple[str, ...] = ()
+    """Vendors whose resources the pod names (for metrics), sorted."""
+    notes: tuple[str, ...] = ()
+    """Things the user should know that are not errors (e.g. checks skipped without an inventory)."""
+    malformed: bool = False
+    """Denied because the object is not a well-formed Pod (rather than a pod Tessera refuses)."""
+
+
+class MalformedPod(ConversionError):
+    """The object is not shaped like a Pod where conversion reads it."""
+
+
+ALLOWED = Result(allowed=True)
+
+
+def pointer(*parts: str | int) -> str:
+    """A JSON pointer (RFC 6901) from path segments."""
+    return "".join("/" + str(p).replace("~", "~0").replace("/", "~1") for p in parts)
+
+
+@dataclass
+class _Edit:
+    """What conversion removes from and adds to one container."""
+
+    path: tuple[str, int]
+    container: Mapping[str, Any]
+    name: str
+    remove: set[str] = field(default_factory=set)
+    env_remove: set[str] = field(default_factory=set)
+    requests: list[str] = field(default_factory=list)
+
+
+class Converter:
+    """Conversion with a fixed set of enabled vendors and core policy; safe to share, holds no pod state."""
+
+    def __init__(self, vendors: Sequence[AdmissionVendor], *, core_policy: CoreLimitPolicy = "default") -> None:
+        self.vendors: dict[str, AdmissionVendor] = {v.names.vendor: v for v in vendors}
+        self.core_policy: CoreLimitPolicy = core_policy
+        self._matching = {n: v for n, v in self.vendors.items() if isinstance(v, AttributeMatchingVendor)}
+        self._classified: dict[str, str | None] = {}
+
+    def _classify(self, resource: str) -> str | None:
+        vendor = self._classified.get(resource, "")
+        if vendor == "":
+            vendor = vendor_registry.vendor_for_resource(resource) if isinstance(resource, str) else None
+            if len(self._classified) > 4096:
+                self._classified.clear()
+            self._classified[resource] = vendor
+        return vendor
+
+    def convert(self, pod: Any, namespace: str, inventory: Inventory | None = None) -> Result:
+        """Convert one pod; ``inventory`` resolves memory percentages and checks memory sizes."""
+        seen: set[str] = set()
+        try:
+            return self._convert(pod, namespace, inventory, seen)
+        except ConversionError as exc:
+            return Result(
+                allowed=False,
+                message=str(exc),
+                vendors=tuple(sorted(seen)),
+                malformed=isinstance(exc, MalformedPod),
+            )
+
+    # --- the fast path ------------------------------------------------------------------------------
+
+    def _convert(self, pod: Any, namespace: str, inventory: Inventory | None, seen: set[str]) -> Result:
+        if not isinstance(pod, Mapping):
+            raise MalformedPod("the request object is not a Pod (expected a JSON object)")
+        meta = pod.get("metadata")
+        if meta is None:
+            meta = {}
+        elif not isinstance(meta, Mapping):
+            raise MalformedPod("metadata must be an object")
+        labels = meta.get("labels")
+        annotations = meta.get("annotations")
+        if (isinstance(labels, Mapping) and labels.get(OPT_OUT_KEY) == OPT_OUT_VALUE) or (
+            isinstance(annotations, Mapping) and annotations.get(OPT_OUT_KEY) == OPT_OUT_VALUE
+        ):
+            return Result(allowed=True, notes=(f"{OPT_OUT_KEY}={OPT_OUT_VALUE}: left as it is",))
+        spec = pod.get("spec")
+        if not isinstance(spec, Mapping):
+            raise MalformedPod("spec must be an object")
+        found_vendor = False
+        claims = bool(spec.get("resourceClaims"))
+        for key in ("initContainers", "containers"):
+            items = spec.get(key)
+            if not items:
+                continue
+            if not isinstance(items, list):
+                raise MalformedPod(f"spec.{key} must be a list")
+            for i, container in enumerate(items):
+                if not isinstance(container, Mapping):
+                    raise MalformedPod(f"spec.{key}[{i}] must be an object")
+                resources = container.get("resources")
+                if not resources:
+                    continue
+                if not isinstance(resources, Mapping):
+                    raise MalformedPod(f"spec.{key}[{i}].resources must be an object")
+                if resources.get("claims"):
+                    claims = True
+                for part in ("limits", "requests"):
+                    values = resources.get(part)
+                    if not values:
+                        continue
+                    if not isinstance(values, Mapping):
+                        raise MalformedPod(f"spec.{key}[{i}].resources.{part} must be an object")
+                    for name in values:
+                        if self._classify(name) is not None:
+                            found_vendor = True
+        if not found_vendor and not claims:
+            return ALLOWED
+        return self._slow(pod, meta, spec, namespace, inventory, seen)
+
+    # --- the full path ------------------------------------------------------------------------------
+
+    def _slow(
+        self,
+        pod: Mapping[str, Any],
+        meta: Mapping[str, Any],
+        spec: Mapping[str, Any],
+        namespace: str,
+        inventory: Inventory | None,
+        seen: set[str],
+    ) -> Result:
+        annotations = _string_map(meta.get("annotations"), "metadata.annotations")
+        containers = list(_containers(spec))
+        claim_entries = _claim_entries(spec)
+        notes: list[str] = []
+
+        edits: list[_Edit] = []
+        wants: list[Want] = []
+        vendor_selectors: dict[str, tuple[str, ...]] = {}
+        vendor_matching: dict[str, tuple[str, ...]] = {}
+        for path, container, name in containers:
+            by_vendor = self._vendor_resources(container, name, seen)
+            if not by_vendor:
+                continue
+            edit = _Edit(path=path, container=container, name=name)
+            asks: list[tuple[AdmissionVendor, DeviceAsk]] = []
+            for vendor_name, resources in sorted(by_vendor.items()):
+                vendor = self.vendors[vendor_name]
+                ask = vendor.parse(container)
+                edit.remove.update(resources)
+                if ask is None:
+                    continue
+                edit.remove.update(r for r in ask.consumed_resources if r in resources)
+                edit.env_remove.update(ask.consumed_env)
+                if ask.count > 0:
+                    asks.append((vendor, ask))
+            for vendor, ask in asks:
+                vname = vendor.names.vendor
+                if vname not in vendor_selectors:
+                    vendor_selectors[vname] = tuple(vendor.selectors(annotations))
+                    matcher = self._matching.get(vname)
+                    vendor_matching[vname] = tuple(matcher.match_attributes(annotations)) if matcher else ()
+                request = name if len(asks) == 1 else _suffixed(name, vname)
+                edit.requests.append(request)
+                wants.append(
+                    Want(
+                        container=name,
+                        request=request,
+                        names=vendor.names,
+                        ask=_normalised(ask),
+                        selectors=vendor_selectors[vname],
+                        match_attributes=vendor_matching[vname],
+                    )
+                )
+            edits.append(edit)
+
+        _check_unique_requests(wants)
+        references_claims = bool(claim_entries) or any(
+            (c.get("resources") or {}).get("claims") for _, c, _ in containers
+        )
+        if wants or references_claims:
+            self._check_safety(spec, containers, wants)
+        if wants:
+            notes.extend(_check_memory(wants, inventory))
+
+        if not edits:
+            # Nothing of ours to convert, but the pod references claims: it may be one we converted
+            # (reinvocation). Keep it unchanged when its annotations describe its content; otherwise
+            # drop the annotations under our domain, which the user cannot be allowed to forge.
+            if _record_matches(annotations, claim_entries, containers):
+                return Result(allowed=True, vendors=tuple(sorted(seen)))
+            return Result(allowed=True, patch=_strip_ours(annotations), vendors=tuple(sorted(seen)))
+
+        patch: Patch = []
+        template: dict[str, Any] | None = None
+        claim = ""
+        if wants:
+            if not namespace:
+                raise ConversionError("the pod has no namespace; the claim template is created in the pod's namespace")
+            template = build_template(
+                wants,
+                namespace=namespace,
+                core_policy=self.core_policy,
+                inventory=inventory,
+                claim_annotations=_policies(annotations),
+            )
+            claim = _claim_name({e.get("name") for e in claim_entries})
+            entry = {"name": claim, "resourceClaimTemplateName": template["metadata"]["name"]}
+            if "resourceClaims" in spec and isinstance(spec["resourceClaims"], list):
+                patch.append({"op": "add", "path": "/spec/resourceClaims/-", "value": entry})
+            else:
+                patch.append({"op": "add", "path": "/spec/resourceClaims", "value": [entry]})
+        for edit in edits:
+            patch.extend(_container_patch(edit, claim))
+        if template is not None:
+            patch.extend(_annotation_patch(meta, annotations, template, edits))
+        else:  # only zero counts: the resources go, there is nothing to record
+            patch.extend(_strip_ours(annotations))
+        return Result(allowed=True, patch=patch, template=template, vendors=tuple(sorted(seen)), notes=tuple(notes))
+
+    def _vendor_resources(self, container: Mapping[str, Any], name: str, seen: set[str]) -> dict[str, set[str]]:
+        """Names of vendor resources in the container, by vendor; refuses disabled vendors and unknown names."""
+        resources = container.get("resources") or {}
+        by_vendor: dict[str, set[str]] = {}
+        for part in ("limits", "requests"):
+            values = resources.get(part) or {}
+            for resource, value in values.items():
+                vendor_name = self._classify(resource)
+                if vendor_name is None:
+                    continue
+                seen.add(vendor_name)
+                vendor = self.vendors.get(vendor_name)
+                if vendor is None:
+                    enabled = ", ".join(sorted(self.vendors)) or "none"
+                    raise ConversionError(
+                        f"container {name!r} asks for {resource}: vendor {vendor_name} not enabled in this "
+                        f"webhook (enabled: {enabled}); enable it with --vendors, or remove the resource"
+                    )
+                if not vendor.owns_resource(resource):
+                    raise ConversionError(
+                        f"container {name!r}: {resource} is not a {vendor_name} resource that Tessera converts; "
+                        f"fix the name, or label the pod {OPT_OUT_KEY}={OPT_OUT_VALUE} if another device "
+                        f"plugin serves it"
+                    )
+                if isinstance(value, bool) or not isinstance(value, str | int | float):
+                    raise ConversionError(f"container {name!r}: {resource} must be a whole number, got {_short(value)}")
+                by_vendor.setdefault(vendor_name, set()).add(resource)
+        return by_vendor
+
+    def _check_safety(
+        self,
+        spec: Mapping[str, Any],
+        containers: Sequence[tuple[tuple[str, int], Mapping[str, Any], str]],
+        wants: Sequence[Want],
+    ) -> None:
+        sharing = {w.container for w in wants}
+        if sharing and spec.get("nodeName"):
+            raise ConversionError(
+                f"the pod sets spec.nodeName={_short(spec.get('nodeName'))}, which bypasses the scheduler that "
+                f"allocates devices; remove nodeName and use a nodeSelector or node affinity instead"
+            )
+        for _, container, name in containers:
+            resources = container.get("resources") or {}
+            if _privileged(container) and (name in sharing or resources.get("claims")):
+                raise ConversionError(
+                    f"container {name!r} is privileged and gets a device share; a privileged container sees "
+                    f"every device of the node, so its limits cannot be enforced: drop "
+                    f"securityContext.privileged or use a whole device outside Tessera"
+                )
+        for _, container, name in containers:
+            for item in _env(container, name):
+                env_name = item.get("name")
+                if not isinstance(env_name, str):
+                    continue
+                if isolation_env.is_isolation_env(env_name):
+                    raise ConversionError(
+                        f"container {name!r} sets {env_name}, which only Tessera sets in a pod that uses "
+                        f"shared devices (the limits come from the claim); remove it from the pod"
+                    )
+                value = item.get("value")
+                if env_name == LD_PRELOAD and isinstance(value, str) and "libvgpu" in value:
+                    raise ConversionError(
+                        f"container {name!r} preloads {_short(value)}; Tessera injects its isolation "
+                        f"library itself, remove libvgpu from LD_PRELOAD"
+                    )
+
+
+# --- helpers (pure) ---------------------------------------------------------------------------------
+
+
+def _short(value: Any, limit: int = 60) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _string_map(value: Any, where: str) -> dict[str, str]:
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        raise MalformedPod(f"{where} must be an object of strings")
+    for k, v in value.items():
+        if not isinstance(k, str) or not isinstance(v, str):
+            raise MalformedPod(f"{where}: {_short(k)} must map to a string, got {_short(v)}")
+    return dict(value)
+
+
+def _containers(spec: Mapping[str, Any]) -> Iterator[tuple[tuple[str, int], Mapping[str, Any], str]]:
+    """``((key, index), container, name)`` for init containers, then containers; validates what we read."""
+    names: set[str] = set()
+    for key in ("initContainers", "containers"):
+        for i, container in enumerate(spec.get(key) or []):
+            name = container.get("name")
+            if not isinstance(name, str) or not name:
+                raise MalformedPod(f"spec.{key}[{i}] has no name")
+            if name in names:
+                raise ConversionError(f"two containers are named {name!r}; container names must be unique")
+            names.add(name)
+            resources = container.get("resources") or {}
+            claims = resources.get("claims")
+            if claims is not None and not (isinstance(claims, list) and all(isinstance(c, Mapping) for c in claims)):
+                raise MalformedPod(f"container {name!r}: resources.claims must be a list of objects")
+            _env(container, name)
+            sc = container.get("securityContext")
+            if sc is not None and not isinstance(sc, Mapping):
+                raise MalformedPod(f"container {name!r}: securityContext must be an object")
+            yield (key, i), container, name
+
+
+def _env(container: Mapping[str, Any], name: str) -> list[Mapping[str, Any]]:
+    env = container.get("env")
+    if env is None:
+        return []
+    if not isinstance(env, list) or not all(isinstance(e, Mapping) for e in env):
+        raise MalformedPod(f"container {name!r}: env must be a list of objects")
+    return env
+
+
+def _claim_entries(spec: Mapping[str, Any]) -> list[Mapping[str, Any]]:
+    entries = spec.get("resourceClaims")
+    if entries is None:
+        return []
+    if not isinstance(entries, list) or not all(isinstance(e, Mapping) for e in entries):
+        raise MalformedPod("spec.resourceClaims must be a list of objects")
+    return entries
+
+
+def _privileged(container: Mapping[str, Any]) -> bool:
+    sc = container.get("securityContext") or {}
+    return sc.get("privileged") is True
+
+
+def _suffixed(name: str, vendor: str) -> str:
+    suffix = f"-{vendor}"
+    return name[: 63 - len(suffix)].rstrip("-") + suffix
+
+
+def _check_unique_requests(wants: Sequence[Want]) -> None:
+    taken: set[str] = set()
+    for w in wants:
+        if not is_dns_label(w.request):
+            raise ConversionError(
+                f"container name {w.container!r} is not a DNS label (lower-case letters, digits and '-', at most "
+                f"63 characters); the device request is named after it"
+            )
+        if w.request in taken:
+            raise ConversionError(
+                f"device requests of two containers would both be named {w.request!r}; rename container {w.container!r}"
+            )
+        taken.add(w.request)
+
+
+def _normalised(ask: DeviceAsk) -> DeviceAsk:
+    """100 % of the memory is the whole device's memory, which needs no inventory (no memory request)."""
+    if ask.memory_percent == 100:
+        return DeviceAsk(
+            count=ask.count,
+            cores=ask.cores,
+            priority=ask.priority,
+            models=ask.models,
+            consumed_resources=ask.consumed_resources,
+            consumed_env=ask.consumed_env,
+        )
+    return ask
+
+
+def _check_memory(wants: Sequence[Want], inventory: Inventory | None) -> list[str]:
+    """Refuse a memory ask larger than any device; without an inventory, say it was not checked."""
+    notes: list[str] = []
+    for w in wants:
+        if w.ask.memory_mib is None:
+            continue
+        if inventory is None:
+            notes.append(
+                f"container {w.container!r}: {w.ask.memory_mib} MiB per device not checked against device "
+                f"sizes (no inventory; pass --inventory or --kubeconfig)"
+            )
+            continue
+        largest = inventory.largest(w.names.driver)
+        if largest is None or largest.memory_bytes is None:
+            continue
+        if w.ask.memory_mib * MIB > largest.memory_bytes:
+            raise ConversionError(
+                f"container {w.container!r} asks for {w.ask.memory_mib} MiB of device memory per device, but the "
+                f"largest {w.names.driver} device in the cluster has {largest.memory_bytes // MIB} MiB "
+                f"({largest.model or largest.name}); ask for at most that"
+            )
+    return notes
+
+
+def _policies(annotations: Mapping[str, str]) -> dict[str, str]:
+    """HAMi's scheduling-policy annotations, validated, as our claim annotations."""
+    out: dict[str, str] = {}
+    node = annotations.get(NODE_POLICY_KEY)
+    if node is not None:
+        value = node.strip()
+        if value not in NODE_POLICIES:
+            raise ConversionError(
+                f"annotation {NODE_POLICY_KEY} must be one of {', '.join(NODE_POLICIES)}, got {_short(node)}"
+            )
+        out[f"{DOMAIN}/node-scheduler-policy"] = value
+    gpu = annotations.get(GPU_POLICY_KEY)
+    if gpu is not None:
+        chain = [p.strip() for p in gpu.split(",")]
+        bad = [p for p in chain if p not in GPU_POLICIES]
+        if bad or not chain:
+            raise ConversionError(
+                f"annotation {GPU_POLICY_KEY} must be one of {', '.join(GPU_POLICIES)} or a comma list of them, "
+                f"got {_short(gpu)}"
+            )
+        out[f"{DOMAIN}/gpu-scheduler-policy"] = ",".join(chain)
+    return out
+
+
+def _claim_name(taken: set[Any]) -> str:
+    name, n = CLAIM_NAME, 2
+    while name in taken:
+        name = f"{CLAIM_NAME}-{n}"
+        n += 1
+    return name
+
+
+def _container_patch(edit: _Edit, claim: str) -> Patch:
+    key, index = edit.path
+    base = ("spec", key, index)
+    ops: Patch = []
+    env = edit.container.get("env") or []
+    drop = [i for i, item in enumerate(env) if item.get("name") in edit.env_remove]
+    if drop and len(drop) == len(env):
+        ops.append({"op": "remove", "path": pointer(*base, "env")})
+    else:
+        ops.extend({"op": "remove", "path": pointer(*base, "env", i)} for i in reversed(drop))
+    resources = edit.container.get("resources") or {}
+    for part in ("limits", "requests"):
+        values = resources.get(part) or {}
+        mine = [r for r in values if r in edit.remove]
+        if mine and len(mine) == len(values):
+            ops.append({"op": "remove", "path": pointer(*base, "resources", part)})
+        else:
+            ops.extend({"op": "remove", "path": pointer(*base, "resources", part, r)} for r in mine)
+    refs = [{"name": claim, "request": r} for r in edit.requests]
+    if refs:
+        if resources.get("claims") is not None:
+            ops.extend({"op": "add", "path": pointer(*base, "resources", "claims", "-"), "value": r} for r in refs)
+        else:
+            ops.append({"op": "add", "path": pointer(*base, "resources", "claims"), "value": refs})
+    return ops
+
+
+def _record(edits: Sequence[_Edit]) -> str:
+    record: dict[str, Any] = {}
+    for edit in edits:
+        resources = edit.container.get("resources") or {}
+        merged: dict[str, str] = {}
+        for part in ("requests", "limits"):
+            for r, v in (resources.get(part) or {}).items():
+                if r in edit.remove:
+                    merged[r] = str(v)
+        entry: dict[str, Any] = {"resources": merged}
+        env = {
+            e["name"]: str(e.get("value", ""))
+            for e in edit.container.get("env") or []
+            if e.get("name") in edit.env_remove
+        }
+        if env:
+            entry["env"] = env
+        if edit.requests:
+            entry["requests"] = list(edit.requests)
+        record[edit.name] = entry
+    return json.dumps(record, sort_keys=True, separators=(",", ":"))
+
+
+def _ours(annotations: Mapping[str, str]) -> list[str]:
+    return [k for k in annotations if k.startswith(_DOMAIN_PREFIX) and k != OPT_OUT_KEY]
+
+
+def _strip_ours(annotations: Mapping[str, str]) -> Patch:
+    return [{"op": "remove", "path": pointer("metadata", "annotations", k)} for k in sorted(_ours(annotations))]
+
+
+def _annotation_patch(
+    meta: Mapping[str, Any], annotations: Mapping[str, str], template: Mapping[str, Any], edits: Sequence[_Edit]
+) -> Patch:
+    new = {CONVERTED_ANNOTATION: _record(edits), TEMPLATE_ANNOTATION: template["metadata"]["name"]}
+    if meta.get("annotations") is None:
+        return [{"op": "add", "path": "/metadata/annotations", "value": new}]
+    ops: Patch = [
+        {"op": "remove", "path": pointer("metadata", "annotations", k)}
+        for k in sorted(_ours(annotations))
+        if k not in new
+    ]
+    ops.extend({"op": "add", "path": pointer("metadata", "annotations", k), "value": v} for k, v in sorted(new.items()))
+    return ops
+
+
+def _record_matches(
+    annotations: Mapping[str, str],
+    claim_entries: Sequence[Mapping[str, Any]],
+    containers: Sequence[tuple[tuple[str, int], Mapping[str, Any], str]],
+) -> bool:
+    """True when the pod's ``tessera.dev/`` annotations describe its content (or there are none)."""
+    ours = _ours(annotations)
+    if not ours:
+        return True
+    if set(ours) != {TEMPLATE_ANNOTATION, CONVERTED_ANNOTATION}:
+        return False
+    template = annotations[TEMPLATE_ANNOTATION]
+    if not TEMPLATE_NAME_RE.match(template):
+        return False
+    claim = next((e.get("name") for e in claim_entries if e.get("resourceClaimTemplateName") == template), None)
+    if not isinstance(claim, str):
+        return False
+    try:
+        record = json.loads(annotations[CONVERTED_ANNOTATION])
+    except ValueError:
+        return False
+    if not isinstance(record, dict) or not record:
+        return False
+    by_name = {name: container for _, container, name in containers}
+    for name, entry in record.items():
+        container = by_name.get(name)
+        if container is None or not isinstance(entry, dict):
+            return False
+        requests = entry.get("requests", [])
+        if not isinstance(requests, list):
+            return False
+        refs = {(c.get("name"), c.get("request")) for c in (container.get("resources") or {}).get("claims") or []}
+        if any((claim, r) not in refs for r in requests):
+            return False
+    return True

@@ -1,0 +1,138 @@
+"""AdmissionReview (``admission.k8s.io/v1``) in and out, pure.
+
+Anything that is not a well-formed review still gets a well-formed answer: :func:`parse` raises
+:class:`ReviewError` carrying whatever uid could be read, and :func:`denial` turns it into a review
+that says what was wrong.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+API_VERSION = "admission.k8s.io/v1"
+KIND = "AdmissionReview"
+
+# status codes in denials (kube-apiserver passes them to the client)
+BAD_REQUEST = 400
+INTERNAL_ERROR = 500
+UNAVAILABLE = 503
+
+
+class ReviewError(ValueError):
+    """The request body is not a usable AdmissionReview."""
+
+    def __init__(self, message: str, uid: str = "") -> None:
+        super().__init__(message)
+        self.uid = uid
+
+
+@dataclass(frozen=True)
+class Review:
+    uid: str
+    operation: str
+    namespace: str
+    name: str
+    """The pod's name, or its ``generateName`` followed by ``*``; empty when neither is set."""
+    dry_run: bool
+    is_pod: bool
+    """True for the ``pods`` resource itself (not a subresource)."""
+    obj: Any
+
+
+def _uid(request: Any) -> str:
+    if isinstance(request, Mapping):
+        uid = request.get("uid")
+        if isinstance(uid, str):
+            return uid
+    return ""
+
+
+def parse(body: bytes) -> Review:
+    """The review in ``body``; :class:`ReviewError` for anything else."""
+    try:
+        data = json.loads(body)
+    except (ValueError, RecursionError):
+        raise ReviewError("the request body is not JSON; expected an admission.k8s.io/v1 AdmissionReview") from None
+    if not isinstance(data, dict):
+        raise ReviewError("the request body is not a JSON object; expected an admission.k8s.io/v1 AdmissionReview")
+    request = data.get("request")
+    uid = _uid(request)
+    if data.get("apiVersion") != API_VERSION or data.get("kind") != KIND:
+        raise ReviewError(
+            f"expected apiVersion {API_VERSION} kind {KIND}, got apiVersion {_show(data.get('apiVersion'))} "
+            f"kind {_show(data.get('kind'))}; set admissionReviewVersions: [v1] in the webhook configuration",
+            uid,
+        )
+    if not isinstance(request, dict):
+        raise ReviewError("the AdmissionReview has no request object", uid)
+    if not uid:
+        raise ReviewError("the AdmissionReview request has no uid", uid)
+    operation = request.get("operation")
+    if not isinstance(operation, str):
+        raise ReviewError("request.operation is missing", uid)
+    resource = request.get("resource")
+    sub = request.get("subResource")
+    is_pod = (
+        isinstance(resource, Mapping)
+        and resource.get("group", "") == ""
+        and resource.get("resource") == "pods"
+        and not sub
+    )
+    obj = request.get("object")
+    if is_pod and operation == "CREATE" and not isinstance(obj, dict):
+        raise ReviewError("request.object is missing: a pod CREATE review must carry the pod", uid)
+    namespace = request.get("namespace")
+    meta = obj.get("metadata") if isinstance(obj, dict) else None
+    if not isinstance(namespace, str) or not namespace:
+        namespace = meta.get("namespace") if isinstance(meta, Mapping) else ""
+        if not isinstance(namespace, str):
+            namespace = ""
+    name = request.get("name")
+    if not isinstance(name, str) or not name:
+        name = ""
+        if isinstance(meta, Mapping):
+            if isinstance(meta.get("name"), str):
+                name = meta["name"]
+            elif isinstance(meta.get("generateName"), str):
+                name = meta["generateName"] + "*"
+    dry_run = request.get("dryRun", False)
+    if not isinstance(dry_run, bool):
+        raise ReviewError(f"request.dryRun must be a boolean, got {_show(dry_run)}", uid)
+    return Review(uid=uid, operation=operation, namespace=namespace, name=name, dry_run=dry_run, is_pod=is_pod, obj=obj)
+
+
+def _show(value: Any) -> str:
+    text = json.dumps(value) if isinstance(value, str | int | float | bool | type(None)) else type(value).__name__
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def allowed(uid: str, patch: Sequence[Mapping[str, Any]] = (), warnings: Sequence[str] = ()) -> dict[str, Any]:
+    response: dict[str, Any] = {"uid": uid, "allowed": True}
+    if patch:
+        encoded = json.dumps(list(patch), separators=(",", ":")).encode()
+        response["patchType"] = "JSONPatch"
+        response["patch"] = base64.b64encode(encoded).decode()
+    if warnings:
+        response["warnings"] = list(warnings)
+    return {"apiVersion": API_VERSION, "kind": KIND, "response": response}
+
+
+def denial(uid: str, message: str, code: int = BAD_REQUEST) -> dict[str, Any]:
+    reason = {BAD_REQUEST: "BadRequest", UNAVAILABLE: "ServiceUnavailable"}.get(code, "InternalError")
+    return {
+        "apiVersion": API_VERSION,
+        "kind": KIND,
+        "response": {
+            "uid": uid,
+            "allowed": False,
+            "status": {"status": "Failure", "code": code, "reason": reason, "message": message},
+        },
+    }
+
+
+def encode(review: Mapping[str, Any]) -> bytes:
+    return json.dumps(review, separators=(",", ":")).encode()

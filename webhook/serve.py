@@ -1,0 +1,82 @@
+"""``python -m webhook serve``: wire the converter, the API client, TLS and metrics, and run until signalled."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import signal
+
+from aiohttp import web
+
+from kubeapi import KubeClient
+
+from . import logs
+from .cli import UsageError, enabled_vendors
+from .convert import Converter
+from .metrics import Metrics
+from .server import Webhook
+from .templates import TemplateStore
+from .tls import ReloadingTLS, TLSError
+
+
+async def serve(args: argparse.Namespace, *, stop: asyncio.Event | None = None) -> None:
+    if not args.tls_cert_file or not args.tls_key_file:
+        raise UsageError(
+            "serve needs --tls-cert-file and --tls-key-file (or TESSERA_TLS_CERT_FILE/TESSERA_TLS_KEY_FILE)"
+        )
+    converter = Converter(enabled_vendors(args.vendors), core_policy=args.core_policy)
+    metrics = Metrics()
+    try:
+        tls = ReloadingTLS(
+            args.tls_cert_file,
+            args.tls_key_file,
+            interval=args.tls_reload_seconds,
+            on_reload=lambda ok: metrics.tls_reloads.labels("ok" if ok else "failed").inc(),
+        )
+    except TLSError as exc:
+        raise UsageError(str(exc)) from None
+    try:
+        client = await KubeClient.connect(args.kubeconfig, timeout=max(1.0, args.api_deadline_seconds))
+    except Exception as exc:  # kubeconfig / in-cluster loading raise many kinds
+        where = args.kubeconfig or "the in-cluster service account"
+        raise UsageError(f"cannot configure the Kubernetes client from {where}: {exc}") from None
+    log = logs.logger()
+    runner: web.AppRunner | None = None
+    try:
+        templates = TemplateStore(
+            client, metrics, deadline=args.api_deadline_seconds, cache_seconds=args.template_cache_seconds
+        )
+        webhook = Webhook(
+            converter,
+            client=client,
+            metrics=metrics,
+            templates=templates,
+            tls=tls,
+            inventory_refresh=args.inventory_refresh_seconds,
+        )
+        runner = web.AppRunner(webhook.app(), access_log=None, handle_signals=False, shutdown_timeout=5.0)
+        await runner.setup()
+        site = web.TCPSite(runner, args.host, args.port, ssl_context=tls.context, reuse_address=True)
+        await site.start()
+        log.info(
+            f"serving https://{args.host}:{args.port}/mutate for vendors {','.join(converter.vendors)} "
+            f"(core policy {converter.core_policy}, API {client.host})"
+        )
+        stop = stop or asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            with contextlib.suppress(NotImplementedError, RuntimeError):  # not the main thread
+                loop.add_signal_handler(sig, stop.set)
+        await stop.wait()
+        log.info("stopping")
+    finally:
+        if runner is not None:
+            await runner.cleanup()
+        await client.close()
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    logs.setup(args.log_format, args.log_level)
+    asyncio.run(serve(args))
+    return 0
