@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from . import nvidia
+from . import ascend, cambricon, hygon, iluvatar, nvidia
 from .base import AdmissionVendor, NodeVendor, VendorNames
 
 
@@ -10,8 +10,9 @@ class UnknownVendorError(KeyError):
     """A vendor name that no module provides."""
 
 
-_ADMISSION: dict[str, AdmissionVendor] = {nvidia.NAMES.vendor: nvidia.VENDOR}
-_NODE: dict[str, NodeVendor] = {nvidia.NAMES.vendor: nvidia.VENDOR}
+_MODULES = (nvidia, ascend, cambricon, hygon, iluvatar)
+_ADMISSION: dict[str, AdmissionVendor] = {m.NAMES.vendor: m.VENDOR for m in _MODULES}
+_NODE: dict[str, NodeVendor] = {m.NAMES.vendor: m.VENDOR for m in _MODULES}
 
 
 # Resource-name prefixes of every vendor HAMi users write, implemented here or not, so that a pod

@@ -181,6 +181,15 @@ class DeviceInfo:
     """Host device nodes the container needs for this device (empty for simulated devices)."""
     extra_attributes: Mapping[str, AttributeValue] = field(default_factory=dict)
     """Vendor-specific attributes, published next to the common ones."""
+    memory_valid_mib: tuple[int, ...] = ()
+    """When set, the only memory amounts (MiB, ascending, at most 10, the last one the whole device) a
+    share may consume: the publisher writes them as the ``memory`` capacity's ``requestPolicy.validValues``
+    (default: the last one), so the scheduler rounds a request up to the next one, as HAMi rounds Ascend
+    memory up to a vNPU template. Empty: any amount in 1 MiB steps."""
+    cores_shareable: bool = True
+    """False when the vendor cannot give a share an arbitrary percentage of the compute (Ascend template
+    vNPUs fix it with the memory): the publisher then omits the ``cores`` capacity, so a claim that asks
+    for cores does not fit the device."""
 
 
 @dataclass(frozen=True)
@@ -193,6 +202,10 @@ class MockModel:
     architecture: str = ""
     compute_capability: str = ""
     extra_attributes: Mapping[str, AttributeValue] = field(default_factory=dict)
+    memory_valid_mib: tuple[int, ...] = ()
+    """Copied to :attr:`DeviceInfo.memory_valid_mib` of the simulated devices."""
+    cores_shareable: bool = True
+    """Copied to :attr:`DeviceInfo.cores_shareable` of the simulated devices."""
 
 
 @dataclass(frozen=True)
@@ -232,6 +245,11 @@ class ContainerEdits:
     env: Mapping[str, str] = field(default_factory=dict)
     device_nodes: tuple[DeviceNode, ...] = ()
     mounts: tuple[Mount, ...] = ()
+    files: Mapping[str, str] = field(default_factory=dict)
+    """Files the driver writes on the host before it publishes the CDI spec: absolute host path ->
+    text content. Every path lies under :attr:`NodeLayout.claim_dir`, so the files go away with the
+    claim directory on unprepare; the mounts above refer to them (Hygon's vdev config). Not part of
+    the CDI spec itself."""
 
     def to_cdi(self) -> dict[str, Any]:
         edits: dict[str, Any] = {}
