@@ -26,6 +26,7 @@ import yaml
 from aiohttp import ClientSession, ClientTimeout, web
 
 from . import events, kinds, patching, strategy
+from .admission import WebhookAdmission
 from .errors import APIError, already_exists, bad_request, conflict, invalid, not_found
 from .faults import Faults
 from .kinds import Kind
@@ -38,6 +39,7 @@ from .selectors import (
     parse_label_selector,
 )
 from .store import Event, Store, fill_system_metadata, now_rfc3339
+from .validation import SchemaValidator
 
 log = logging.getLogger("e2e.apiserver")
 
@@ -100,8 +102,11 @@ class APIServer:
         port: int = 0,
         *,
         store: Store | None = None,
+        validate: bool = True,
         validator: Validator | None = None,
         admission: Admission | None = None,
+        webhooks: bool = True,
+        feature_gates: Mapping[str, bool] | None = None,
         bookmark_interval: float = 5.0,
         request_log: int = 10_000,
     ) -> None:
@@ -109,8 +114,10 @@ class APIServer:
         self.port = port
         self.store = store or Store()
         self.faults = Faults()
-        self.validator = validator
-        self.admission = admission
+        self.validator: Validator | None = validator or (SchemaValidator() if validate else None)
+        self.webhooks = WebhookAdmission(self)
+        self.admission: Admission | None = admission or (self.webhooks if webhooks else None)
+        self.feature_gates: dict[str, bool] = {"DRAConsumableCapacity": True, **(feature_gates or {})}
         self.bookmark_interval = bookmark_interval
         self.requests: deque[RequestRecord] = deque(maxlen=request_log)
         self._runner: web.AppRunner | None = None
@@ -586,6 +593,7 @@ class APIServer:
         if not meta.get("name") and not meta.get("generateName"):
             raise invalid(skind, "", [("metadata.name", "Required value: name or generateName is required")])
         strategy.apply_defaults(skind, obj)
+        strategy.drop_disabled_fields(skind, obj, self.feature_gates)
         strategy.builtin_admission(skind, obj)
         admitted = await self._admit(
             WriteContext("CREATE", skind, None, namespace, str(meta.get("name", "")), obj, None, dry_run, user)
@@ -652,6 +660,7 @@ class APIServer:
         if wanted_rv and wanted_rv != old["metadata"]["resourceVersion"]:
             raise conflict(kind, name)
         strategy.apply_defaults(skind, new)
+        strategy.drop_disabled_fields(skind, new, self.feature_gates)
         admitted = await self._admit(
             WriteContext("UPDATE", skind, sub, namespace, name, new, copy.deepcopy(old), dry_run, user)
         )

@@ -255,3 +255,50 @@ def check_update(kind: Kind, new: Obj, old: Obj) -> list[tuple[str, str]]:
             errors.append(("spec.pool.name", "Invalid value: field is immutable"))
         return errors
     return []
+
+
+# ---------------------------------------------------------------------------- feature gates
+def _drop_request_capacity(request: Any) -> None:
+    if isinstance(request, dict):
+        request.pop("capacity", None)
+
+
+def drop_disabled_fields(kind: Kind, obj: Obj, gates: dict[str, bool]) -> None:
+    """What kube-apiserver silently drops on write when ``DRAConsumableCapacity`` is off (the 1.34 and
+    1.35 default): ``allowMultipleAllocations`` and capacity ``requestPolicy`` on devices, capacity
+    requests and ``distinctAttribute`` constraints on claims, ``shareID``/``consumedCapacity`` results."""
+    if gates.get("DRAConsumableCapacity", True):
+        return
+    if kind.kind == "ResourceSlice":
+        for device in (obj.get("spec") or {}).get("devices") or []:
+            if not isinstance(device, dict):
+                continue
+            device.pop("allowMultipleAllocations", None)
+            for capacity in (device.get("capacity") or {}).values():
+                if isinstance(capacity, dict):
+                    capacity.pop("requestPolicy", None)
+        return
+    if kind.kind not in ("ResourceClaim", "ResourceClaimTemplate"):
+        return
+    spec = obj.get("spec") or {}
+    if kind.kind == "ResourceClaimTemplate":
+        spec = spec.get("spec") or {}
+    devices = spec.get("devices") or {}
+    for request in devices.get("requests") or []:
+        if isinstance(request, dict):
+            _drop_request_capacity(request.get("exactly"))
+            for sub in request.get("firstAvailable") or []:
+                _drop_request_capacity(sub)
+    if isinstance(devices.get("constraints"), list):
+        kept = []
+        for constraint in devices["constraints"]:
+            if isinstance(constraint, dict):
+                constraint.pop("distinctAttribute", None)
+                if constraint.get("matchAttribute"):
+                    kept.append(constraint)
+        devices["constraints"] = kept
+    results = (((obj.get("status") or {}).get("allocation") or {}).get("devices") or {}).get("results") or []
+    for result in results:
+        if isinstance(result, dict):
+            result.pop("shareID", None)
+            result.pop("consumedCapacity", None)

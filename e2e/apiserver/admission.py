@@ -1,0 +1,312 @@
+"""Admission webhooks as kube-apiserver calls them, from the webhook configurations the server holds.
+
+Mutating webhooks run in order (configurations by name, webhooks in list order): rules, scope,
+``namespaceSelector`` and ``objectSelector`` decide; ``sideEffects`` other than ``None``/``NoneOnDryRun``
+refuse a dry run; an AdmissionReview ``admission.k8s.io/v1`` goes over HTTPS to ``clientConfig.url``
+(or the service registered in :attr:`WebhookAdmission.services`), verified with ``caBundle``, within
+``timeoutSeconds``; a failure follows ``failurePolicy``; the returned JSONPatch is applied and the
+object re-defaulted. ``reinvocationPolicy: IfNeeded`` webhooks run once more when a later webhook
+changed the object. Validating webhooks then see the final object. ``matchConditions`` are not
+evaluated (no webhook of ours uses them): a webhook that has them is refused loudly, not guessed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import copy
+import json
+import logging
+import ssl
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import aiohttp
+import jsonpatch
+
+from . import strategy
+from .errors import APIError
+from .kinds import Kind
+from .selectors import labels_match, selector_from_label_selector
+
+if TYPE_CHECKING:
+    from .server import APIServer, WriteContext
+
+log = logging.getLogger("e2e.apiserver.admission")
+Obj = dict[str, Any]
+
+
+@dataclass
+class WebhookCall:
+    """A record of one call, for tests and the demo narration."""
+
+    webhook: str
+    operation: str
+    resource: str
+    namespace: str | None
+    name: str
+    dry_run: bool
+    allowed: bool | None
+    patched: bool
+    error: str | None
+    duration_s: float
+
+
+@dataclass
+class _Hook:
+    config: str
+    spec: Obj
+    mutating: bool
+    invoked: bool = field(default=False)
+
+
+def _rule_matches(rule: Obj, operation: str, kind: Kind, subresource: str | None) -> bool:
+    operations = rule.get("operations") or []
+    if "*" not in operations and operation not in operations:
+        return False
+    if not _in(rule.get("apiGroups"), kind.group) or not _in(rule.get("apiVersions"), kind.version):
+        return False
+    resource = f"{kind.plural}/{subresource}" if subresource else kind.plural
+    matched = False
+    for pattern in rule.get("resources") or []:
+        matched = matched or (
+            pattern in ("*/*", resource)
+            or (pattern == "*" and not subresource)
+            or (pattern.endswith("/*") and subresource is not None and pattern[:-2] == kind.plural)
+            or (pattern.startswith("*/") and subresource is not None and pattern[2:] == subresource)
+        )
+    if not matched:
+        return False
+    scope = str(rule.get("scope", "*"))
+    return scope == "*" or (scope == "Namespaced") == kind.namespaced
+
+
+def _in(values: Any, value: str) -> bool:
+    values = values or []
+    return "*" in values or value in values
+
+
+class WebhookAdmission:
+    """The ``admission`` hook of :class:`~e2e.apiserver.server.APIServer`."""
+
+    def __init__(self, server: APIServer) -> None:
+        self.server = server
+        self.services: dict[tuple[str, str], tuple[str, int]] = {}
+        self.calls: list[WebhookCall] = []
+        self._ssl: dict[str, ssl.SSLContext] = {}
+
+    # ------------------------------------------------------------------ selection
+    def _hooks(self, mutating: bool) -> list[_Hook]:
+        bucket = "mutatingwebhookconfigurations" if mutating else "validatingwebhookconfigurations"
+        hooks = []
+        for config in self.server.store.raw_items(bucket):
+            for spec in config.get("webhooks") or []:
+                hooks.append(_Hook(config["metadata"]["name"], spec, mutating))
+        return hooks
+
+    def _applies(self, hook: _Hook, ctx: WriteContext, obj: Obj | None) -> bool:
+        spec = hook.spec
+        if not any(_rule_matches(rule, ctx.operation, ctx.kind, ctx.subresource) for rule in spec.get("rules") or []):
+            return False
+        ns_selector = selector_from_label_selector(spec.get("namespaceSelector"))
+        if ns_selector:
+            if ctx.kind.kind == "Namespace":
+                labels = ((obj or ctx.old or {}).get("metadata") or {}).get("labels")
+                if not labels_match(ns_selector, labels):
+                    return False
+            elif ctx.kind.namespaced and ctx.namespace:
+                namespace = self.server.store.raw("namespaces", None, ctx.namespace)
+                labels = ((namespace or {}).get("metadata") or {}).get("labels")
+                if not labels_match(ns_selector, labels):
+                    return False
+        obj_selector = selector_from_label_selector(spec.get("objectSelector"))
+        if obj_selector:
+            candidates = [o for o in (obj, ctx.old) if o is not None]
+            if not any(labels_match(obj_selector, (o.get("metadata") or {}).get("labels")) for o in candidates):
+                return False
+        return True
+
+    # ------------------------------------------------------------------ the hook
+    async def __call__(self, ctx: WriteContext) -> Obj | None:
+        obj = copy.deepcopy(ctx.obj) if ctx.obj is not None else None
+        hooks = [h for h in self._hooks(True)]
+        last_change: int | None = None
+        for index, hook in enumerate(hooks):
+            if not self._applies(hook, ctx, obj):
+                continue
+            hook.invoked = True
+            changed = await self._invoke(hook, ctx, obj)
+            if changed is not None:
+                obj = changed
+                last_change = index
+        if last_change is not None:
+            # IfNeeded webhooks invoked before the last change see the object once more.
+            for index, hook in enumerate(hooks):
+                if index >= last_change or not hook.invoked:
+                    continue
+                if hook.spec.get("reinvocationPolicy", "Never") != "IfNeeded":
+                    continue
+                if not self._applies(hook, ctx, obj):
+                    continue
+                changed = await self._invoke(hook, ctx, obj)
+                if changed is not None:
+                    obj = changed
+        validating = [h for h in self._hooks(False) if self._applies(h, ctx, obj)]
+        await asyncio.gather(*(self._invoke(h, ctx, obj) for h in validating))
+        return obj
+
+    async def _invoke(self, hook: _Hook, ctx: WriteContext, obj: Obj | None) -> Obj | None:
+        """Call one webhook; the patched object when it changed it, None when it did not."""
+        spec = hook.spec
+        name = str(spec.get("name", ""))
+        if spec.get("matchConditions"):
+            raise APIError(
+                500,
+                f'Internal error occurred: webhook "{name}" uses matchConditions, which the API '
+                "server stand-in does not evaluate; remove them or extend e2e/apiserver/admission.py",
+            )
+        if ctx.dry_run and spec.get("sideEffects") not in ("None", "NoneOnDryRun"):
+            raise APIError(400, f'admission webhook "{name}" does not support dry run')
+        if "v1" not in (spec.get("admissionReviewVersions") or []):
+            raise APIError(
+                500,
+                f'Internal error occurred: webhook "{name}" does not accept admission.k8s.io/v1 '
+                "(admissionReviewVersions)",
+            )
+        review = self._review(ctx, obj)
+        timeout = float(spec.get("timeoutSeconds", 10))
+        started = asyncio.get_running_loop().time()
+        call = WebhookCall(
+            name, ctx.operation, ctx.kind.plural, ctx.namespace, ctx.name, ctx.dry_run, None, False, None, 0.0
+        )
+        self.calls.append(call)
+        try:
+            answer = await self._post(spec, review, timeout)
+            response = answer.get("response") if isinstance(answer, dict) else None
+            if not isinstance(response, dict):
+                raise _CallFailed("the answer has no `response`")
+            if response.get("uid") != review["request"]["uid"]:
+                raise _CallFailed(f"expected response.uid={review['request']['uid']!r}, got {response.get('uid')!r}")
+        except _CallFailed as exc:
+            call.error = str(exc)
+            call.duration_s = asyncio.get_running_loop().time() - started
+            if spec.get("failurePolicy", "Fail") == "Ignore":
+                log.warning("webhook %s failed, ignored by failurePolicy: %s", name, exc)
+                return None
+            raise APIError(500, f'Internal error occurred: failed calling webhook "{name}": {exc}') from exc
+        call.duration_s = asyncio.get_running_loop().time() - started
+        call.allowed = bool(response.get("allowed"))
+        if not response.get("allowed"):
+            status = response.get("status") or {}
+            code = int(status.get("code") or 403)
+            message = status.get("message") or status.get("reason") or ""
+            raise APIError(
+                code,
+                f'admission webhook "{name}" denied the request: {message}'.rstrip(": "),
+                reason=status.get("reason") or None,
+            )
+        if not hook.mutating or not response.get("patch"):
+            return None
+        if response.get("patchType") != "JSONPatch":
+            self._fail_or_ignore(spec, call, f"unsupported patchType {response.get('patchType')!r}")
+            return None
+        try:
+            operations = json.loads(base64.b64decode(response["patch"]))
+            patched = jsonpatch.JsonPatch(operations).apply(copy.deepcopy(obj))
+        except (ValueError, jsonpatch.JsonPatchException, jsonpatch.JsonPointerException, TypeError) as exc:
+            self._fail_or_ignore(spec, call, f"the returned JSONPatch does not apply: {exc}")
+            return None
+        if not isinstance(patched, dict) or (
+            obj is not None
+            and (patched.get("apiVersion"), patched.get("kind")) != (obj.get("apiVersion"), obj.get("kind"))
+        ):
+            self._fail_or_ignore(spec, call, "the patch changed apiVersion or kind")
+            return None
+        strategy.apply_defaults(ctx.kind, patched)
+        call.patched = patched != obj
+        return patched if call.patched else None
+
+    def _fail_or_ignore(self, spec: Obj, call: WebhookCall, message: str) -> None:
+        """A bad answer: raise unless ``failurePolicy: Ignore`` (then the caller skips the patch)."""
+        call.error = message
+        if spec.get("failurePolicy", "Fail") == "Ignore":
+            log.warning("webhook %s answered badly, ignored by failurePolicy: %s", spec.get("name"), message)
+            return
+        raise APIError(500, f'Internal error occurred: failed calling webhook "{spec.get("name")}": {message}')
+
+    def _review(self, ctx: WriteContext, obj: Obj | None) -> Obj:
+        kind = ctx.kind
+        gvk = {"group": kind.group, "version": kind.version, "kind": kind.kind}
+        gvr = {"group": kind.group, "version": kind.version, "resource": kind.plural}
+        options_kind = {"CREATE": "CreateOptions", "UPDATE": "UpdateOptions", "DELETE": "DeleteOptions"}
+        request: Obj = {
+            "uid": str(uuid.uuid4()),
+            "kind": gvk,
+            "resource": gvr,
+            "requestKind": gvk,
+            "requestResource": gvr,
+            "name": ctx.name,
+            "operation": ctx.operation,
+            "userInfo": {"username": ctx.user, "groups": ["system:authenticated"]},
+            "object": obj,
+            "oldObject": ctx.old,
+            "dryRun": ctx.dry_run,
+            "options": {"apiVersion": "meta.k8s.io/v1", "kind": options_kind.get(ctx.operation, "CreateOptions")},
+        }
+        if ctx.namespace:
+            request["namespace"] = ctx.namespace
+        if ctx.subresource:
+            request["subResource"] = ctx.subresource
+            request["requestSubResource"] = ctx.subresource
+        return {"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "request": request}
+
+    def _ssl_context(self, ca_bundle: str | None) -> ssl.SSLContext:
+        key = ca_bundle or ""
+        if key not in self._ssl:
+            context = ssl.create_default_context()
+            if ca_bundle:
+                try:
+                    context.load_verify_locations(cadata=base64.b64decode(ca_bundle).decode())
+                except (ValueError, ssl.SSLError) as exc:
+                    raise _CallFailed(f"caBundle does not hold a PEM certificate: {exc}") from exc
+            self._ssl[key] = context
+        return self._ssl[key]
+
+    def _target(self, client_config: Mapping[str, Any]) -> tuple[str, str | None]:
+        """(url to call, TLS server name to verify when it differs from the URL's host)."""
+        if client_config.get("url"):
+            return str(client_config["url"]), None
+        service = client_config.get("service") or {}
+        ns, name = service.get("namespace"), service.get("name")
+        address = self.services.get((str(ns), str(name)))
+        if address is None:
+            raise _CallFailed(
+                f'service "{ns}/{name}" is not registered with the API server stand-in (WebhookAdmission.services)'
+            )
+        path = service.get("path") or "/"
+        return f"https://{address[0]}:{address[1]}{path}", f"{name}.{ns}.svc"
+
+    async def _post(self, spec: Obj, review: Obj, timeout: float) -> Any:
+        client_config = spec.get("clientConfig") or {}
+        url, server_name = self._target(client_config)
+        context = self._ssl_context(client_config.get("caBundle"))
+        client = await self.server.http_client()
+        try:
+            async with client.post(
+                url, json=review, ssl=context, server_hostname=server_name, timeout=aiohttp.ClientTimeout(total=timeout)
+            ) as resp:
+                if resp.status != 200:
+                    raise _CallFailed(f"the server answered HTTP {resp.status}: {(await resp.text())[:200]}")
+                return await resp.json(content_type=None)
+        except TimeoutError as exc:
+            raise _CallFailed(
+                f'failed to call webhook: Post "{url}": context deadline exceeded (timeoutSeconds {timeout:g})'
+            ) from exc
+        except (aiohttp.ClientError, OSError, ValueError) as exc:
+            raise _CallFailed(f'failed to call webhook: Post "{url}": {exc}') from exc
+
+
+class _CallFailed(Exception):
+    pass

@@ -1,0 +1,306 @@
+"""Pod CREATE through MutatingWebhookConfigurations over real HTTPS, schema validation, feature gates."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import ssl
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trustme
+from aiohttp import web
+
+from e2e.apiserver import APIServer
+from kubeapi import KubeClient, KubeError, cluster_path, namespaced_path
+
+PODS = namespaced_path("v1", "pods", "default")
+CONFIGS = cluster_path("admissionregistration.k8s.io/v1", "mutatingwebhookconfigurations")
+
+Review = dict[str, Any]
+
+
+class ScriptedWebhook:
+    """A small HTTPS admission webhook whose answer each test chooses."""
+
+    def __init__(self, ca: trustme.CA) -> None:
+        self.ca = ca
+        self.reviews: list[Review] = []
+        self.answer: Callable[[Review], dict[str, Any]] = lambda review: {"allowed": True}
+        self.delay = 0.0
+        self.port = 0
+        self._runner: web.AppRunner | None = None
+
+    async def start(self) -> None:
+        cert = self.ca.issue_cert("127.0.0.1", "tessera-webhook.tessera-system.svc")
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        cert.configure_cert(context)
+        app = web.Application()
+        app.router.add_post("/mutate", self._mutate)
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0, ssl_context=context)
+        await site.start()
+        self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+    async def _mutate(self, request: web.Request) -> web.Response:
+        review = await request.json()
+        self.reviews.append(review)
+        if self.delay:
+            await asyncio.sleep(self.delay)
+        response = {"uid": review["request"]["uid"], **self.answer(review)}
+        return web.json_response({"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "response": response})
+
+    @property
+    def ca_bundle(self) -> str:
+        return base64.b64encode(self.ca.cert_pem.bytes()).decode()
+
+
+def patch_answer(ops: list[dict[str, Any]]) -> Callable[[Review], dict[str, Any]]:
+    encoded = base64.b64encode(json.dumps(ops).encode()).decode()
+    return lambda review: {"allowed": True, "patchType": "JSONPatch", "patch": encoded}
+
+
+def config(hook: ScriptedWebhook, name: str = "tessera", **overrides: Any) -> dict[str, Any]:
+    webhook = {
+        "name": "pods.tessera.dev",
+        "clientConfig": {"url": f"https://127.0.0.1:{hook.port}/mutate", "caBundle": hook.ca_bundle},
+        "rules": [
+            {
+                "operations": ["CREATE"],
+                "apiGroups": [""],
+                "apiVersions": ["v1"],
+                "resources": ["pods"],
+                "scope": "Namespaced",
+            }
+        ],
+        "failurePolicy": "Fail",
+        "sideEffects": "NoneOnDryRun",
+        "timeoutSeconds": 5,
+        "admissionReviewVersions": ["v1"],
+        "reinvocationPolicy": "IfNeeded",
+        "objectSelector": {
+            "matchExpressions": [{"key": "tessera.dev/webhook", "operator": "NotIn", "values": ["ignore"]}]
+        },
+        "namespaceSelector": {
+            "matchExpressions": [{"key": "tessera.dev/webhook", "operator": "NotIn", "values": ["ignore"]}]
+        },
+    }
+    webhook.update(overrides)
+    return {
+        "apiVersion": "admissionregistration.k8s.io/v1",
+        "kind": "MutatingWebhookConfiguration",
+        "metadata": {"name": name},
+        "webhooks": [webhook],
+    }
+
+
+def pod(name: str | None = "p", labels: dict[str, str] | None = None) -> dict[str, Any]:
+    meta: dict[str, Any] = {"name": name} if name else {"generateName": "gen-"}
+    if labels:
+        meta["labels"] = labels
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": meta,
+        "spec": {
+            "containers": [{"name": "c", "image": "busybox:1.36", "resources": {"limits": {"nvidia.com/gpu": "1"}}}]
+        },
+    }
+
+
+@pytest.fixture
+async def env(tmp_path: Path) -> AsyncIterator[tuple[APIServer, KubeClient, ScriptedWebhook]]:
+    hook = ScriptedWebhook(trustme.CA())
+    await hook.start()
+    async with APIServer.running() as api:
+        kube = await KubeClient.connect(api.write_kubeconfig(tmp_path / "kc"), timeout=10)
+        try:
+            yield api, kube, hook
+        finally:
+            await kube.close()
+            await hook.stop()
+
+
+async def test_mutating_webhook_patch_is_applied(env: tuple[APIServer, KubeClient, ScriptedWebhook]) -> None:
+    api, kube, hook = env
+    await kube.create(CONFIGS, config(hook))
+    hook.answer = patch_answer(
+        [
+            {"op": "add", "path": "/metadata/annotations", "value": {"tessera.dev/seen": "yes"}},
+            {"op": "remove", "path": "/spec/containers/0/resources/limits"},
+        ]
+    )
+    created = await kube.create(PODS, pod(None))
+    assert created["metadata"]["annotations"] == {"tessera.dev/seen": "yes"}
+    # scheme defaults ran before the webhook (requests copied from limits) and the patch kept them
+    assert created["spec"]["containers"][0]["resources"] == {"requests": {"nvidia.com/gpu": "1"}}
+    request = hook.reviews[0]["request"]
+    assert request["operation"] == "CREATE" and request["namespace"] == "default"
+    assert request["name"] == ""  # generateName: no name yet, as on a real server
+    assert request["kind"] == {"group": "", "version": "v1", "kind": "Pod"}
+    assert request["dryRun"] is False
+    assert request["object"]["spec"]["restartPolicy"] == "Always"
+    assert "uid" not in request["object"]["metadata"]
+    assert api.webhooks.calls[-1].patched
+
+
+async def test_dry_run_reaches_webhook_flagged_and_stores_nothing(
+    env: tuple[APIServer, KubeClient, ScriptedWebhook],
+) -> None:
+    api, kube, hook = env
+    await kube.create(CONFIGS, config(hook))
+    await kube.create(PODS, pod("dry"), dry_run=True)
+    assert hook.reviews[-1]["request"]["dryRun"] is True
+    assert api.store.get("pods", "default", "dry") is None
+    await kube.replace(f"{CONFIGS}/tessera", {**config(hook, sideEffects="Some"), "metadata": {"name": "tessera"}})
+    with pytest.raises(KubeError) as exc:
+        await kube.create(PODS, pod("dry"), dry_run=True)
+    assert exc.value.status == 400 and "does not support dry run" in exc.value.reason
+
+
+async def test_denial_is_returned_to_the_client(env: tuple[APIServer, KubeClient, ScriptedWebhook]) -> None:
+    api, kube, hook = env
+    await kube.create(CONFIGS, config(hook))
+    hook.answer = lambda review: {"allowed": False, "status": {"code": 422, "message": "cores > 100"}}
+    with pytest.raises(KubeError) as exc:
+        await kube.create(PODS, pod())
+    assert exc.value.status == 422
+    assert exc.value.reason == 'admission webhook "pods.tessera.dev" denied the request: cores > 100'
+    assert api.store.get("pods", "default", "p") is None
+
+
+async def test_failure_policy(env: tuple[APIServer, KubeClient, ScriptedWebhook]) -> None:
+    api, kube, hook = env
+    await kube.create(CONFIGS, config(hook))
+    await hook.stop()
+    with pytest.raises(KubeError) as exc:
+        await kube.create(PODS, pod())
+    assert exc.value.status == 500
+    assert 'failed calling webhook "pods.tessera.dev"' in exc.value.reason
+    assert api.store.get("pods", "default", "p") is None
+    await kube.replace(f"{CONFIGS}/tessera", {**config(hook, failurePolicy="Ignore"), "metadata": {"name": "tessera"}})
+    created = await kube.create(PODS, pod())
+    assert created["spec"]["containers"][0]["resources"]["limits"] == {"nvidia.com/gpu": "1"}
+
+
+async def test_timeout_seconds(env: tuple[APIServer, KubeClient, ScriptedWebhook]) -> None:
+    _api, kube, hook = env
+    await kube.create(CONFIGS, config(hook, timeoutSeconds=1))
+    hook.delay = 2.0
+    with pytest.raises(KubeError) as exc:
+        await kube.create(PODS, pod())
+    assert exc.value.status == 500 and "deadline exceeded" in exc.value.reason
+
+
+async def test_wrong_ca_bundle_fails_tls(env: tuple[APIServer, KubeClient, ScriptedWebhook]) -> None:
+    _api, kube, hook = env
+    other = base64.b64encode(trustme.CA().cert_pem.bytes()).decode()
+    cfg = config(hook)
+    cfg["webhooks"][0]["clientConfig"]["caBundle"] = other
+    await kube.create(CONFIGS, cfg)
+    with pytest.raises(KubeError) as exc:
+        await kube.create(PODS, pod())
+    assert exc.value.status == 500 and "certificate" in exc.value.reason.lower()
+    assert hook.reviews == []
+
+
+async def test_selectors_opt_out(env: tuple[APIServer, KubeClient, ScriptedWebhook]) -> None:
+    _api, kube, hook = env
+    await kube.create(CONFIGS, config(hook))
+    await kube.create(PODS, pod("skipped", labels={"tessera.dev/webhook": "ignore"}))
+    ns = {
+        "apiVersion": "v1",
+        "kind": "Namespace",
+        "metadata": {"name": "quiet", "labels": {"tessera.dev/webhook": "ignore"}},
+    }
+    await kube.create(cluster_path("v1", "namespaces"), ns)
+    await kube.create(namespaced_path("v1", "pods", "quiet"), pod("q"))
+    assert hook.reviews == []
+    await kube.create(PODS, pod("seen"))
+    assert len(hook.reviews) == 1
+
+
+async def test_service_reference(env: tuple[APIServer, KubeClient, ScriptedWebhook]) -> None:
+    api, kube, hook = env
+    cfg = config(hook)
+    cfg["webhooks"][0]["clientConfig"] = {
+        "service": {"namespace": "tessera-system", "name": "tessera-webhook", "path": "/mutate", "port": 443},
+        "caBundle": hook.ca_bundle,
+    }
+    await kube.create(CONFIGS, cfg)
+    with pytest.raises(KubeError):
+        await kube.create(PODS, pod())  # not registered: fails (failurePolicy Fail)
+    api.webhooks.services[("tessera-system", "tessera-webhook")] = ("127.0.0.1", hook.port)
+    await kube.create(PODS, pod())  # TLS verified against tessera-webhook.tessera-system.svc
+    assert len(hook.reviews) == 1
+
+
+async def test_strict_schema_validation(env: tuple[APIServer, KubeClient, ScriptedWebhook]) -> None:
+    _api, kube, _hook = env
+    bad = pod()
+    bad["spec"]["containers"][0]["bogus"] = True
+    with pytest.raises(KubeError) as exc:
+        await kube.create(PODS, bad)
+    assert exc.value.status == 422 and "bogus" in exc.value.reason
+    claim = {"apiVersion": "resource.k8s.io/v1", "kind": "ResourceClaim", "metadata": {"name": "Bad_Name"}, "spec": {}}
+    with pytest.raises(KubeError) as exc:
+        await kube.create(namespaced_path("resource.k8s.io/v1", "resourceclaims", "default"), claim)
+    assert exc.value.status == 422 and "metadata.name" in exc.value.reason
+    refs = pod("r")
+    refs["spec"]["containers"][0]["resources"]["claims"] = [{"name": "gpu"}]
+    with pytest.raises(KubeError) as exc:
+        await kube.create(PODS, refs)
+    assert "spec.resourceClaims" in exc.value.reason
+
+
+def _slice(policy: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "apiVersion": "resource.k8s.io/v1",
+        "kind": "ResourceSlice",
+        "metadata": {"name": "n1-nvidia"},
+        "spec": {
+            "driver": "nvidia.tessera.dev",
+            "nodeName": "n1",
+            "pool": {"name": "n1", "generation": 1, "resourceSliceCount": 1},
+            "devices": [
+                {
+                    "name": "gpu-0",
+                    "allowMultipleAllocations": True,
+                    "capacity": {"tessera.dev/memory": {"value": "80Gi", "requestPolicy": policy}},
+                }
+            ],
+        },
+    }
+
+
+async def test_capacity_policy_rules_and_gate(tmp_path: Path) -> None:
+    slices = cluster_path("resource.k8s.io/v1", "resourceslices")
+    async with APIServer.running() as api:
+        kube = await KubeClient.connect(api.write_kubeconfig(tmp_path / "kc"))
+        try:
+            bad = _slice({"default": "100Mi", "validRange": {"min": "1Gi", "step": "1Gi"}})
+            with pytest.raises(KubeError) as exc:
+                await kube.create(slices, bad)
+            assert "default" in exc.value.reason and "validRange" in exc.value.reason
+            good = _slice({"default": "80Gi", "validRange": {"min": "1Mi", "step": "1Mi"}})
+            stored = await kube.create(slices, good)
+            assert stored["spec"]["devices"][0]["allowMultipleAllocations"] is True
+        finally:
+            await kube.close()
+    async with APIServer.running(feature_gates={"DRAConsumableCapacity": False}) as api:
+        kube = await KubeClient.connect(api.write_kubeconfig(tmp_path / "kc2"))
+        try:
+            stored = await kube.create(slices, _slice({"default": "80Gi", "validRange": {"min": "1Mi"}}))
+            device = stored["spec"]["devices"][0]
+            assert "allowMultipleAllocations" not in device
+            assert device["capacity"] == {"tessera.dev/memory": {"value": "80Gi"}}
+        finally:
+            await kube.close()
