@@ -41,7 +41,13 @@ def test_webhook_fails_closed(objs: list[helm.Obj]) -> None:
     assert hook["admissionReviewVersions"] == ["v1"]
     assert hook["matchPolicy"] == "Equivalent"
     assert hook["rules"] == [
-        {"operations": ["CREATE"], "apiGroups": [""], "apiVersions": ["v1"], "resources": ["pods"], "scope": "Namespaced"}
+        {
+            "operations": ["CREATE"],
+            "apiGroups": [""],
+            "apiVersions": ["v1"],
+            "resources": ["pods"],
+            "scope": "Namespaced",
+        }
     ]
 
 
@@ -106,7 +112,8 @@ def test_cert_manager_mode(all_objs: list[helm.Obj]) -> None:
     cert = helm.one(all_objs, "Certificate")
     issuer = helm.one(all_objs, "Issuer")
     assert issuer["spec"] == {"selfSigned": {}}
-    assert cert["spec"]["issuerRef"] == {"name": issuer["metadata"]["name"], "kind": "Issuer", "group": "cert-manager.io"}
+    own_issuer = {"name": issuer["metadata"]["name"], "kind": "Issuer", "group": "cert-manager.io"}
+    assert cert["spec"]["issuerRef"] == own_issuer
     assert config["metadata"]["annotations"]["cert-manager.io/inject-ca-from"] == (
         f"{cert['metadata']['namespace']}/{cert['metadata']['name']}"
     )
@@ -132,7 +139,8 @@ def test_webhook_deployment_is_highly_available(objs: list[helm.Obj]) -> None:
     assert deployment["spec"]["strategy"]["rollingUpdate"]["maxUnavailable"] == 0
     pdb = helm.one(objs, "PodDisruptionBudget")
     assert pdb["spec"]["minAvailable"] == 1
-    assert pdb["spec"]["selector"]["matchLabels"].items() <= deployment["spec"]["template"]["metadata"]["labels"].items()
+    pod_labels = deployment["spec"]["template"]["metadata"]["labels"]
+    assert pdb["spec"]["selector"]["matchLabels"].items() <= pod_labels.items()
     container = helm.pod_spec(deployment)["containers"][0]
     assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "https", "scheme": "HTTPS"}
     assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "https", "scheme": "HTTPS"}
@@ -177,7 +185,8 @@ def test_privileged_only_on_request(default_objs: list[helm.Obj], all_objs: list
         if c["securityContext"].get("privileged")
     }
     assert privileged == {("tessera-hygon-driver", "driver")}  # vendors.hygon.privileged: true
-    assert not any(c["securityContext"].get("privileged") for w in helm.workloads(default_objs) for c in helm.containers(w))
+    default_containers = [c for w in helm.workloads(default_objs) for c in helm.containers(w)]
+    assert not any(c["securityContext"].get("privileged") for c in default_containers)
 
 
 def _host_paths(workload: helm.Obj) -> dict[str, dict[str, str]]:
