@@ -45,8 +45,11 @@ def fake_tool(tmp_path: Path) -> ToolFactory:
 def dev_root(tmp_path: Path) -> Callable[..., str]:
     """A fake ``/`` holding the given device node paths as plain files (existence checks only)."""
 
+    made: list[str] = []
+
     def make(*paths: str) -> str:
-        root = tmp_path / "root"
+        root = tmp_path / f"root{len(made)}"
+        made.append(str(root))
         for p in paths:
             target = root / p.lstrip("/")
             target.parent.mkdir(parents=True, exist_ok=True)
