@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs everything the tests, the demo and the benchmarks need, into the repository only:
-# a virtual environment (.venv) and the official helm binary (.tools/bin/helm, sha256-checked).
+# a virtual environment (.venv), the official helm binary (.tools/bin/helm, sha256-checked) and
+# checkov, the chart's security linter, in its own environment (.tools/checkov).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -12,3 +13,4 @@ fi
 .venv/bin/python -m pip install -q --disable-pip-version-check -e '.[dev]'
 
 bash scripts/install-helm.sh
+bash scripts/install-checkov.sh
