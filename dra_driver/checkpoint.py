@@ -104,6 +104,8 @@ class ClaimEntry:
     holds: tuple[DeviceHold, ...] = ()
     cdi_spec: Mapping[str, Any] = field(default_factory=dict)
     """The spec's content, so that a spec lost with ``/var/run`` (reboot) can be restored."""
+    files: Mapping[str, str] = field(default_factory=dict)
+    """Vendor files written into the claim directory (host path -> content), restored with the spec."""
 
     @property
     def completed(self) -> bool:
@@ -119,6 +121,7 @@ class ClaimEntry:
             "devices": [d.to_json() for d in self.devices],
             "holds": [h.to_json() for h in self.holds],
             "cdiSpec": dict(self.cdi_spec),
+            "files": dict(self.files),
         }
 
     @classmethod
@@ -135,6 +138,7 @@ class ClaimEntry:
             devices=tuple(PreparedDevice.from_json(d) for d in data.get("devices") or []),
             holds=tuple(DeviceHold.from_json(h) for h in data.get("holds") or []),
             cdi_spec=dict(data.get("cdiSpec") or {}),
+            files={str(k): str(v) for k, v in (data.get("files") or {}).items()},
         )
 
 

@@ -57,6 +57,7 @@ class Driver:
         self._metrics_runner: web.AppRunner | None = None
         self._lock_file: IO[str] | None = None
         self._tasks: list[asyncio.Task[None]] = []
+        self._sockets: list[str] = []
         self._stopped = asyncio.Event()
 
     # -- start ----------------------------------------------------------------------------------
@@ -164,10 +165,16 @@ class Driver:
         self._lock_file = f
 
     async def _listen_unix(self, server: grpc.aio.Server, path: str) -> None:
-        fsutil.remove_stale_socket(path)
-        if server.add_insecure_port(f"unix://{path}") == 0:
-            raise StartupError(f"cannot listen on {path}")
+        """Serve on ``path``. The socket is bound under a hidden name (the kubelet ignores dot files)
+        and renamed into place once the server accepts calls, so a watcher never sees a dead socket."""
+        hidden = os.path.join(os.path.dirname(path), f".{os.path.basename(path)}.starting")
+        fsutil.remove_stale_socket(hidden)
+        if server.add_insecure_port(f"unix://{hidden}") == 0:
+            raise StartupError(f"cannot listen on {hidden}")
         await server.start()
+        fsutil.remove_stale_socket(path)
+        os.rename(hidden, path)
+        self._sockets.append(path)
 
     async def _rediscover(self) -> list[DeviceInfo]:
         s = self.settings
@@ -176,6 +183,13 @@ class Driver:
     def _on_registered(self, registered: bool, error: str) -> None:
         if registered and self.publisher is not None:
             self.publisher.trigger("kubelet registration")
+
+    def _remove_socket(self, path: str) -> None:
+        """Remove a socket this instance bound (never another instance's)."""
+        if path in self._sockets:
+            self._sockets.remove(path)
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
 
     # -- stop -----------------------------------------------------------------------------------
 
@@ -189,12 +203,10 @@ class Driver:
         s = self.settings
         if self._reg_server is not None:
             await self._reg_server.stop(grace=1)
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(s.registration_socket)
+        self._remove_socket(s.registration_socket)
         if self._dra_server is not None:
             await self._dra_server.stop(grace=5)
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(s.dra_socket)
+        self._remove_socket(s.dra_socket)
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:

@@ -201,7 +201,7 @@ class Preparer:
             await self._remove_files(entry)
         self._check_overlap(plan)
         claim_dir = os.path.join(self.host_lib_dir, "claims", ref.uid)
-        spec, devices = self._build(plan, claim_dir)
+        spec, devices, files = self._build(plan, claim_dir)
         holds = tuple(DeviceHold(r.device, r.share_id, r.memory_bytes, r.cores, r.admin_access) for r in plan.results)
         started = ClaimEntry(
             state=STARTED,
@@ -212,6 +212,7 @@ class Preparer:
             devices=devices,
             holds=holds,
             cdi_spec=spec,
+            files=files,
         )
         self.checkpoint.put(ref.uid, started)
         try:
@@ -219,6 +220,7 @@ class Preparer:
             self._fail("after-started")
             if spec["devices"]:
                 await asyncio.to_thread(fsutil.make_shared_dir, claim_dir)
+                await asyncio.to_thread(_write_files, files)
                 self._fail("after-claim-dir")
                 await asyncio.to_thread(cdi.write_spec, started.cdi_spec_path, spec)
                 self._fail("after-cdi")
@@ -249,12 +251,24 @@ class Preparer:
                         "kube-scheduler and kube-apiserver; kubelet will retry",
                     )
 
-    def _build(self, plan: ClaimPlan, claim_dir: str) -> tuple[dict[str, object], tuple[PreparedDevice, ...]]:
+    def _build(
+        self, plan: ClaimPlan, claim_dir: str
+    ) -> tuple[dict[str, object], tuple[PreparedDevice, ...], dict[str, str]]:
         layout = NodeLayout(host_lib_dir=self.host_lib_dir, claim_dir=claim_dir)
         cdi_devices: list[tuple[str, Mapping[str, object]]] = []
         prepared: list[PreparedDevice] = []
+        files: dict[str, str] = {}
         for request in plan.requests:
-            edits = self.vendor.container_edits(request.shares, request.config, layout).to_cdi()
+            vendor_edits = self.vendor.container_edits(request.shares, request.config, layout)
+            for path, content in vendor_edits.files.items():
+                inside = os.path.normpath(path).startswith(os.path.normpath(claim_dir) + os.sep)
+                if not os.path.isabs(path) or not inside:
+                    raise ClaimError(
+                        "io",
+                        f"ResourceClaim {plan.ref}: vendor file {path} lies outside the claim directory {claim_dir}",
+                    )
+                files[path] = content
+            edits = vendor_edits.to_cdi()
             for res in request.results:
                 name = cdi.device_name(plan.ref.uid, res.device, res.share_id)
                 cdi_devices.append((name, edits))
@@ -267,7 +281,7 @@ class Preparer:
                         share_id=res.share_id,
                     )
                 )
-        return cdi.build_spec(self.names, cdi_devices), tuple(prepared)
+        return cdi.build_spec(self.names, cdi_devices), tuple(prepared), files
 
     # -- unprepare ------------------------------------------------------------------------------
 
@@ -305,6 +319,7 @@ class Preparer:
     async def _restore_files(self, entry: ClaimEntry) -> None:
         try:
             await asyncio.to_thread(fsutil.make_shared_dir, entry.claim_dir)
+            await asyncio.to_thread(_write_files, entry.files)
             await asyncio.to_thread(cdi.write_spec, entry.cdi_spec_path, entry.cdi_spec)
         except OSError as exc:
             raise ClaimError(
@@ -331,3 +346,10 @@ class Preparer:
     @staticmethod
     def _ctx(namespace: str, name: str, uid: str) -> dict[str, str]:
         return {"claim": f"{namespace}/{name}", "uid": uid}
+
+
+def _write_files(files: Mapping[str, str]) -> None:
+    """Write the vendor's files (inside the claim directory) atomically. Blocking."""
+    for path, content in files.items():
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        fsutil.write_atomic(path, content.encode(), mode=0o644)

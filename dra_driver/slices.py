@@ -100,29 +100,39 @@ def device_attributes(device: DeviceInfo) -> dict[str, dict[str, AttributeValue]
 
 
 def memory_capacity_bytes(device: DeviceInfo) -> int:
-    """Published memory: the device total rounded down to a whole MiB (a valid step of the range)."""
-    return (device.memory_bytes // MIB) * MIB
+    """Published memory: the device total rounded down to a whole MiB (a valid step of the range), and
+    at least the largest of the vendor's valid amounts (``memory_valid_mib``)."""
+    largest = max(device.memory_valid_mib, default=0) * MIB
+    return max((device.memory_bytes // MIB) * MIB, largest)
 
 
 def device_entry(device: DeviceInfo, names: VendorNames, split_count: int, *, shareable: bool) -> dict[str, Any]:
     """One ``spec.devices[]`` entry. Shareable: consumable memory, cores and shares (DESIGN §3);
-    otherwise the same capacities without request policies (whole-device mode)."""
+    otherwise the same capacities without request policies (whole-device mode).
+
+    Memory is a range in 1 MiB steps, or the vendor's fixed amounts (``memory_valid_mib``, e.g. Ascend
+    vNPU templates) as ``validValues``; ``cores`` is left out for devices whose compute cannot be split
+    by percentage (``cores_shareable`` false), so a claim asking for cores does not fit them."""
     memory = memory_capacity_bytes(device)
-    capacity: dict[str, dict[str, Any]] = {
-        CAPACITY_MEMORY: {"value": format_binary(memory)},
-        CAPACITY_CORES: {"value": "100"},
-        CAPACITY_SHARES: {"value": format_decimal(split_count)},
-    }
+    capacity: dict[str, dict[str, Any]] = {CAPACITY_MEMORY: {"value": format_binary(memory)}}
+    if device.cores_shareable:
+        capacity[CAPACITY_CORES] = {"value": "100"}
+    capacity[CAPACITY_SHARES] = {"value": format_decimal(split_count)}
     entry: dict[str, Any] = {"name": names.device_name(device.index), "attributes": device_attributes(device)}
     if shareable:
-        capacity[CAPACITY_MEMORY]["requestPolicy"] = {
-            "default": format_binary(memory),
-            "validRange": {"min": format_binary(MIB), "max": format_binary(memory), "step": format_binary(MIB)},
-        }
-        capacity[CAPACITY_CORES]["requestPolicy"] = {
-            "default": "1",
-            "validRange": {"min": "1", "max": "100", "step": "1"},
-        }
+        if device.memory_valid_mib:
+            valid = [format_binary(v * MIB) for v in sorted(set(device.memory_valid_mib))][-10:]
+            capacity[CAPACITY_MEMORY]["requestPolicy"] = {"default": valid[-1], "validValues": valid}
+        else:
+            capacity[CAPACITY_MEMORY]["requestPolicy"] = {
+                "default": format_binary(memory),
+                "validRange": {"min": format_binary(MIB), "max": format_binary(memory), "step": format_binary(MIB)},
+            }
+        if device.cores_shareable:
+            capacity[CAPACITY_CORES]["requestPolicy"] = {
+                "default": "1",
+                "validRange": {"min": "1", "max": "100", "step": "1"},
+            }
         capacity[CAPACITY_SHARES]["requestPolicy"] = {"default": "1", "validValues": ["1"]}
         entry["allowMultipleAllocations"] = True
     entry["capacity"] = capacity

@@ -124,6 +124,8 @@ def build_devices(
                     pci_bus_id=str(entry.get("pcieBusID", f"0000:{0x18 + index:02x}:00.0")),
                     numa_node=None if numa is None else int(numa),
                     extra_attributes=dict(model.extra_attributes),
+                    memory_valid_mib=tuple(model.memory_valid_mib),
+                    cores_shareable=model.cores_shareable,
                 )
             )
     if not devices:

@@ -1,0 +1,1 @@
+"""Test packages; this file keeps tests/<part>/ from shadowing the product packages (tests/vendors vs vendors)."""

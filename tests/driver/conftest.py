@@ -1,0 +1,50 @@
+from __future__ import annotations
+
+import shutil
+import tempfile
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import kubernetes_validate
+import pytest
+
+from e2e.apiserver import APIServer
+
+from .helpers import add_node
+
+VALIDATED_KINDS = {"ResourceSlice", "Event"}
+
+
+def strict_validator(version: str) -> Any:
+    """Refuse driver-written objects that kubernetes-validate --strict rejects for ``version``."""
+
+    def validate(kind: Any, obj: dict[str, Any]) -> list[tuple[str, str]]:
+        if kind.kind not in VALIDATED_KINDS:
+            return []
+        try:
+            kubernetes_validate.validate(obj, version, strict=True)
+        except Exception as exc:
+            return [("", f"kubernetes-validate {version} --strict: {str(exc).splitlines()[0]}")]
+        return []
+
+    return validate
+
+
+@pytest.fixture
+def root() -> Iterator[str]:
+    """A short directory (Unix socket paths must stay under 108 bytes)."""
+    path = tempfile.mkdtemp(prefix="td", dir="/tmp")
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
+async def api() -> AsyncIterator[APIServer]:
+    async with APIServer.running(host="127.0.0.1", port=0, validator=strict_validator("1.34")) as server:
+        await add_node(server)
+        yield server
+
+
+@pytest.fixture
+def kubeconfig(api: APIServer, root: str) -> str:
+    return api.write_kubeconfig(f"{root}/kubeconfig")

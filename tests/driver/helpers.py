@@ -1,0 +1,141 @@
+"""Claims with allocations, as kube-scheduler writes them, and a driver running in-process."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import uuid
+from collections.abc import Mapping, Sequence
+from contextlib import asynccontextmanager
+from typing import Any
+
+from dra_driver.cli import Settings, settings_from_args
+from dra_driver.daemon import Driver
+from e2e.apiserver import APIServer
+
+DRIVER = "nvidia.tessera.dev"
+NODE = "node1"
+
+
+def result(
+    device: str,
+    request: str = "gpu",
+    *,
+    share: bool = True,
+    memory: str | None = None,
+    cores: str | None = None,
+    driver: str = DRIVER,
+    pool: str = NODE,
+) -> dict[str, Any]:
+    """One allocation result; with ``share`` it has a shareID and consumedCapacity (every capacity)."""
+    out: dict[str, Any] = {"request": request, "driver": driver, "pool": pool, "device": device}
+    if share:
+        out["shareID"] = str(uuid.uuid4())
+        out["consumedCapacity"] = {"memory": memory or "143771Mi", "cores": cores or "1", "shares": "1"}
+    return out
+
+
+def request(name: str = "gpu", *, count: int = 1, capacity: Mapping[str, str] | None = None) -> dict[str, Any]:
+    exactly: dict[str, Any] = {"deviceClassName": DRIVER, "allocationMode": "ExactCount", "count": count}
+    if capacity:
+        exactly["capacity"] = {"requests": dict(capacity)}
+    return {"name": name, "exactly": exactly}
+
+
+def claim(
+    name: str,
+    results: Sequence[Mapping[str, Any]],
+    requests: Sequence[Mapping[str, Any]] | None = None,
+    *,
+    namespace: str = "default",
+    config: Sequence[Mapping[str, Any]] = (),
+    uid: str | None = None,
+    allocated: bool = True,
+) -> dict[str, Any]:
+    """A ResourceClaim with ``status.allocation`` filled as the scheduler would."""
+    obj: dict[str, Any] = {
+        "apiVersion": "resource.k8s.io/v1",
+        "kind": "ResourceClaim",
+        "metadata": {"name": name, "namespace": namespace, "uid": uid or str(uuid.uuid4())},
+        "spec": {"devices": {"requests": list(requests if requests is not None else [request()])}},
+    }
+    if allocated:
+        obj["status"] = {
+            "allocation": {
+                "devices": {"results": [dict(r) for r in results], "config": [dict(c) for c in config]},
+                "nodeSelector": {
+                    "nodeSelectorTerms": [
+                        {"matchFields": [{"key": "metadata.name", "operator": "In", "values": [NODE]}]}
+                    ]
+                },
+            }
+        }
+    return obj
+
+
+def sharing_config(source: str = "FromClaim", requests: Sequence[str] = (), **params: Any) -> dict[str, Any]:
+    parameters = {"apiVersion": "tessera.dev/v1alpha1", "kind": "SharingConfig", **params}
+    entry: dict[str, Any] = {"source": source, "opaque": {"driver": DRIVER, "parameters": parameters}}
+    if requests:
+        entry["requests"] = list(requests)
+    return entry
+
+
+def driver_args(root: str, kubeconfig: str, devices: str = "4xH200", *extra: str) -> list[str]:
+    return [
+        "--backend", "mock",
+        "--mock-devices", devices,
+        "--node-name", NODE,
+        "--kubeconfig", kubeconfig,
+        "--plugin-dir", os.path.join(root, "plugins", DRIVER),
+        "--registry-dir", os.path.join(root, "registry"),
+        "--cdi-dir", os.path.join(root, "cdi"),
+        "--host-lib-dir", os.path.join(root, "lib"),
+        "--metrics-port", "0",
+        "--healthz-port", "0",
+        "--log-format", "text",
+        "--api-timeout", "2",
+        *extra,
+    ]  # fmt: skip
+
+
+def settings(root: str, kubeconfig: str, devices: str = "4xH200", *extra: str) -> Settings:
+    return settings_from_args(driver_args(root, kubeconfig, devices, *extra), environ={})
+
+
+@asynccontextmanager
+async def running_driver(s: Settings):  # type: ignore[no-untyped-def]
+    driver = Driver(s)
+    await driver.start()
+    try:
+        assert driver.publisher is not None
+        await asyncio.wait_for(driver.publisher.published.wait(), timeout=10)
+        yield driver
+    finally:
+        await driver.stop()
+
+
+def files_under(path: str) -> list[str]:
+    out = []
+    for base, _, files in os.walk(path):
+        out.extend(os.path.relpath(os.path.join(base, f), path) for f in files)
+    return sorted(out)
+
+
+async def add_node(api: APIServer, name: str = NODE) -> None:
+    api.store.put({"apiVersion": "v1", "kind": "Node", "metadata": {"name": name}})
+
+
+def exists(path: str) -> bool:
+    return os.path.exists(path)
+
+
+def read_text(path: str) -> str:
+    with open(path, encoding="utf-8") as f:
+        return f.read()
+
+
+def write_text(path: str, text: str) -> None:
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "w", encoding="utf-8") as f:
+        f.write(text)
