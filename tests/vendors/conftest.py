@@ -8,7 +8,8 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import pytest
-from vendor_helpers import FIXTURES, Answer
+
+from .vendor_helpers import FIXTURES, Answer
 
 ToolFactory = Callable[[str, Mapping[str, Answer]], str]
 

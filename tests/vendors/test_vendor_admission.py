@@ -6,10 +6,11 @@ from typing import Any
 
 import celpy
 import pytest
-from vendor_helpers import container
 
 from vendors import admission_vendor, ascend, cambricon, hygon, iluvatar, vendor_for_resource
 from vendors.base import ConversionError, DeviceAsk
+
+from .vendor_helpers import container
 
 
 def ask(vendor: Any, limits: dict[str, object], **extra: object) -> DeviceAsk | None:

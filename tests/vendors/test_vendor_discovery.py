@@ -7,11 +7,12 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from conftest import ToolFactory
-from vendor_helpers import Answer, fixture_text
 
 from vendors import ascend, cambricon, hygon, iluvatar, node_vendor
 from vendors.base import MIB, DiscoveryError
+
+from .conftest import ToolFactory
+from .vendor_helpers import Answer, fixture_text
 
 # --- parsers on recorded outputs -----------------------------------------------------------------
 
