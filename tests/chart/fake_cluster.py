@@ -23,7 +23,11 @@ KINDS: dict[str, list[tuple[str, str, bool]]] = {
         ("ClusterRole", "clusterroles", False), ("ClusterRoleBinding", "clusterrolebindings", False),
         ("Role", "roles", True), ("RoleBinding", "rolebindings", True),
     ],
-    "admissionregistration.k8s.io/v1": [("MutatingWebhookConfiguration", "mutatingwebhookconfigurations", False)],
+    "admissionregistration.k8s.io/v1": [
+        ("MutatingWebhookConfiguration", "mutatingwebhookconfigurations", False),
+        ("ValidatingAdmissionPolicy", "validatingadmissionpolicies", False),
+        ("ValidatingAdmissionPolicyBinding", "validatingadmissionpolicybindings", False),
+    ],
     "resource.k8s.io/v1": [("DeviceClass", "deviceclasses", False)],
 }  # fmt: skip
 

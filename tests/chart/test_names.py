@@ -18,7 +18,8 @@ import vendors
 from dra_driver import cli as driver_cli
 from dra_driver.backends import mock as mock_backend
 from isolation import install
-from vendors.base import DOMAIN
+from isolation.env import LIBRARY_NAME
+from vendors.base import DOMAIN, NodeLayout, Share, SharingConfig
 
 from . import helm
 
@@ -51,6 +52,19 @@ def test_vendor_defaults_are_valid_for_the_code(vendor: str) -> None:
     devices = mock_backend.discover(values["mockDevices"], node.names, node.mock_models, "node-1")
     assert devices, f"vendors.{vendor}.mockDevices simulates nothing"
     assert values["nodeSelector"] == {f"{DOMAIN}/{vendor}": "true"}
+
+
+@pytest.mark.parametrize("vendor", sorted(VALUES["vendors"]))
+def test_isolation_library_default_follows_the_vendors_container_edits(vendor: str) -> None:
+    """The chart installs libvgpu.so for exactly the vendors whose CDI edits mount it."""
+    node = vendors.node_vendor(vendor)
+    device = mock_backend.discover("1x" + next(iter(node.mock_models)), node.names, node.mock_models, "node-1")[0]
+    share = Share(device=device, request="r", share_id=None, memory_bytes=1 << 30, cores=30)
+    host_lib = VALUES["driver"]["hostLibDir"]
+    layout = NodeLayout(host_lib_dir=host_lib, claim_dir=f"{host_lib}/claims/uid")
+    edits = node.container_edits([share], SharingConfig(), layout)
+    mounts_library = any(m.host_path == f"{host_lib}/{LIBRARY_NAME}" for m in edits.mounts)
+    assert VALUES["vendors"][vendor]["isolationLibrary"] is mounts_library
 
 
 def test_domain_helper_is_the_codes_domain(all_objs: list[helm.Obj]) -> None:
