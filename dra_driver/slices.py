@@ -277,7 +277,8 @@ class SlicePublisher:
         self._split = split_count
         self._metrics = metrics
         self._resync = resync_seconds
-        self._probe_interval = probe_seconds
+        self.probe_interval = probe_seconds
+        """Seconds between re-checks of a gate found off (the API server may be reconfigured)."""
         self._node_uid: str | None = None
         self._generation = 0
         self.shareable: bool | None = None
@@ -389,7 +390,7 @@ class SlicePublisher:
         started = time.perf_counter()
         uid = await self.node_uid()
         if self.shareable is None or (
-            self.shareable is False and time.monotonic() - self._last_probe >= self._probe_interval
+            self.shareable is False and time.monotonic() - self._last_probe >= self.probe_interval
         ):
             await self._probe(uid)
         try:
