@@ -1,0 +1,148 @@
+"""RBAC audit on the real wire: what the driver and the webhook request is what the chart grants.
+
+The API server stand-in (e2e.apiserver) does not enforce RBAC, so a missing verb would only show
+on a real cluster. Here the real driver (configured from the chart's DaemonSet env) and the
+webhook's API paths run against it; every request in its log is mapped to (group, resource, verb)
+and must be allowed by the chart's ClusterRole for that component. (The driver part covers slice
+publishing; claim reads during prepare are covered by the exact-rules test in test_security.py.)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import tempfile
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+import pytest
+
+from dra_driver import cli as driver_cli
+from dra_driver.daemon import Driver
+from e2e.apiserver import APIServer
+from kubeapi import KubeClient
+from webhook import inventory
+from webhook.metrics import Metrics
+from webhook.templates import TemplateStore
+
+from . import helm
+
+Access = tuple[str, str, str]  # (api group, resource, verb)
+
+
+def access_of(method: str, path: str, query: dict[str, str]) -> Access | None:
+    """The RBAC attributes of a resource request; ``None`` for non-resource paths (discovery)."""
+    parts = path.strip("/").split("/")
+    if parts[0] == "api" and len(parts) >= 3:
+        group, rest = "", parts[2:]
+    elif parts[0] == "apis" and len(parts) >= 4:
+        group, rest = parts[1], parts[3:]
+    else:
+        return None
+    if rest[0] == "namespaces" and len(rest) >= 3:
+        rest = rest[2:]
+    resource = "/".join([rest[0], *rest[2:3]])
+    named = len(rest) >= 2
+    if method == "GET":
+        verb = "get" if named else ("watch" if query.get("watch") in ("1", "true") else "list")
+    else:
+        verb = {"POST": "create", "PUT": "update", "PATCH": "patch", "DELETE": "delete"}[method]
+    return group, resource, verb
+
+
+def granted(role: helm.Obj) -> set[Access]:
+    return {
+        (group, resource, verb)
+        for rule in role["rules"]
+        for group in rule["apiGroups"]
+        for resource in rule["resources"]
+        for verb in rule["verbs"]
+    }
+
+
+def accesses(api: APIServer) -> set[Access]:
+    out = set()
+    for record in api.requests:
+        access = access_of(record.method, record.path, dict(record.query))
+        if access is not None:
+            out.add(access)
+    return out
+
+
+def _not_granted(used: Iterable[Access], role: helm.Obj) -> list[Access]:
+    return sorted(set(used) - granted(role))
+
+
+@pytest.fixture
+def short_dir() -> Iterator[Path]:
+    path = Path(tempfile.mkdtemp(prefix="tc", dir="/tmp"))  # Unix socket paths stay short
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def test_request_mapping() -> None:
+    assert access_of("GET", "/apis/resource.k8s.io/v1/resourceslices", {"watch": "true"}) == (
+        "resource.k8s.io", "resourceslices", "watch")  # fmt: skip
+    assert access_of("POST", "/api/v1/namespaces/default/events", {}) == ("", "events", "create")
+    assert access_of("GET", "/api/v1/nodes/n1", {}) == ("", "nodes", "get")
+    assert access_of("PUT", "/apis/resource.k8s.io/v1/namespaces/a/resourceclaims/c/status", {}) == (
+        "resource.k8s.io", "resourceclaims/status", "update")  # fmt: skip
+    assert access_of("GET", "/version", {}) is None
+
+
+async def test_driver_requests_are_granted(helm_home: Path, short_dir: Path) -> None:
+    objs = helm.render(helm_home, sets={"vendors.nvidia.backend": "mock"})
+    (ds,) = helm.find(objs, "DaemonSet")
+    (container,) = helm.pod_spec(ds)["containers"]
+    env = {e["name"]: e["value"] for e in container["env"] if "value" in e}
+    async with APIServer.running(host="127.0.0.1", port=0) as api:
+        api.store.put({"apiVersion": "v1", "kind": "Node", "metadata": {"name": "node-1"}})
+        env.update(
+            NODE_NAME="node-1",
+            TESSERA_KUBECONFIG=api.write_kubeconfig(short_dir / "kubeconfig"),
+            TESSERA_PLUGIN_DIR=str(short_dir / "plugin"),
+            TESSERA_REGISTRY_DIR=str(short_dir / "registry"),
+            TESSERA_CDI_DIR=str(short_dir / "cdi"),
+            TESSERA_HOST_LIB_DIR=str(short_dir / "lib"),
+            TESSERA_METRICS_PORT="0",
+            TESSERA_HEALTHZ_PORT="0",
+        )
+        for d in ("plugin", "registry", "cdi", "lib"):
+            (short_dir / d).mkdir()
+        driver = Driver(driver_cli.settings_from_args([], env))
+        await driver.start()
+        try:
+            assert driver.publisher is not None
+            await asyncio.wait_for(driver.publisher.published.wait(), timeout=20)
+            slices = api.store.list("resourceslices")
+            assert slices and all(s["spec"]["nodeName"] == "node-1" for s in slices)
+        finally:
+            await driver.stop()
+        used = accesses(api)
+    assert ("resource.k8s.io", "resourceslices", "create") in used
+    assert ("", "nodes", "get") in used
+    assert not _not_granted(used, helm.one(objs, "ClusterRole", "tessera-driver")), used
+
+
+async def test_webhook_requests_are_granted(default_objs: list[helm.Obj], short_dir: Path) -> None:
+    template = {
+        "apiVersion": "resource.k8s.io/v1",
+        "kind": "ResourceClaimTemplate",
+        "metadata": {"name": "tessera-0123456789", "namespace": "default"},
+        "spec": {"spec": {"devices": {"requests": [
+            {"name": "gpu", "exactly": {"deviceClassName": "nvidia.tessera.dev", "count": 1}}]}}},
+    }  # fmt: skip
+    async with APIServer.running(host="127.0.0.1", port=0) as api:
+        client = await KubeClient.connect(api.write_kubeconfig(short_dir / "kubeconfig"))
+        try:
+            await inventory.fetch(client)
+            assert await TemplateStore(client, Metrics()).ensure(template, {}) == "created"
+            # Another replica (no cache) finds it on a conflict and compares content.
+            assert await TemplateStore(client, Metrics()).ensure(template, {}) == "exists"
+        finally:
+            await client.close()
+        used = accesses(api)
+    assert ("resource.k8s.io", "resourceclaimtemplates", "get") in used
+    roles = [helm.one(default_objs, "ClusterRole", n) for n in ("tessera-webhook", "tessera-webhook-inventory")]
+    all_granted = set().union(*(granted(r) for r in roles))
+    assert not sorted(used - all_granted), used
