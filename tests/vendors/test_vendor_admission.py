@@ -13,8 +13,8 @@ from vendors.base import ConversionError, DeviceAsk
 from .vendor_helpers import container
 
 
-def ask(vendor: Any, limits: dict[str, object], **extra: object) -> DeviceAsk | None:
-    result: DeviceAsk | None = vendor.parse(container(limits, **extra))
+def ask(vendor: Any, limits: dict[str, object]) -> DeviceAsk | None:
+    result: DeviceAsk | None = vendor.parse(container(limits))
     return result
 
 
@@ -148,7 +148,8 @@ def test_ascend_selectors_evaluate_in_cel() -> None:
 
     def run(vnpu_mode: str) -> bool:
         device = {"attributes": {"ascend.tessera.dev": {"vnpuMode": vnpu_mode}}}
-        return bool(program.evaluate({"device": celpy.json_to_cel(device)}))
+        activation = {"device": celpy.json_to_cel(device)}  # type: ignore[attr-defined]
+        return bool(program.evaluate(activation))
 
     assert run("hami-core") and not run("template")
 

@@ -21,12 +21,13 @@ import vendors
 from dra_driver import slices
 from dra_driver.backends import mock
 from vendors import ascend, cambricon, hygon, iluvatar
+from vendors.base import NodeVendor
 from webhook.convert import Converter
 from webhook.inventory import Inventory
 
 ROOT = Path(__file__).resolve().parents[2]
 K8S = "1.34"
-MOCK_NODES = {
+MOCK_NODES: dict[str, tuple[NodeVendor, str]] = {
     "npu-node": (ascend.VENDOR, "2x910B3,1x910B4"),
     "gpu-node": (iluvatar.VENDOR, "2xMR-V100"),
     "mlu-node": (cambricon.VENDOR, "2xMLU370-X4"),
@@ -128,7 +129,7 @@ def test_hygon_pod(inventory: Inventory) -> None:
 
 
 def test_annotations_become_selectors_and_denials_reach_the_user(inventory: Inventory) -> None:
-    pod = {
+    pod: dict[str, Any] = {
         "apiVersion": "v1",
         "kind": "Pod",
         "metadata": {

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from vendors import ascend, cambricon, hygon, iluvatar, node_vendor
-from vendors.base import MIB, DiscoveryError
+from vendors.base import MIB, DiscoveryError, NodeVendor
 
 from .conftest import ToolFactory
 from .vendor_helpers import Answer, fixture_text
@@ -234,7 +234,7 @@ def test_hygon_without_unique_id_gets_a_derived_uuid(fake_tool: ToolFactory, tmp
 def test_tool_failures_are_discovery_errors(vendor_name: str, fake_tool: ToolFactory, tmp_path: Path) -> None:
     made: list[str] = []
 
-    def make(answer: Answer, timeout_s: float = 5.0) -> object:
+    def make(answer: Answer, timeout_s: float = 5.0) -> NodeVendor:
         made.append(vendor_name)
         tool = fake_tool(f"{vendor_name}-tool-{len(made)}", {"*": answer})
         if vendor_name == "ascend":
@@ -252,15 +252,16 @@ def test_tool_failures_are_discovery_errors(vendor_name: str, fake_tool: ToolFac
     ]
     for vendor, message in cases:
         with pytest.raises(DiscoveryError, match=message):
-            vendor.discover()  # type: ignore[attr-defined]
-    missing = {
-        "ascend": lambda: ascend.Ascend(npu_smi=str(tmp_path / "absent")),
-        "cambricon": lambda: cambricon.Cambricon(cnmon=str(tmp_path / "absent")),
-        "hygon": lambda: hygon.Hygon(hy_smi=str(tmp_path / "absent")),
-        "iluvatar": lambda: iluvatar.Iluvatar(ixsmi=str(tmp_path / "absent")),
-    }[vendor_name]()
+            vendor.discover()
+    absent = str(tmp_path / "absent")
+    missing: dict[str, NodeVendor] = {
+        "ascend": ascend.Ascend(npu_smi=absent),
+        "cambricon": cambricon.Cambricon(cnmon=absent),
+        "hygon": hygon.Hygon(hy_smi=absent),
+        "iluvatar": iluvatar.Iluvatar(ixsmi=absent),
+    }
     with pytest.raises(DiscoveryError, match=r"not found; .*--backend mock"):
-        missing.discover()
+        missing[vendor_name].discover()
 
 
 def test_registry_node_sides_name_their_real_backend() -> None:

@@ -10,7 +10,7 @@ import pytest
 
 from vendors import ascend, cambricon, hygon, iluvatar
 from vendors.base import MIB, DeviceInfo, MockModel, NodeLayout, Share, SharingConfig
-from vendors.common import ENFORCER_ENV
+from vendors.common import ENFORCER_ENV, MemoryUnit
 
 
 def device(model: MockModel, index: int = 0, *, nodes: tuple[str, ...] = (), bus: str = "") -> DeviceInfo:
@@ -188,7 +188,7 @@ def test_cambricon_smlu_profile_from_the_talk(layout: NodeLayout) -> None:
     hami_units = cambricon.Cambricon(vmemory_unit=256)
     edits256 = hami_units.container_edits([share(real, 5120)], CONFIG, layout)
     assert edits256.env["CAMBRICON_DSMLU_PROFILE"] == "0_100_20"
-    assert cambricon.smlu_profile(1, 50, 100, 23308, cambricon.MemoryUnit(mib=None)) == "1_50_1"
+    assert cambricon.smlu_profile(1, 50, 100, 23308, MemoryUnit(mib=None)) == "1_50_1"
 
 
 def test_cambricon_whole_mlus(layout: NodeLayout) -> None:

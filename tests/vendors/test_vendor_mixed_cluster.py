@@ -21,12 +21,12 @@ from dra_driver.backends import mock
 from dra_driver.claims import ClaimRef, plan_claim
 from e2e.allocator import schedule
 from vendors import ascend, cambricon, hygon, nvidia
-from vendors.base import NodeLayout
+from vendors.base import NodeLayout, NodeVendor
 from webhook.convert import Converter
 from webhook.inventory import Inventory
 
 ROOT = Path(__file__).resolve().parents[2]
-NODES = {
+NODES: dict[str, tuple[NodeVendor, str]] = {
     "gpu-node": (nvidia.VENDOR, "2xA800"),
     "npu-node": (ascend.VENDOR, "2x910B3"),
     "dcu-node": (hygon.VENDOR, "2xK100_AI"),
