@@ -33,7 +33,8 @@ def _literal_env(container: helm.Obj) -> dict[str, str]:
 
 def _driver_container(ds: helm.Obj) -> helm.Obj:
     (container,) = [c for c in helm.pod_spec(ds)["containers"] if c["name"] == "driver"]
-    return container
+    found: helm.Obj = container
+    return found
 
 
 def test_chart_vendors_are_the_codes_vendors() -> None:

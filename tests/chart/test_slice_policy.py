@@ -6,6 +6,7 @@ from typing import Any
 
 import celpy
 import pytest
+from celpy.adapter import json_to_cel
 
 from . import helm
 
@@ -32,17 +33,17 @@ def _admit(policy: helm.Obj, *, user: str, node: str | None, op: str, new: str |
     obj = None if new is None else {"spec": {"nodeName": new, "driver": "nvidia.tessera.dev"}}
     old_obj = None if old is None else {"spec": {"nodeName": old, "driver": "nvidia.tessera.dev"}}
     base = {
-        "request": celpy.json_to_cel(request),
-        "object": celpy.json_to_cel(obj),
-        "oldObject": celpy.json_to_cel(old_obj),
+        "request": json_to_cel(request),
+        "object": json_to_cel(obj),
+        "oldObject": json_to_cel(old_obj),
     }
     spec = policy["spec"]
     if not all(_eval(c["expression"], base) for c in spec["matchConditions"]):
         return None
-    variables = {}
+    variables: dict[str, Any] = {}
     for var in spec["variables"]:
-        variables[var["name"]] = _eval(var["expression"], {**base, "variables": celpy.json_to_cel(variables)})
-    activation = {**base, "variables": celpy.json_to_cel({k: str(v) for k, v in variables.items()})}
+        variables[var["name"]] = _eval(var["expression"], {**base, "variables": json_to_cel(variables)})
+    activation = {**base, "variables": json_to_cel({k: str(v) for k, v in variables.items()})}
     for validation in spec["validations"]:
         if not _eval(validation["expression"], activation):
             if "messageExpression" in validation:
