@@ -40,6 +40,7 @@ Node
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import socket
@@ -167,6 +168,7 @@ UNSUPPORTED = {
 }
 
 
+@functools.lru_cache(maxsize=1024)
 def _parse_word(resource: str) -> tuple[str, str] | None:
     """``huawei.com/Ascend910B3-memory`` -> (``Ascend910B3``, ``memory``); ``None`` when not Ascend."""
     if not resource.startswith(RESOURCE_PREFIX + "Ascend"):

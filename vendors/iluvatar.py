@@ -27,6 +27,7 @@ Node
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 from collections.abc import Mapping, Sequence
@@ -94,6 +95,7 @@ MOCK_MODELS: Mapping[str, MockModel] = {
 """Simulated cards (memory as ixsmi reports it; the talk's MR-V100 shows 32768 MiB)."""
 
 
+@functools.lru_cache(maxsize=1024)
 def _chip_resource(name: str) -> tuple[str, str] | None:
     match = _CHIP_RE.match(name)
     if not match:
