@@ -216,3 +216,15 @@ def test_convert_cli_converts_the_seed_pods_and_the_hygon_pod(tmp_path: Path) ->
             else {"hygon.tessera.dev"}
         )
         assert expected <= classes
+
+
+def test_example_inventory_of_all_vendors_is_valid_and_converts_every_seed_pod() -> None:
+    path = ROOT / "examples" / "inventory-all-vendors.yaml"
+    objects = [d for d in yaml.safe_load_all(path.read_text(encoding="utf-8")) if d]
+    for obj in objects:
+        validate(obj)
+    assert {o["spec"]["driver"] for o in objects} == {f"{v}.tessera.dev" for v in vendors.RESOURCE_PREFIXES}
+    inventory = Inventory.from_slices(objects)
+    for name, pod in seed_pods().items():
+        result = Converter(vendors.admission_vendors()).convert(pod, "default", inventory)
+        assert result.allowed, f"{name}: {result.message}"
