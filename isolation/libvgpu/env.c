@@ -44,7 +44,10 @@ int vgpu_parse_size(const char *s, uint64_t *out)
     case 'g': shift = 30; break;
     default: break;
     }
-    if (shift) buf[n - 1] = 0;
+    if (shift) {
+        buf[n - 1] = 0;
+        if (n < 2 || !isdigit((unsigned char)buf[n - 2])) return -1; /* "10 g", "g" */
+    }
     uint64_t v;
     if (vgpu_parse_uint(buf, UINT64_MAX, &v) != 0) return -1;
     if (shift && v > (UINT64_MAX >> shift)) return -1;

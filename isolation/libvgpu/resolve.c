@@ -8,6 +8,7 @@
 #include "vgpu.h"
 
 #include <dlfcn.h>
+#include <link.h>
 #include <pthread.h>
 #include <string.h>
 
@@ -25,11 +26,15 @@ static void *const wrappers[H_COUNT] = { VGPU_HOOKS(HOOK_ADDR) };
 
 /* ---- the real dlsym ---- */
 typedef void *(*dlsym_fn)(void *, const char *);
-static _Atomic(dlsym_fn) g_real_dlsym;
+__attribute__((visibility("hidden"))) dlsym_fn vgpu_real_dlsym_ptr; /* read by the trampoline below */
 
-static dlsym_fn real_dlsym_fn(void)
+/* The dlsym path may run before a sanitizer runtime preloaded ahead of us has set itself up (it
+ * resolves its interceptors through dlsym): keep it uninstrumented. */
+#define EARLY __attribute__((no_sanitize_address, no_sanitize_undefined))
+
+EARLY static dlsym_fn real_dlsym_fn(void)
 {
-    dlsym_fn f = atomic_load_explicit(&g_real_dlsym, memory_order_acquire);
+    dlsym_fn f = __atomic_load_n(&vgpu_real_dlsym_ptr, __ATOMIC_ACQUIRE);
     if (f) return f;
     static const char *const versions[] = { "GLIBC_2.34", "GLIBC_2.2.5", "GLIBC_2.17", "GLIBC_2.0", NULL };
     for (int i = 0; versions[i] && !f; i++) f = (dlsym_fn)dlvsym(RTLD_NEXT, "dlsym", versions[i]);
@@ -37,11 +42,14 @@ static dlsym_fn real_dlsym_fn(void)
         vgpu_log(LOG_ERROR, "cannot find the C library's dlsym: symbol lookups will fail");
         return NULL;
     }
-    atomic_store_explicit(&g_real_dlsym, f, memory_order_release);
+    __atomic_store_n(&vgpu_real_dlsym_ptr, f, __ATOMIC_RELEASE);
     return f;
 }
 
-void *vgpu_real_dlsym(void *h, const char *name)
+__attribute__((visibility("hidden"))) void *vgpu_dlsym_init(void);
+EARLY void *vgpu_dlsym_init(void) { return (void *)real_dlsym_fn(); }
+
+EARLY void *vgpu_real_dlsym(void *h, const char *name)
 {
     dlsym_fn f = real_dlsym_fn();
     return f ? f(h, name) : NULL;
@@ -131,24 +139,78 @@ static int loaded(const char *soname)
 /* The dlsym every caller in the process reaches: we precede libc in the lookup scope, and an
  * unversioned definition satisfies references to either of glibc's versions (dlsym@GLIBC_2.2.5 of
  * binaries linked before glibc 2.34, dlsym@@GLIBC_2.34 after); tests/test_hooks.c checks both. */
-VGPU_EXPORT void *dlsym(void *handle, const char *name)
+/* RTLD_NEXT means "after the caller", and the real dlsym would take us for the caller: walk the
+ * objects that follow the caller ourselves, keeping the first that defines the name. */
+static void *next_after(const void *caller, const char *name)
 {
-    void *p = vgpu_real_dlsym(handle, name);
-    if (!p || t_resolving || (name[0] != 'c' && name[0] != 'n')) return p;
-    if (name[0] == 'c' && name[1] == 'u') {
+    Dl_info info;
+    struct link_map *lm = NULL;
+    if (!dladdr1(caller, &info, (void **)&lm, RTLD_DL_LINKMAP) || !lm) return vgpu_real_dlsym(RTLD_NEXT, name);
+    for (struct link_map *l = lm->l_next; l; l = l->l_next) {
+        if (!l->l_name || !l->l_name[0]) continue;
+        void *h = dlopen(l->l_name, RTLD_LAZY | RTLD_NOLOAD); /* not the vDSO, only real objects */
+        if (!h) continue;
+        void *p = vgpu_real_dlsym(h, name);
+        dlclose(h);
+        struct link_map *def = NULL;
+        if (p && dladdr1(p, &info, (void **)&def, RTLD_DL_LINKMAP) && def == l) return p;
+    }
+    return NULL;
+}
+
+#if defined(__x86_64__)
+/* dlsym(RTLD_NEXT, ...) is answered relative to the caller's object, found by glibc from its
+ * return address: jump (not call) into the real dlsym so that the return address is our caller's.
+ * Any other handle goes to vgpu_dlsym_c. The pointer is filled on first use (before, the
+ * trampoline calls vgpu_dlsym_init, keeping the arguments and the stack alignment). */
+__asm__(".text\n"
+        ".globl dlsym\n"
+        ".type dlsym,@function\n"
+        "dlsym:\n"
+        "  cmpq $-1, %rdi\n"
+        "  jne vgpu_dlsym_c\n"
+        "  movq vgpu_real_dlsym_ptr(%rip), %rax\n"
+        "  testq %rax, %rax\n"
+        "  jz 1f\n"
+        "  jmp *%rax\n"
+        "1:\n"
+        "  pushq %rdi\n"
+        "  pushq %rsi\n"
+        "  subq $8, %rsp\n"
+        "  call vgpu_dlsym_init\n"
+        "  addq $8, %rsp\n"
+        "  popq %rsi\n"
+        "  popq %rdi\n"
+        "  testq %rax, %rax\n"
+        "  jz 2f\n"
+        "  jmp *%rax\n"
+        "2:\n"
+        "  xorl %eax, %eax\n"
+        "  ret\n"
+        ".size dlsym, .-dlsym\n");
+__attribute__((visibility("hidden"))) void *vgpu_dlsym_c(void *handle, const char *name);
+EARLY void *vgpu_dlsym_c(void *handle, const char *name)
+#else
+VGPU_EXPORT void *dlsym(void *handle, const char *name)
+#endif
+{
+    void *p = handle == RTLD_NEXT ? next_after(__builtin_return_address(0), name) : vgpu_real_dlsym(handle, name);
+    /* plain character tests first: no TLS, no libc call (a sanitizer may still be starting) */
+    int cuda = name[0] == 'c' && name[1] == 'u';
+    int nvml = name[0] == 'n' && name[1] == 'v' && name[2] == 'm' && name[3] == 'l';
+    if (!p || (!cuda && !nvml) || t_resolving) return p;
+    if (cuda) {
         if (!atomic_load_explicit(&g_cuda_ready, memory_order_acquire)) {
             if (!loaded("libcuda.so.1")) return p;
             vgpu_resolve_cuda();
             atomic_store(&g_cuda_ready, 1);
         }
-    } else if (!strncmp(name, "nvml", 4)) {
+    } else {
         if (!atomic_load_explicit(&g_nvml_ready, memory_order_acquire)) {
             if (!loaded("libnvidia-ml.so.1")) return p;
             vgpu_resolve_nvml();
             atomic_store(&g_nvml_ready, 1);
         }
-    } else {
-        return p;
     }
     void *w = vgpu_wrapper_for(p);
     return w ? w : p;

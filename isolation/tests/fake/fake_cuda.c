@@ -487,7 +487,13 @@ EXPORT CUresult cuMemAllocManaged(CUdeviceptr *p, size_t size, unsigned int flag
     FAKE_COUNT(cuMemAllocManaged);
     NEED_CTX();
     if (flags != CU_MEM_ATTACH_GLOBAL && flags != CU_MEM_ATTACH_HOST) return CUDA_ERROR_INVALID_VALUE;
-    return alloc_common(p, size, K_MANAGED, cur_sdev());
+    if (!p || !size) return CUDA_ERROR_INVALID_VALUE;
+    /* managed pages migrate on demand: they do not hold the device arena, so they can exceed it */
+    pthread_mutex_lock(&g_mu);
+    *p = new_va(size);
+    table_add(*p, size, cur_sdev(), K_MANAGED, NULL);
+    pthread_mutex_unlock(&g_mu);
+    return CUDA_SUCCESS;
 }
 
 EXPORT CUresult cuMemAllocPitch_v2(CUdeviceptr *p, size_t *pitch, size_t width, size_t height, unsigned int elem)
@@ -517,7 +523,7 @@ EXPORT CUresult cuMemFree_v2(CUdeviceptr p)
         pool_return(a.pool, a.size);
         return CUDA_SUCCESS;
     }
-    fake_ungrant(a.sdev, a.size);
+    if (a.kind != K_MANAGED) fake_ungrant(a.sdev, a.size);
     return CUDA_SUCCESS;
 }
 
@@ -745,7 +751,7 @@ static CUresult free_async(CUdeviceptr p, CUstream s)
     pthread_mutex_unlock(&g_mu);
     if (!found || a.kind == K_HOST) return CUDA_ERROR_INVALID_VALUE;
     if (a.kind == K_ASYNC) pool_return(a.pool, a.size);
-    else fake_ungrant(a.sdev, a.size);
+    else if (a.kind != K_MANAGED) fake_ungrant(a.sdev, a.size);
     return CUDA_SUCCESS;
 }
 
