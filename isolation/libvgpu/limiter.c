@@ -133,7 +133,6 @@ static void discover_hostpid(int dev)
 static double measure(int dev, int64_t window_ns)
 {
     if (!nvml_ready() || !g_nvdev[dev]) return -1;
-    discover_hostpid(dev);
     int pids[VGPU_MAX_SLOTS], npids = 0;
     for (int i = 0; i < VGPU_MAX_SLOTS; i++) {
         int hp = atomic_load(&vgpu.region->slot[i].hostpid);
@@ -201,6 +200,7 @@ static int win_period(_Atomic int64_t *tick, int64_t now, int64_t period)
 }
 
 static int64_t g_metric_tick[VGPU_MAX_DEVICES];
+static int64_t g_discover_ns, g_started_ns;
 
 static void *tick_main(void *arg)
 {
@@ -210,10 +210,17 @@ static void *tick_main(void *arg)
     pthread_sigmask(SIG_BLOCK, &all, NULL); /* never take the application's signals */
     struct vgpu_region *r = vgpu.region;
     int64_t period = (int64_t)vgpu.cfg.period_ms * 1000000LL;
+    g_started_ns = mono_ns();
     for (;;) {
         sleep_ns(TICK_NS);
         int64_t now = mono_ns();
         int launched = atomic_exchange(&vgpu_launched, 0);
+        if (vgpu.slot && !atomic_load(&vgpu.slot->hostpid) && now - g_discover_ns >= 100000000LL &&
+            now - g_started_ns < 60000000000LL) { /* NVML lists a process once it has a context */
+            g_discover_ns = now;
+            if (nvml_ready())
+                for (int d = 0; d < vgpu.ndev; d++) discover_hostpid(d);
+        }
         int any_mem = 0;
         for (int d = 0; d < vgpu.ndev; d++)
             if (vgpu.slot && atomic_load(&vgpu.slot->used[d])) any_mem = 1;

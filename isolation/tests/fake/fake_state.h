@@ -13,7 +13,7 @@
 
 #define FAKE_MAGIC 0x46414b45u /* "FAKE" */
 #define FAKE_VERSION 1u
-#define FAKE_MAX_DEV 8
+#define FAKE_MAX_DEV 16
 #define FAKE_MAX_PROC 512
 #define FAKE_RING 4096
 

@@ -2,7 +2,8 @@
  *
  *   fake-state                     JSON: devices (capacity, used, busy), processes (granted bytes),
  *                                  call counters (non-zero ones)
- *   fake-state util DEV SECONDS    busy fraction of state device DEV (index or UUID) over a window
+ *   fake-state util DEV SECONDS [PID]   busy fraction of state device DEV (index or UUID) over a
+ *                                  window, of all processes or of one
  *
  * It reads $TESSERA_FAKE_STATE directly and ignores NVIDIA_VISIBLE_DEVICES: it is the ground truth. */
 #define _GNU_SOURCE
@@ -26,11 +27,12 @@ int main(int argc, char **argv)
 {
     struct fake_state *st = fake_state_open();
     if (!st) return 2;
-    if (argc == 4 && !strcmp(argv[1], "util")) {
+    if ((argc == 4 || argc == 5) && !strcmp(argv[1], "util")) {
         int d = find_dev(st, argv[2]);
         double secs = atof(argv[3]);
+        int pid = argc == 5 ? atoi(argv[4]) : 0;
         if (d < 0 || secs <= 0) {
-            fprintf(stderr, "usage: fake-state util DEV SECONDS\n");
+            fprintf(stderr, "usage: fake-state util DEV SECONDS [PID]\n");
             return 2;
         }
         fake_lock(st);
@@ -40,6 +42,10 @@ int main(int argc, char **argv)
         nanosleep(&ts, NULL);
         fake_lock(st);
         int64_t t1 = fake_now_ns(), b1 = fake_busy_done_locked(&st->dev[d], t1);
+        if (pid) { /* from the timeline's recent intervals */
+            b0 = 0;
+            b1 = fake_busy_between_locked(&st->dev[d], pid, t0, t1);
+        }
         fake_unlock(st);
         printf("{\"device\":\"%s\",\"seconds\":%.3f,\"busy_fraction\":%.5f}\n", st->dev[d].uuid,
                (double)(t1 - t0) / 1e9, (double)(b1 - b0) / (double)(t1 - t0));
