@@ -31,11 +31,10 @@ lint: setup
 bench: setup isolation
 	$(PY) -m bench
 
-## demo: the main job on the embedded default (until the harness demo lands: the webhook converts
-## the seed pods against an example inventory; pods of vendors not enabled are refused, exit 3)
+## demo: the narrated end-to-end run on the local cluster harness (real webhook, driver and libvgpu;
+## fake CUDA driver): gpu-pod12 limited to 10 GiB, two pods sharing a card, a pod that cannot fit
 demo: setup isolation
-	$(PY) -m webhook convert -f examples/seed-pods.yaml --inventory examples/inventory.yaml; \
-	  rc=$$?; [ $$rc -eq 0 ] || [ $$rc -eq 3 ]
+	$(PY) -m e2e.cluster
 
 ## proto: regenerate the gRPC stubs in dra_driver/proto from the .proto files
 proto: setup

@@ -149,6 +149,15 @@ class KubeClient:
     async def get(self, path: str) -> Obj:
         return await self.request("GET", path)
 
+    async def text(self, path: str, **query: str) -> str:
+        """A plain-text answer, e.g. ``pods/<name>/log`` with ``container=...``."""
+        response = await self._raw("GET", path, query=query)
+        try:
+            data: bytes = await response.read()
+            return data.decode("utf-8", "replace")
+        finally:
+            response.release()
+
     async def list(self, path: str, **selectors: str) -> Obj:
         """List; keyword arguments become query parameters (``labelSelector``, ``fieldSelector``)."""
         return await self.request("GET", path, query=selectors)

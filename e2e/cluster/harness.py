@@ -1,0 +1,419 @@
+"""The local cluster: API server, webhook, drivers, controllers and kubelets, wired as on a real one.
+
+* The API server stand-in runs in this process; ``kubeconfig`` points at it.
+* The chart is rendered with helm and its DeviceClasses and MutatingWebhookConfiguration are applied
+  as they are, except the ``caBundle``: the harness makes its own CA (``cryptography``) and serving
+  certificate and registers the chart's webhook Service with the API server, which then calls the
+  real webhook (``python -m webhook serve``, a child process) over HTTPS for every pod CREATE.
+* Per node: the kubelet stand-in (in this process), ``libvgpu.so``/``ld.so.preload`` installed into
+  the node's host library directory with ``isolation.install``, and the real driver
+  (``python -m dra_driver --backend mock``, a child process) with simulated cards. Containers get
+  the fake CUDA driver (``isolation/build/fake``) and the node's simulated cards in their
+  environment, as the container toolkit would give them the real driver.
+* The claim controller and the scheduler run in this process.
+Every child writes its log under ``<state>/logs``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import logging
+import os
+import shutil
+import socket
+import ssl
+import subprocess
+import tempfile
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import yaml
+
+from e2e.apiserver import APIServer
+from e2e.apiserver.kinds import kind_for_object
+from e2e.controllers import ClaimController, Scheduler
+from e2e.controllers.informer import cancel_all
+from e2e.kubelet import Kubelet
+from kubeapi import KubeClient, KubeError, cluster_path
+
+from . import tls
+from .procs import Child, python
+
+log = logging.getLogger("e2e.cluster")
+
+Obj = dict[str, Any]
+REPO = Path(__file__).resolve().parents[2]
+RELEASE = "tessera"
+NAMESPACE = "tessera-system"
+WEBHOOK_SERVICE = "tessera-webhook"
+DRIVER = "nvidia.tessera.dev"
+
+
+class HarnessError(Exception):
+    """The harness cannot start; the message says what is missing."""
+
+
+@dataclass(frozen=True)
+class NodeSpec:
+    name: str
+    devices: str = "2xH200"
+    labels: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class Node:
+    spec: NodeSpec
+    root: str
+    kubelet: Kubelet | None = None
+    driver: Child | None = None
+    fake_gpus: str = ""
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    def path(self, *parts: str) -> str:
+        return os.path.join(self.root, *parts)
+
+    @property
+    def registry_dir(self) -> str:
+        return self.path("plugins_registry")
+
+    @property
+    def plugin_dir(self) -> str:
+        return self.path("plugins", DRIVER)
+
+    @property
+    def cdi_dir(self) -> str:
+        return self.path("cdi")
+
+    @property
+    def host_lib_dir(self) -> str:
+        return self.path("tessera")
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def helm_binary() -> str:
+    local = REPO / ".tools" / "bin" / "helm"
+    if local.exists():
+        return str(local)
+    found = shutil.which("helm")
+    if found is None:
+        raise HarnessError("helm is needed to render the chart: run `make setup` (it installs .tools/bin/helm)")
+    return found
+
+
+def render_chart(values: Mapping[str, Any] | None = None) -> list[Obj]:
+    argv = [
+        helm_binary(),
+        "template",
+        RELEASE,
+        str(REPO / "charts" / "tessera"),
+        "-n",
+        NAMESPACE,
+        "--api-versions",
+        "resource.k8s.io/v1",
+    ]
+    for key, value in (values or {}).items():
+        argv += ["--set", f"{key}={value}"]
+    done = subprocess.run(argv, capture_output=True, text=True, check=False, timeout=60)
+    if done.returncode != 0:
+        raise HarnessError(f"helm template failed: {done.stderr.strip()}")
+    return [d for d in yaml.safe_load_all(done.stdout) if isinstance(d, dict)]
+
+
+def fake_gpus(devices: str, node_name: str) -> str:
+    """``TESSERA_FAKE_GPUS`` for the cards the mock backend simulates on ``node_name`` (same UUIDs)."""
+    from dra_driver.backends.mock import discover
+    from vendors import node_vendor
+
+    vendor = node_vendor("nvidia")
+    cards = discover(devices, vendor.names, vendor.mock_models, node_name)
+    return ",".join(f"{c.uuid}={c.memory_bytes // (1024 * 1024)}m/{c.product_name}" for c in cards)
+
+
+class Harness:
+    def __init__(
+        self,
+        nodes: Sequence[NodeSpec] = (NodeSpec("node-1"),),
+        *,
+        state_dir: str | None = None,
+        webhook: bool = True,
+        child_log_level: str = "info",
+        keep_state: bool = False,
+    ) -> None:
+        self.node_specs = list(nodes)
+        # short, under /tmp: Unix socket paths must stay under 108 bytes
+        self.state = state_dir or tempfile.mkdtemp(prefix="tessera-e2e-", dir="/tmp")
+        self.remove_state = state_dir is None and not keep_state
+        self.with_webhook = webhook
+        self.child_log_level = child_log_level
+        self.api = APIServer()
+        self.kubeconfig = os.path.join(self.state, "kubeconfig")
+        self.kube: KubeClient | None = None
+        self.nodes: dict[str, Node] = {}
+        self.webhook: Child | None = None
+        self.webhook_port = 0
+        self.tls: tls.ServingTLS | None = None
+        self._tasks: list[asyncio.Task[Any]] = []
+        self.chart: list[Obj] = []
+
+    # ------------------------------------------------------------------ lifecycle
+    async def __aenter__(self) -> Harness:
+        try:
+            await self.start()
+        except BaseException:
+            await self.stop()
+            raise
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    def _check_prerequisites(self) -> None:
+        build = REPO / "isolation" / "build"
+        for needed in ("libvgpu.so", "fake/libcuda.so.1", "fake/libnvidia-ml.so.1", "tools/cuda-workload"):
+            if not (build / needed).exists():
+                raise HarnessError(f"{build / needed} is missing: run `make -C isolation` first")
+
+    async def start(self) -> None:
+        self._check_prerequisites()
+        os.makedirs(os.path.join(self.state, "logs"), exist_ok=True)
+        await self.api.start()
+        self.api.write_kubeconfig(self.kubeconfig)
+        self.kube = await KubeClient.connect(self.kubeconfig, timeout=15)
+        await self.kube.create(
+            cluster_path("v1", "namespaces"), {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NAMESPACE}}
+        )
+        self.chart = await asyncio.to_thread(render_chart, {"vendors.nvidia.backend": "mock"})
+        for doc in self.chart:
+            if doc.get("kind") == "DeviceClass":
+                await self.apply(doc)
+        if self.with_webhook:
+            self.tls = tls.generate(
+                os.path.join(self.state, "tls"),
+                [f"{WEBHOOK_SERVICE}.{NAMESPACE}.svc", f"{WEBHOOK_SERVICE}.{NAMESPACE}"],
+                ["127.0.0.1"],
+            )
+            await self.start_webhook()
+            for doc in self.chart:
+                if doc.get("kind") == "MutatingWebhookConfiguration":
+                    for hook in doc.get("webhooks") or []:
+                        hook["clientConfig"]["caBundle"] = base64.b64encode(self.tls.ca_pem).decode()
+                    await self.apply(doc)
+        self._tasks = [
+            asyncio.create_task(ClaimController(self.kube).run()),
+            asyncio.create_task(Scheduler(self.kube, retry_seconds=2.0).run()),
+        ]
+        for spec in self.node_specs:
+            await self.add_node(spec)
+
+    async def stop(self) -> None:
+        for node in list(self.nodes.values()):
+            if node.kubelet is not None:
+                with contextlib.suppress(Exception):
+                    await node.kubelet.stop()
+        for node in self.nodes.values():
+            if node.driver is not None:
+                await node.driver.stop()
+        if self.webhook is not None:
+            await self.webhook.stop()
+        await cancel_all(self._tasks)
+        if self.kube is not None:
+            for node in self.nodes.values():
+                if node.kubelet is not None:
+                    with contextlib.suppress(Exception):
+                        await node.kubelet.kube.close()
+            await self.kube.close()
+            self.kube = None
+        await self.api.stop()
+        if self.remove_state:
+            await asyncio.to_thread(shutil.rmtree, self.state, True)
+
+    # ------------------------------------------------------------------ webhook
+    async def start_webhook(self) -> None:
+        assert self.tls is not None
+        self.webhook_port = self.webhook_port or free_port()
+        self.webhook = Child(
+            "webhook",
+            [
+                python(),
+                "-m",
+                "webhook",
+                "serve",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(self.webhook_port),
+                "--tls-cert-file",
+                self.tls.cert_file,
+                "--tls-key-file",
+                self.tls.key_file,
+                "--kubeconfig",
+                self.kubeconfig,
+                "--log-format",
+                "text",
+                "--log-level",
+                self.child_log_level,
+            ],
+            os.path.join(self.state, "logs", "webhook.log"),
+        )
+        await self.webhook.start()
+        self.api.webhooks.services[(NAMESPACE, WEBHOOK_SERVICE)] = ("127.0.0.1", self.webhook_port)
+        context = ssl.create_default_context(cafile=self.tls.ca_file)
+        deadline = asyncio.get_running_loop().time() + 60
+        async with aiohttp.ClientSession() as http:
+            while True:
+                self.webhook.check()
+                with contextlib.suppress(aiohttp.ClientError, OSError):
+                    async with http.get(
+                        f"https://127.0.0.1:{self.webhook_port}/readyz",
+                        ssl=context,
+                        server_hostname=f"{WEBHOOK_SERVICE}.{NAMESPACE}.svc",
+                    ) as resp:
+                        if resp.status == 200:
+                            break
+                if asyncio.get_running_loop().time() > deadline:
+                    raise HarnessError(f"the webhook did not become ready within 60s; see {self.webhook.log_path}")
+                await asyncio.sleep(0.1)
+        log.info("webhook ready on https://127.0.0.1:%d", self.webhook_port)
+
+    async def stop_webhook(self) -> None:
+        if self.webhook is not None:
+            await self.webhook.stop()
+
+    # ------------------------------------------------------------------ nodes
+    async def add_node(self, spec: NodeSpec) -> Node:
+        from isolation.install import install
+
+        node = Node(spec, os.path.join(self.state, "nodes", spec.name))
+        self.nodes[spec.name] = node
+        for directory in (node.registry_dir, node.plugin_dir, node.cdi_dir, node.host_lib_dir):
+            os.makedirs(directory, exist_ok=True)
+        await asyncio.to_thread(install, str(REPO / "isolation" / "build"), node.host_lib_dir)
+        node.fake_gpus = fake_gpus(spec.devices, spec.name)
+        build = REPO / "isolation" / "build"
+        container_env = {
+            "LD_LIBRARY_PATH": str(build / "fake"),
+            "TESSERA_FAKE_GPUS": node.fake_gpus,
+            "TESSERA_FAKE_STATE": node.path("fake-gpu.state"),
+            "PATH": f"{build / 'tools'}:{os.environ.get('PATH', '/usr/bin:/bin')}",
+        }
+        kube = await KubeClient.connect(self.kubeconfig, timeout=15)
+        node.kubelet = Kubelet(
+            kube,
+            spec.name,
+            root=node.path("kubelet"),
+            registry_dir=node.registry_dir,
+            cdi_dir=node.cdi_dir,
+            container_env=container_env,
+            labels=spec.labels,
+        )
+        await node.kubelet.start()
+        await self.start_driver(spec.name)
+        return node
+
+    async def start_driver(self, node_name: str, *, wait: bool = True) -> None:
+        node = self.nodes[node_name]
+        node.driver = Child(
+            f"driver on {node_name}",
+            [
+                python(),
+                "-m",
+                "dra_driver",
+                "--driver",
+                "nvidia",
+                "--backend",
+                "mock",
+                "--mock-devices",
+                node.spec.devices,
+                "--node-name",
+                node_name,
+                "--kubeconfig",
+                self.kubeconfig,
+                "--plugin-dir",
+                node.plugin_dir,
+                "--registry-dir",
+                node.registry_dir,
+                "--cdi-dir",
+                node.cdi_dir,
+                "--host-lib-dir",
+                node.host_lib_dir,
+                "--metrics-port",
+                "0",
+                "--healthz-port",
+                "0",
+                "--log-format",
+                "text",
+            ],
+            os.path.join(self.state, "logs", f"driver-{node_name}.log"),
+        )
+        await node.driver.start()
+        if wait:
+            await self.wait_driver(node_name)
+
+    async def wait_driver(self, node_name: str, timeout: float = 60.0) -> None:
+        node = self.nodes[node_name]
+        assert node.kubelet is not None and node.driver is not None and self.kube is not None
+        deadline = asyncio.get_running_loop().time() + timeout
+        while True:
+            node.driver.check()
+            registered = DRIVER in node.kubelet.plugins.plugins
+            slices = (
+                await self.kube.list(
+                    cluster_path("resource.k8s.io/v1", "resourceslices"), fieldSelector=f"spec.nodeName={node_name}"
+                )
+            ).get("items") or []
+            if registered and slices:
+                log.info("driver on %s registered, %d slice(s) published", node_name, len(slices))
+                return
+            if asyncio.get_running_loop().time() > deadline:
+                raise HarnessError(
+                    f"the driver on {node_name} did not register and publish within {timeout:g}s; "
+                    f"see {node.driver.log_path}"
+                )
+            await asyncio.sleep(0.1)
+
+    async def stop_driver(self, node_name: str, *, kill: bool = False) -> None:
+        import signal
+
+        node = self.nodes[node_name]
+        if node.driver is not None:
+            await node.driver.stop(sig=signal.SIGKILL if kill else signal.SIGTERM)
+
+    async def restart_driver(self, node_name: str, *, kill: bool = False) -> None:
+        await self.stop_driver(node_name, kill=kill)
+        await self.start_driver(node_name)
+
+    # ------------------------------------------------------------------ objects
+    async def apply(self, doc: Obj, namespace: str = "default") -> Obj:
+        """Create ``doc`` (namespaced kinds in ``namespace`` unless it names one)."""
+        assert self.kube is not None
+        kind = kind_for_object(str(doc.get("apiVersion")), str(doc.get("kind")))
+        if kind is None:
+            raise HarnessError(f"the harness does not serve {doc.get('apiVersion')}/{doc.get('kind')}")
+        ns = (doc.get("metadata") or {}).get("namespace") or namespace
+        return await self.kube.create(kind.collection_path(ns if kind.namespaced else None), doc)
+
+
+async def wait_for(check: Any, *, timeout: float, interval: float = 0.1, what: str = "condition") -> Any:
+    """Poll the coroutine function ``check`` until it returns something truthy."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        with contextlib.suppress(KubeError):
+            result = await check()
+            if result:
+                return result
+        if asyncio.get_running_loop().time() > deadline:
+            raise TimeoutError(f"timed out after {timeout:g}s waiting for {what}")
+        await asyncio.sleep(interval)
