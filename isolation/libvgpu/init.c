@@ -7,6 +7,7 @@
 #include <pthread.h>
 #include <stdio.h>
 #include <string.h>
+#include <unistd.h>
 
 struct vgpu_state vgpu;
 static pthread_once_t g_once = PTHREAD_ONCE_INIT;
@@ -94,4 +95,21 @@ int vgpu_current_device(void)
     CUdevice d = -1;
     if (CALL(cuCtxGetDevice, &d) != CUDA_SUCCESS) return -1;
     return d;
+}
+
+/* A normal exit gives the slot back at once (the driver frees the process's memory); a killed
+ * process's slot is reclaimed by the next process that checks liveness. */
+__attribute__((destructor)) static void release_slot(void)
+{
+    struct vgpu_region *r = vgpu.region;
+    struct vgpu_slot *s = vgpu.slot;
+    if (!r || !s || atomic_load(&s->pid) != getpid() || vgpu_region_lock(r)) return;
+    for (int d = 0; d < VGPU_MAX_DEVICES; d++) {
+        uint64_t u = atomic_exchange(&s->used[d], 0), cur = atomic_load(&r->dev[d].used);
+        atomic_store(&r->dev[d].used, cur >= u ? cur - u : 0);
+    }
+    atomic_store(&s->hostpid, 0);
+    atomic_store(&s->pid, 0);
+    vgpu.slot = NULL;
+    vgpu_region_unlock(r);
 }

@@ -1,0 +1,58 @@
+"""Task priority across containers through the node region: a low-priority container pauses its
+launches while a high-priority one is active on the same device, and resumes after."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+from pathlib import Path
+
+from .fakegpu import WORKLOAD, FakeNode
+
+
+def _busy(node: FakeNode, pid: int, seconds: float) -> float:
+    out = subprocess.run(node.util_cmd(0, seconds, pid), env=node.base_env, capture_output=True, text=True, check=True)
+    return float(json.loads(out.stdout)["busy_fraction"])
+
+
+def test_low_priority_pauses_while_high_is_active(node: FakeNode, tmp_path: Path) -> None:
+    node_dir = tmp_path / "node"
+    node_dir.mkdir()
+    low = node.container("low", TESSERA_NODE_DIR=str(node_dir), CUDA_TASK_PRIORITY="1")
+    high = node.container("high", TESSERA_NODE_DIR=str(node_dir), CUDA_TASK_PRIORITY="0")
+    args = ["--kernel-us", "1000", "--grid", "132"]
+    lp = subprocess.Popen([str(WORKLOAD), "--launch-seconds", "6", *args], env=low, stdout=subprocess.DEVNULL)
+    try:
+        time.sleep(0.8)
+        alone = _busy(node, lp.pid, 0.5)
+        hp = subprocess.Popen([str(WORKLOAD), "--launch-seconds", "2", *args], env=high, stdout=subprocess.DEVNULL)
+        time.sleep(0.4)
+        while_high = _busy(node, lp.pid, 1.2)
+        high_share = _busy(node, hp.pid, 0.2)
+        hp.wait(timeout=10)
+        time.sleep(0.9)  # the high-priority container counts as active for 0.5 s after its last launch
+        after = _busy(node, lp.pid, 0.8)
+    finally:
+        lp.wait(timeout=15)
+    assert alone > 0.9, f"low priority alone runs freely: {alone:.2f}"
+    assert while_high < 0.05, f"low priority paused while high is active: {while_high:.2f}"
+    assert high_share > 0.9, f"high priority gets the device: {high_share:.2f}"
+    assert after > 0.9, f"low priority resumed: {after:.2f}"
+
+
+def test_same_priority_does_not_pause(node: FakeNode, tmp_path: Path) -> None:
+    node_dir = tmp_path / "node"
+    node_dir.mkdir()
+    a = node.container("a", TESSERA_NODE_DIR=str(node_dir), CUDA_TASK_PRIORITY="1")
+    b = node.container("b", TESSERA_NODE_DIR=str(node_dir), CUDA_TASK_PRIORITY="1")
+    args = ["--launch-seconds", "2.5", "--kernel-us", "1000", "--grid", "132"]
+    pa = subprocess.Popen([str(WORKLOAD), *args], env=a, stdout=subprocess.DEVNULL)
+    pb = subprocess.Popen([str(WORKLOAD), *args], env=b, stdout=subprocess.DEVNULL)
+    try:
+        time.sleep(0.8)
+        shares = [_busy(node, p.pid, 1.0) for p in (pa, pb)]
+    finally:
+        pa.wait(timeout=10)
+        pb.wait(timeout=10)
+    assert all(s > 0.2 for s in shares), f"both run: {shares}"
