@@ -1,10 +1,10 @@
-"""What survives a restart: the prepared claims, in ``<plugin-dir>/checkpoint.json``.
+"""What survives a restart: the prepared claims, one record per claim in ``<plugin-dir>/checkpoint/``.
 
-Two-phase per claim: an entry is written ``PrepareStarted`` (fsynced) before any file of the claim
+Two-phase per claim: a record is written ``PrepareStarted`` (fsynced) before any file of the claim
 is created and turned ``PrepareCompleted`` once everything is in place. A restarted driver rolls a
-started entry back and redoes it; a completed one is answered from the entry (the claim may be gone
+started claim back and redoes it; a completed one is answered from its record (the claim may be gone
 from the API server by then). Unprepare needs nothing else. Writes are atomic (temp file, fsync,
-rename, fsync dir) and grouped: concurrent commits share one write.
+rename, fsync dir).
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from . import fsutil
 log = logging.getLogger("dra_driver.checkpoint")
 
 API_VERSION = "tessera.dev/v1alpha1"
-KIND = "DRADriverCheckpoint"
+KIND = "DRAClaimCheckpoint"
 STARTED = "PrepareStarted"
 COMPLETED = "PrepareCompleted"
 
@@ -151,44 +151,53 @@ def read_boot_id() -> str:
 
 
 class Checkpoint:
-    """The prepared claims of this driver on this node, kept in memory and on disk."""
+    """The prepared claims of this driver on this node: one small JSON file per claim.
 
-    def __init__(self, path: str, driver: str, *, boot_id: str = "") -> None:
-        self.path = path
+    ``<directory>/<claim uid>.json`` holds the claim's state; :meth:`put`/:meth:`delete` change the
+    in-memory view at once (so that a concurrent prepare sees a device reserved before any await) and
+    :meth:`flush` makes one claim's record durable. Per-claim files keep every write small and let
+    claims commit concurrently; the caller serialises work on one claim.
+    """
+
+    def __init__(self, directory: str, driver: str, *, boot_id: str = "") -> None:
+        self.directory = directory
         self.driver = driver
         self.boot_id = boot_id
         self.previous_boot_id = boot_id
         self._claims: dict[str, ClaimEntry] = {}
-        self._lock = asyncio.Lock()
-        self._version = 0
-        self._written = 0
 
     @classmethod
-    def load(cls, path: str, driver: str) -> Checkpoint:
-        """Read the checkpoint (a missing file is an empty one). Blocking; call at start-up."""
-        cp = cls(path, driver, boot_id=read_boot_id())
-        try:
-            with open(path, encoding="utf-8") as f:
-                data = json.load(f)
-        except FileNotFoundError:
-            return cp
-        except (OSError, ValueError) as exc:
-            raise CheckpointError(
-                f"cannot read checkpoint {path}: {exc}. It records which claims are prepared; if it is damaged, "
-                "move it away and restart, then delete the pods using this node's devices so that kubelet "
-                "prepares their claims again"
-            ) from exc
-        if not isinstance(data, dict) or data.get("kind") != KIND:
-            raise CheckpointError(f"{path} is not a {KIND}; move it away or fix --plugin-dir")
-        if data.get("driver") not in (None, driver):
-            raise CheckpointError(f"{path} belongs to driver {data.get('driver')!r}, not {driver!r}; fix --plugin-dir")
-        try:
-            for uid, entry in (data.get("claims") or {}).items():
-                cp._claims[str(uid)] = ClaimEntry.from_json(entry)
-        except (KeyError, TypeError, ValueError) as exc:
-            raise CheckpointError(f"checkpoint {path} has a malformed claim entry ({exc}); move it away") from exc
-        cp.previous_boot_id = str(data.get("nodeBootID") or "")
+    def load(cls, directory: str, driver: str) -> Checkpoint:
+        """Read every claim record (a missing directory is an empty checkpoint). Blocking; at start-up."""
+        cp = cls(directory, driver, boot_id=read_boot_id())
+        os.makedirs(directory, exist_ok=True)
+        fsutil.remove_temp_files(directory)
+        for name in sorted(os.listdir(directory)):
+            if not name.endswith(".json"):
+                continue
+            path = os.path.join(directory, name)
+            try:
+                with open(path, encoding="utf-8") as f:
+                    data = json.load(f)
+                if not isinstance(data, dict) or data.get("kind") != KIND:
+                    raise ValueError(f"not a {KIND}")
+                if data.get("driver") not in (None, driver):
+                    raise ValueError(f"belongs to driver {data.get('driver')!r}, not {driver!r}")
+                uid = str(data["uid"])
+                if name != f"{uid}.json":
+                    raise ValueError(f"holds claim {uid}")
+                cp._claims[uid] = ClaimEntry.from_json(data["claim"])
+            except (OSError, KeyError, TypeError, ValueError) as exc:
+                raise CheckpointError(
+                    f"cannot read checkpoint record {path}: {exc}. It records a prepared claim; if it is damaged, "
+                    "move it away and restart, then delete the pods using this claim so that kubelet prepares "
+                    "it again"
+                ) from exc
+            cp.previous_boot_id = str(data.get("nodeBootID") or cp.previous_boot_id)
         return cp
+
+    def path(self, uid: str) -> str:
+        return os.path.join(self.directory, f"{uid}.json")
 
     # -- in memory ------------------------------------------------------------------------------
 
@@ -203,37 +212,31 @@ class Checkpoint:
 
     def put(self, uid: str, entry: ClaimEntry) -> None:
         self._claims[uid] = entry
-        self._version += 1
 
     def delete(self, uid: str) -> None:
-        if self._claims.pop(uid, None) is not None:
-            self._version += 1
+        self._claims.pop(uid, None)
 
     # -- on disk --------------------------------------------------------------------------------
 
-    def encode(self) -> bytes:
+    def encode(self, uid: str, entry: ClaimEntry) -> bytes:
         data = {
             "apiVersion": API_VERSION,
             "kind": KIND,
             "driver": self.driver,
             "nodeBootID": self.boot_id,
-            "claims": {uid: e.to_json() for uid, e in sorted(self._claims.items())},
+            "uid": uid,
+            "claim": entry.to_json(),
         }
         return json.dumps(data, separators=(",", ":")).encode()
 
-    async def commit(self) -> None:
-        """Make every change made so far durable. Concurrent callers share one write."""
-        wanted = self._version
-        if self._written >= wanted:
-            return
-        async with self._lock:
-            if self._written >= wanted:
-                return
-            version = self._version
-            data = self.encode()
-            await asyncio.to_thread(self._write, data)
-            self._written = version
+    def write_record(self, uid: str, entry: ClaimEntry, *, sync_dir: bool = True) -> None:
+        """Write one claim's record atomically (file fsynced; the rename too with ``sync_dir``). Blocking."""
+        fsutil.write_atomic(self.path(uid), self.encode(uid, entry), mode=0o600, sync_dir=sync_dir)
 
-    def _write(self, data: bytes) -> None:
-        os.makedirs(os.path.dirname(self.path), exist_ok=True)
-        fsutil.write_atomic(self.path, data, mode=0o600)
+    async def flush(self, uid: str) -> None:
+        """Make the in-memory state of one claim durable (write its record, or remove it)."""
+        entry = self._claims.get(uid)
+        if entry is None:
+            await asyncio.to_thread(fsutil.remove_file, self.path(uid))
+        else:
+            await asyncio.to_thread(self.write_record, uid, entry)

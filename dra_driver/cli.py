@@ -155,8 +155,8 @@ class Settings:
         return os.path.join(self.registry_dir, f"{self.driver}-reg.sock")
 
     @property
-    def checkpoint_path(self) -> str:
-        return os.path.join(self.plugin_dir, "checkpoint.json")
+    def checkpoint_dir(self) -> str:
+        return os.path.join(self.plugin_dir, "checkpoint")
 
 
 def settings_from_args(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> Settings:

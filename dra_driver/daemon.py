@@ -23,7 +23,7 @@ from kubeapi import KubeClient
 from vendors.base import DeviceInfo, NodeVendor
 
 from . import backends, fsutil, health, plugin, registration
-from .checkpoint import Checkpoint
+from .checkpoint import Checkpoint, CheckpointError
 from .cli import Settings
 from .metrics import DriverMetrics
 from .metrics import serve as serve_metrics
@@ -83,7 +83,11 @@ class Driver:
                 "devices": [f"{self.names.device_name(d.index)}:{d.model}:{d.uuid}" for d in self.devices],
             },
         )
-        self.checkpoint = Checkpoint.load(s.checkpoint_path, s.driver)
+        try:
+            self.checkpoint = Checkpoint.load(s.checkpoint_dir, s.driver)
+        except CheckpointError as exc:
+            raise StartupError(str(exc)) from exc
+        fsutil.remove_temp_files(s.cdi_dir)
         if self.checkpoint.previous_boot_id and self.checkpoint.previous_boot_id != self.checkpoint.boot_id:
             log.info("node rebooted since the checkpoint was written", extra={"claims": len(self.checkpoint)})
         try:
@@ -106,7 +110,6 @@ class Driver:
             failpoint=s.failpoint,
         )
         await self.preparer.restore()
-        await self.checkpoint.commit()
 
         self.monitor = health.DeviceHealthMonitor(
             self.names, s.node_name, self.devices, self._rediscover, interval=s.health_interval

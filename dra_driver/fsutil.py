@@ -18,14 +18,18 @@ def fsync_dir(path: str) -> None:
         os.close(fd)
 
 
-def write_atomic(path: str, data: bytes, *, mode: int = 0o644) -> None:
+TEMP_PREFIX = ".tessera-tmp-"
+"""Prefix of the temporary files of atomic writes; leftovers of a crash are removed at start-up."""
+
+
+def write_atomic(path: str, data: bytes, *, mode: int = 0o644, sync_dir: bool = True) -> None:
     """Replace ``path`` with ``data`` so that readers see the old or the new content, never a mix.
 
-    A temporary file in the same directory is written and fsynced, renamed over ``path``, and the
-    directory is fsynced so that the rename survives a power cut.
+    A temporary file in the same directory is written and fsynced, renamed over ``path``, and (with
+    ``sync_dir``) the directory is fsynced so that the rename itself survives a power cut.
     """
     directory = os.path.dirname(path) or "."
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=directory)
+    fd, tmp = tempfile.mkstemp(prefix=TEMP_PREFIX, dir=directory)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
@@ -37,7 +41,23 @@ def write_atomic(path: str, data: bytes, *, mode: int = 0o644) -> None:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
-    fsync_dir(directory)
+    if sync_dir:
+        fsync_dir(directory)
+
+
+def remove_temp_files(directory: str) -> int:
+    """Remove our own leftover temporary files in ``directory`` (a crash during an atomic write)."""
+    removed = 0
+    try:
+        names = os.listdir(directory)
+    except FileNotFoundError:
+        return 0
+    for name in names:
+        if name.startswith(TEMP_PREFIX):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(os.path.join(directory, name))
+                removed += 1
+    return removed
 
 
 def remove_file(path: str) -> bool:

@@ -110,6 +110,8 @@ class DeviceHealthMonitor:
             DeviceStatus(names.device_name(d.index), drahealth_v1alpha1_pb2.HEALTHY, "", now) for d in self._devices
         ]
         self._changed = asyncio.Condition()
+        self.version = 0
+        """Bumped whenever a device's health changes."""
 
     async def check(self) -> list[DeviceStatus]:
         now = int(time.time())
@@ -141,6 +143,7 @@ class DeviceHealthMonitor:
                 if s.health != drahealth_v1alpha1_pb2.HEALTHY:
                     log.warning("device not healthy", extra={"device": s.device, "reason": s.message})
             async with self._changed:
+                self.version += 1
                 self._changed.notify_all()
         return statuses
 
@@ -149,10 +152,11 @@ class DeviceHealthMonitor:
             await asyncio.sleep(self.interval)
             await self.check()
 
-    async def wait_change(self, timeout: float) -> None:
+    async def wait_change(self, seen: int, timeout: float) -> None:
+        """Return when :attr:`version` differs from ``seen`` or after ``timeout`` seconds."""
         async with self._changed:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._changed.wait(), timeout=timeout)
+                await asyncio.wait_for(self._changed.wait_for(lambda: self.version != seen), timeout=timeout)
 
     def response(self) -> Any:
         pb = drahealth_v1alpha1_pb2
@@ -176,8 +180,9 @@ class ResourceHealth(drahealth_v1alpha1_pb2_grpc.DRAResourceHealthServicer):  # 
 
     async def NodeWatchResources(self, request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[Any]:
         while True:
+            seen = self._monitor.version
             yield self._monitor.response()
-            await self._monitor.wait_change(self._monitor.interval)
+            await self._monitor.wait_change(seen, self._monitor.interval)
 
 
 def add_to_server(server: grpc.aio.Server, monitor: DeviceHealthMonitor) -> None:

@@ -214,23 +214,47 @@ class Preparer:
             cdi_spec=spec,
             files=files,
         )
+        completed = dataclasses.replace(started, state=COMPLETED)
         self.checkpoint.put(ref.uid, started)
         try:
-            await self.checkpoint.commit()
-            self._fail("after-started")
-            if spec["devices"]:
-                await asyncio.to_thread(fsutil.make_shared_dir, claim_dir)
-                await asyncio.to_thread(_write_files, files)
-                self._fail("after-claim-dir")
-                await asyncio.to_thread(cdi.write_spec, started.cdi_spec_path, spec)
-                self._fail("after-cdi")
+            await asyncio.to_thread(self._materialise, ref.uid, started, completed)
         except OSError as exc:
+            await self._abandon(ref, started)
             raise ClaimError("io", f"cannot prepare ResourceClaim {ref}: {exc}; kubelet will retry") from exc
-        self.checkpoint.put(ref.uid, dataclasses.replace(started, state=COMPLETED))
-        await self.checkpoint.commit()
-        self._fail("after-completed")
+        self.checkpoint.put(ref.uid, completed)
         self.metrics.prepared_claims.set(len(self.checkpoint))
         return devices
+
+    def _materialise(self, uid: str, started: ClaimEntry, completed: ClaimEntry) -> None:
+        """The file work of one prepare, in order, in one worker thread. Blocking.
+
+        The ``PrepareStarted`` record is durable (file and rename fsynced) before any file of the
+        claim exists, so a crash can always be rolled back. The ``PrepareCompleted`` record's rename
+        is not fsynced: if a power cut loses it, the started record remains and the next prepare
+        redoes the claim with the same result.
+        """
+        self.checkpoint.write_record(uid, started)
+        self._fail("after-started")
+        if started.cdi_spec.get("devices"):
+            fsutil.make_shared_dir(started.claim_dir)
+            _write_files(started.files)
+            self._fail("after-claim-dir")
+            cdi.write_spec(started.cdi_spec_path, started.cdi_spec)
+            self._fail("after-cdi")
+        self.checkpoint.write_record(uid, completed, sync_dir=False)
+        self._fail("after-completed")
+
+    async def _abandon(self, ref: ClaimRef, entry: ClaimEntry) -> None:
+        """Best-effort undo of a prepare that failed on I/O; what remains is rolled back on retry."""
+        try:
+            await self._remove_files(entry)
+            self.checkpoint.delete(ref.uid)
+            await self.checkpoint.flush(ref.uid)
+        except OSError as exc:
+            log.warning(
+                "cannot undo a failed prepare; the next prepare retries",
+                extra={**self._ctx(ref.namespace, ref.name, ref.uid), "error": str(exc)},
+            )
 
     def _check_overlap(self, plan: ClaimPlan) -> None:
         """A device already prepared for another claim may only be shared by two share allocations."""
@@ -302,7 +326,7 @@ class Preparer:
                 log.warning("unprepare failed", extra={**self._ctx(ref.namespace, ref.name, ref.uid), "error": message})
                 return message
             self.checkpoint.delete(ref.uid)
-            await self.checkpoint.commit()
+            await self.checkpoint.flush(ref.uid)
             self.metrics.prepared_claims.set(len(self.checkpoint))
             self.metrics.unprepares.labels(result="ok").inc()
             log.info("unprepared", extra=self._ctx(ref.namespace, ref.name, ref.uid))

@@ -285,6 +285,7 @@ class SlicePublisher:
         """``None`` until probed; ``False`` when the API server dropped the sharing fields."""
         self._last_probe = 0.0
         self._wake = asyncio.Event()
+        self._reconcile_lock = asyncio.Lock()
         self._tasks: list[asyncio.Task[None]] = []
         self.published = asyncio.Event()
         """Set once the pool has been published at least once."""
@@ -386,7 +387,12 @@ class SlicePublisher:
         return build_slice_specs(self._devices, self._names, self._node, self._split, shareable=bool(self.shareable))
 
     async def reconcile(self) -> PublishResult:
-        """Make the API server's slices of this pool equal to the desired ones; return what changed."""
+        """Make the API server's slices of this pool equal to the desired ones; return what changed.
+        Calls are serialised (the loop, a registration and a caller may ask at the same time)."""
+        async with self._reconcile_lock:
+            return await self._reconcile()
+
+    async def _reconcile(self) -> PublishResult:
         started = time.perf_counter()
         uid = await self.node_uid()
         if self.shareable is None or (
@@ -407,9 +413,9 @@ class SlicePublisher:
                 extra={
                     "node": self._node,
                     "generation": result.generation,
-                    "created": result.created,
-                    "updated": result.updated,
-                    "deleted": result.deleted,
+                    "slices_created": result.created,
+                    "slices_updated": result.updated,
+                    "slices_deleted": result.deleted,
                     "devices": len(self._devices),
                     "shareable": self.shareable,
                     "ms": round(elapsed * 1000, 1),

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import logging
 import shutil
 import tempfile
 from collections.abc import AsyncIterator, Iterator
@@ -28,6 +29,16 @@ def strict_validator(version: str) -> Any:
         return []
 
     return validate
+
+
+@pytest.fixture(autouse=True)
+def driver_logs_at_debug() -> Iterator[None]:
+    """Every log call of the driver builds its record (a bad ``extra`` key fails the test)."""
+    logger = logging.getLogger("dra_driver")
+    previous = logger.level
+    logger.setLevel(logging.DEBUG)
+    yield
+    logger.setLevel(previous)
 
 
 @pytest.fixture

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import uuid
 from collections.abc import Mapping, Sequence
@@ -139,3 +140,16 @@ def write_text(path: str, text: str) -> None:
     os.makedirs(os.path.dirname(path), exist_ok=True)
     with open(path, "w", encoding="utf-8") as f:
         f.write(text)
+
+
+def checkpoint_records(s: Settings) -> dict[str, Any]:
+    """Claim UID -> the record's ``claim`` part, from ``<plugin-dir>/checkpoint/<uid>.json``."""
+    out: dict[str, Any] = {}
+    if not os.path.isdir(s.checkpoint_dir):
+        return out
+    for name in sorted(os.listdir(s.checkpoint_dir)):
+        with open(os.path.join(s.checkpoint_dir, name), encoding="utf-8") as f:
+            record = json.load(f)
+        assert record["kind"] == "DRAClaimCheckpoint" and name == f"{record['uid']}.json", name
+        out[record["uid"]] = record["claim"]
+    return out

@@ -138,3 +138,4 @@ def test_json_logs_carry_the_claim(capsys: pytest.CaptureFixture[str]) -> None:
         assert "prepare failed claim=ns/c" in text and 'error="a b"' in text
     finally:
         logging.getLogger().handlers.clear()
+        logging.getLogger().setLevel(logging.WARNING)

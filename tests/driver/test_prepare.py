@@ -19,6 +19,7 @@ from .cdi_schema import check_cdi_spec, parse_qualified
 from .helpers import (
     DRIVER,
     NODE,
+    checkpoint_records,
     claim,
     exists,
     files_under,
@@ -109,9 +110,7 @@ async def test_register_prepare_check_cdi_and_unprepare(api: APIServer, s: Setti
             assert mounts[claim_dir]["hostPath"] == claim_dir and "rw" in mounts[claim_dir]["options"]
             assert stat.S_IMODE(os.stat(claim_dir).st_mode) == 0o777
 
-            cp = read_json(s.checkpoint_path)
-            assert cp["kind"] == "DRADriverCheckpoint"
-            stored = cp["claims"][uid]
+            stored = checkpoint_records(s)[uid]
             assert stored["state"] == "PrepareCompleted"
             assert (stored["namespace"], stored["name"]) == ("default", "c1")
             assert stored["devices"][0]["cdiDeviceIDs"] == [f"{KIND}={name}"]
@@ -126,7 +125,7 @@ async def test_register_prepare_check_cdi_and_unprepare(api: APIServer, s: Setti
             assert files_under(s.cdi_dir) == []
             assert files_under(os.path.join(s.host_lib_dir, "claims")) == []
             assert os.listdir(os.path.join(s.host_lib_dir, "claims")) == []
-            assert read_json(s.checkpoint_path)["claims"] == {}
+            assert checkpoint_records(s) == {}
         finally:
             await kubelet.close()
 
@@ -330,7 +329,7 @@ async def test_100_concurrent_prepares(api: APIServer, s: Settings) -> None:
         errors = [a.claims[c["metadata"]["uid"]].error for a, c in zip(answers, claims, strict=True)]
         assert errors == [""] * 100
         assert len(files_under(s.cdi_dir)) == 100
-        assert len(read_json(s.checkpoint_path)["claims"]) == 100
+        assert len(checkpoint_records(s)) == 100
         assert driver.preparer is not None
         usage = driver.preparer.usage()
         assert {k: (v.memory_bytes, v.shares) for k, v in usage.items()} == {
@@ -339,7 +338,7 @@ async def test_100_concurrent_prepares(api: APIServer, s: Settings) -> None:
         await asyncio.gather(*(kubelet.unprepare(ref(c)) for c in claims))
         await kubelet.close()
     assert files_under(s.cdi_dir) == [] and os.listdir(os.path.join(s.host_lib_dir, "claims")) == []
-    assert read_json(s.checkpoint_path)["claims"] == {}
+    assert checkpoint_records(s) == {}
 
 
 async def test_lost_cdi_specs_are_restored_at_start(api: APIServer, s: Settings) -> None:

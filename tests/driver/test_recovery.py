@@ -21,6 +21,7 @@ from e2e.apiserver import APIServer
 from .cdi_schema import check_cdi_spec
 from .helpers import (
     DRIVER,
+    checkpoint_records,
     claim,
     driver_args,
     exists,
@@ -68,17 +69,12 @@ async def wait_ready(s: Settings, proc: asyncio.subprocess.Process) -> None:
         raise AssertionError((await proc.stderr.read()).decode()) from None
 
 
-def read_checkpoint(s: Settings) -> dict[str, object]:
-    with open(s.checkpoint_path, encoding="utf-8") as f:
-        data: dict[str, object] = json.load(f)
-    return data
-
-
 def leftovers(s: Settings) -> list[str]:
     """Everything a claim leaves on disk (CDI specs, claim dirs, temp files of atomic writes)."""
     out = [f"cdi/{f}" for f in files_under(s.cdi_dir)]
+    out += [f"checkpoint/{f}" for f in files_under(s.checkpoint_dir)]
     out += [f"claims/{d}" for d in os.listdir(os.path.join(s.host_lib_dir, "claims"))]
-    out += [f"plugin/{f}" for f in os.listdir(s.plugin_dir) if f not in ("checkpoint.json", "plugin.lock", "dra.sock")]
+    out += [f"plugin/{f}" for f in os.listdir(s.plugin_dir) if f not in ("checkpoint", "plugin.lock", "dra.sock")]
     return out
 
 
@@ -100,7 +96,7 @@ async def test_killed_during_prepare_recovers(api: APIServer, root: str, kubecon
         assert failed.value.code() == grpc.StatusCode.UNAVAILABLE
         await kubelet.close()
         assert await proc.wait() == -signal.SIGKILL
-    state = read_checkpoint(s)["claims"][who.uid]["state"]  # type: ignore[index]
+    state = checkpoint_records(s)[who.uid]["state"]  # type: ignore[index]
     assert state == ("PrepareCompleted" if step == "after-completed" else "PrepareStarted")
 
     # The kubelet's stale socket files are still there; the restarted plugin replaces them.
@@ -118,12 +114,12 @@ async def test_killed_during_prepare_recovers(api: APIServer, root: str, kubecon
         check_cdi_spec(spec)
         env = dict(e.split("=", 1) for e in spec["devices"][0]["containerEdits"]["env"])
         assert (env["CUDA_DEVICE_MEMORY_LIMIT_0"], env["CUDA_DEVICE_SM_LIMIT_0"]) == ("8192m", "20")
-        assert read_checkpoint(s)["claims"][who.uid]["state"] == "PrepareCompleted"  # type: ignore[index]
+        assert checkpoint_records(s)[who.uid]["state"] == "PrepareCompleted"  # type: ignore[index]
         assert (await kubelet.prepare(who)).claims[who.uid] == answer
         assert (await kubelet.unprepare(who)).claims[who.uid].error == ""
         await kubelet.close()
     assert leftovers(s) == []
-    assert read_checkpoint(s)["claims"] == {}
+    assert checkpoint_records(s) == {}
     assert not exists(s.dra_socket) and not exists(s.registration_socket)
 
 
@@ -149,7 +145,7 @@ async def test_killed_during_unprepare_recovers(api: APIServer, root: str, kubec
         assert (await kubelet.unprepare(who)).claims[who.uid].error == ""
         await kubelet.close()
     assert leftovers(s) == []
-    assert read_checkpoint(s)["claims"] == {}
+    assert checkpoint_records(s) == {}
 
 
 async def test_sigterm_removes_sockets_and_stale_sockets_are_replaced(
@@ -180,4 +176,4 @@ async def test_1000_prepare_unprepare_cycles_leave_nothing_behind(api: APIServer
             assert (await kubelet.unprepare(who)).claims[who.uid].error == ""
         await kubelet.close()
     assert leftovers(s) == []
-    assert read_checkpoint(s)["claims"] == {}
+    assert checkpoint_records(s) == {}
