@@ -39,17 +39,12 @@ static void put_locked(struct table *t, uint64_t key, int dev, int kind, uint64_
 {
     if ((t->used + 1) * 2 > t->cap) grow_locked(t);
     if (!t->cap || t->used + 1 >= t->cap) return;
+    /* keys are unique (a live pointer, handle or array is never handed out twice): take the first
+     * free cell, reusing tombstones so that alloc/free churn keeps probes short */
     uint64_t k = key + 2;
-    size_t i = hash(k, t->cap), tomb = SIZE_MAX;
-    for (;; i = (i + 1) & (t->cap - 1)) {
-        if (t->e[i].key == k) break;
-        if (t->e[i].key == TOMB && tomb == SIZE_MAX) tomb = i;
-        if (t->e[i].key == EMPTY) {
-            if (tomb != SIZE_MAX) i = tomb;
-            else t->used++;
-            break;
-        }
-    }
+    size_t i = hash(k, t->cap);
+    while (t->e[i].key > TOMB) i = (i + 1) & (t->cap - 1);
+    if (t->e[i].key == EMPTY) t->used++;
     t->e[i] = (struct vgpu_entry){ k, dev, kind, bytes };
 }
 

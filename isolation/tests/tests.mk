@@ -24,3 +24,7 @@ $(B)/tests/test_direct: tests/test_hooks.c tools/drv.c tools/drv_direct.c tests/
 $(B)/tests/alloc-stress: tests/alloc_stress.c tools/drv.c $(TOOL_HDR)
 	@mkdir -p $(@D)
 	$(CC) $(CFLAGS_) $(SAN) -o $@ tests/alloc_stress.c tools/drv.c -ldl
+
+$(B)/tests/vgpu-bench: tests/vgpu_bench.c tools/drv.c $(TOOL_HDR)
+	@mkdir -p $(@D)
+	$(CC) $(CFLAGS_) $(SAN) -o $@ tests/vgpu_bench.c tools/drv.c -ldl

@@ -1,0 +1,98 @@
+"""libvgpu overhead on the fake driver: the same program, run with and without the library.
+
+Measures, per call, reached the way cudart reaches the driver (cuGetProcAddress_v2):
+kernel launch with no SM limit, a cuMemAlloc/cuMemFree pair under a memory limit, and one
+cuGetProcAddress resolution. Runs alternate plain and hooked so both see the same machine load;
+the figure per metric is the median over the runs. Targets (DESIGN §7): <= 50 ns added per launch,
+<= 500 ns per alloc/free pair.
+
+    python -m bench.isolation [--runs N] [--iterations N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+BUILD = ROOT / "isolation" / "build"
+BENCH = BUILD / "tests" / "vgpu-bench"
+METRICS = {
+    "launch_ns": ("kernel launch (no SM limit)", 50.0),
+    "alloc_free_ns": ("cuMemAlloc + cuMemFree pair", 500.0),
+    "get_proc_address_ns": ("cuGetProcAddress resolution", None),
+}
+
+
+def run_once(env: dict[str, str], iterations: int) -> dict[str, float]:
+    out = subprocess.run([str(BENCH), str(iterations)], env=env, capture_output=True, text=True, timeout=300)
+    if out.returncode != 0:
+        raise RuntimeError(f"vgpu-bench failed ({out.returncode}): {out.stderr}")
+    parsed: dict[str, float] = json.loads(out.stdout)
+    return parsed
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--runs", type=int, default=9)
+    ap.add_argument("--iterations", type=int, default=20000)
+    args = ap.parse_args()
+    subprocess.run(["make", "-s", "-C", str(ROOT / "isolation"), "all"], check=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        base = {k: v for k, v in os.environ.items() if not k.startswith(("CUDA_", "LD_PRELOAD", "TESSERA_"))}
+        base |= {
+            "LD_LIBRARY_PATH": str(BUILD / "fake"),
+            "TESSERA_FAKE_STATE": f"{tmp}/fake.state",
+            "TESSERA_FAKE_GPUS": "GPU-3e7a0c1d-5b2f-4c8e-9a61-0d4f2b7c9e10=80GiB/132sm/NVIDIA H100",
+        }
+        hooked = base | {
+            "LD_PRELOAD": str(BUILD / "libvgpu.so"),
+            "CUDA_DEVICE_MEMORY_LIMIT_0": "40g",
+            "CUDA_DEVICE_MEMORY_SHARED_CACHE": f"{tmp}/bench.cache",
+        }
+        plain_runs: list[dict[str, float]] = []
+        hooked_runs: list[dict[str, float]] = []
+        for _ in range(args.runs):
+            plain_runs.append(run_once(base, args.iterations))
+            hooked_runs.append(run_once(hooked, args.iterations))
+    rows = []
+    failed = []
+    for key, (label, target) in METRICS.items():
+        p = statistics.median(r[key] for r in plain_runs)
+        h = statistics.median(r[key] for r in hooked_runs)
+        added = h - p
+        verdict = "" if target is None else ("met" if added <= target else "MISSED")
+        if verdict == "MISSED":
+            failed.append(label)
+        rows.append((label, p, h, added, h / p, target, verdict))
+    lines = [
+        "# libvgpu on the fake driver",
+        "",
+        f"`python -m bench.isolation --runs {args.runs} --iterations {args.iterations}`: {args.runs} runs each,",
+        "alternating without / with libvgpu; per-call medians over 31 batches per run, then the median over runs.",
+        "",
+        "| call | without (ns) | with (ns) | added (ns) | ratio | target added |",
+        "|---|---:|---:|---:|---:|---|",
+    ]
+    for label, p, h, added, ratio, target, verdict in rows:
+        tgt = "-" if target is None else f"<= {target:.0f} ns: {verdict}"
+        lines.append(f"| {label} | {p:.1f} | {h:.1f} | {added:+.1f} | {ratio:.2f} | {tgt} |")
+    text = "\n".join(lines) + "\n"
+    out = ROOT / ".bench"
+    out.mkdir(exist_ok=True)
+    (out / "isolation.md").write_text(text)
+    print(text)
+    if failed:
+        print(f"targets missed: {failed}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
