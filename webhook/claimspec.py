@@ -46,6 +46,7 @@ MAX_CONSTRAINTS = 32
 MAX_SELECTORS = 32
 MAX_SELECTOR_LENGTH = 10 * 1024
 DNS_LABEL_MAX = 63
+_CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=True)
 _DNS_LABEL_RE = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 
 
@@ -70,7 +71,7 @@ class Want:
 
 def template_name(spec: Mapping[str, Any]) -> str:
     """``tessera-<hash>`` of the template's ``spec`` (claim metadata and claim spec), canonical JSON."""
-    canonical = json.dumps(spec, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+    canonical = _CANONICAL.encode(spec)
     return TEMPLATE_PREFIX + hashlib.sha256(canonical.encode()).hexdigest()[:HASH_LENGTH]
 
 
@@ -191,15 +192,17 @@ def build_template(
         )
     requests = [device_request(w, inventory) for w in wants]
     constraints: list[dict[str, Any]] = []
-    configs: dict[str, dict[str, Any]] = {}
+    configs: dict[tuple[str, int | None], dict[str, Any]] = {}
     for w in wants:
         if w.ask.count > 1:
             constraints.append({"requests": [w.request], "distinctAttribute": w.names.qualified("uuid")})
             for attr in w.match_attributes:
                 constraints.append({"requests": [w.request], "matchAttribute": w.names.qualified(attr)})
-        params = SharingConfig(priority=w.ask.priority, core_limit_policy=core_policy).to_parameters()
-        key = json.dumps([w.names.driver, params], sort_keys=True)
-        entry = configs.setdefault(key, {"requests": [], "opaque": {"driver": w.names.driver, "parameters": params}})
+        key = (w.names.driver, w.ask.priority)
+        entry = configs.get(key)
+        if entry is None:
+            params = SharingConfig(priority=w.ask.priority, core_limit_policy=core_policy).to_parameters()
+            entry = configs[key] = {"requests": [], "opaque": {"driver": w.names.driver, "parameters": params}}
         entry["requests"].append(w.request)
     if len(constraints) > MAX_CONSTRAINTS:
         raise ConversionError(

@@ -46,7 +46,11 @@ NODE_POLICIES = ("binpack", "spread")
 GPU_POLICIES = ("binpack", "spread", "topology-aware", "mutex", "numa")
 LD_PRELOAD = "LD_PRELOAD"
 
+MEMO_SIZE = 512
+"""Entries kept in each memo of :class:`Converter` (set ``memo_size = 0`` to measure without them)."""
+
 Patch = list[dict[str, Any]]
+_COMPACT_SORTED = json.JSONEncoder(sort_keys=True, separators=(",", ":"))
 
 
 @dataclass(frozen=True)
@@ -75,9 +79,9 @@ class MalformedPod(ConversionError):
 ALLOWED = Result(allowed=True)
 
 
-def pointer(*parts: str | int) -> str:
-    """A JSON pointer (RFC 6901) from path segments."""
-    return "".join("/" + str(p).replace("~", "~0").replace("/", "~1") for p in parts)
+def escape(segment: str) -> str:
+    """One JSON-pointer (RFC 6901) segment: ``nvidia.com/gpu`` -> ``nvidia.com~1gpu``."""
+    return segment.replace("~", "~0").replace("/", "~1")
 
 
 @dataclass
@@ -100,6 +104,10 @@ class Converter:
         self.core_policy: CoreLimitPolicy = core_policy
         self._matching = {n: v for n, v in self.vendors.items() if isinstance(v, AttributeMatchingVendor)}
         self._classified: dict[str, str | None] = {}
+        # Memos of pure steps, for the many pods that share a shape (the replicas of one workload).
+        self._selectors: dict[tuple[str, tuple[tuple[str, str], ...]], tuple[tuple[str, ...], tuple[str, ...]]] = {}
+        self._templates: dict[tuple[Any, ...], dict[str, Any]] = {}
+        self.memo_size = MEMO_SIZE
 
     def _classify(self, resource: str) -> str | None:
         vendor = self._classified.get(resource, "")
@@ -126,21 +134,21 @@ class Converter:
     # --- the fast path ------------------------------------------------------------------------------
 
     def _convert(self, pod: Any, namespace: str, inventory: Inventory | None, seen: set[str]) -> Result:
-        if not isinstance(pod, Mapping):
+        if not isinstance(pod, dict):
             raise MalformedPod("the request object is not a Pod (expected a JSON object)")
         meta = pod.get("metadata")
         if meta is None:
             meta = {}
-        elif not isinstance(meta, Mapping):
+        elif not isinstance(meta, dict):
             raise MalformedPod("metadata must be an object")
         labels = meta.get("labels")
         annotations = meta.get("annotations")
-        if (isinstance(labels, Mapping) and labels.get(OPT_OUT_KEY) == OPT_OUT_VALUE) or (
-            isinstance(annotations, Mapping) and annotations.get(OPT_OUT_KEY) == OPT_OUT_VALUE
+        if (isinstance(labels, dict) and labels.get(OPT_OUT_KEY) == OPT_OUT_VALUE) or (
+            isinstance(annotations, dict) and annotations.get(OPT_OUT_KEY) == OPT_OUT_VALUE
         ):
             return Result(allowed=True, notes=(f"{OPT_OUT_KEY}={OPT_OUT_VALUE}: left as it is",))
         spec = pod.get("spec")
-        if not isinstance(spec, Mapping):
+        if not isinstance(spec, dict):
             raise MalformedPod("spec must be an object")
         found_vendor = False
         claims = bool(spec.get("resourceClaims"))
@@ -151,12 +159,12 @@ class Converter:
             if not isinstance(items, list):
                 raise MalformedPod(f"spec.{key} must be a list")
             for i, container in enumerate(items):
-                if not isinstance(container, Mapping):
+                if not isinstance(container, dict):
                     raise MalformedPod(f"spec.{key}[{i}] must be an object")
                 resources = container.get("resources")
                 if not resources:
                     continue
-                if not isinstance(resources, Mapping):
+                if not isinstance(resources, dict):
                     raise MalformedPod(f"spec.{key}[{i}].resources must be an object")
                 if resources.get("claims"):
                     claims = True
@@ -164,7 +172,7 @@ class Converter:
                     values = resources.get(part)
                     if not values:
                         continue
-                    if not isinstance(values, Mapping):
+                    if not isinstance(values, dict):
                         raise MalformedPod(f"spec.{key}[{i}].resources.{part} must be an object")
                     for name in values:
                         if self._classify(name) is not None:
@@ -212,9 +220,7 @@ class Converter:
             for vendor, ask in asks:
                 vname = vendor.names.vendor
                 if vname not in vendor_selectors:
-                    vendor_selectors[vname] = tuple(vendor.selectors(annotations))
-                    matcher = self._matching.get(vname)
-                    vendor_matching[vname] = tuple(matcher.match_attributes(annotations)) if matcher else ()
+                    vendor_selectors[vname], vendor_matching[vname] = self._annotation_terms(vendor, annotations)
                 request = name if len(asks) == 1 else _suffixed(name, vname)
                 edit.requests.append(request)
                 wants.append(
@@ -252,14 +258,8 @@ class Converter:
         if wants:
             if not namespace:
                 raise ConversionError("the pod has no namespace; the claim template is created in the pod's namespace")
-            template = build_template(
-                wants,
-                namespace=namespace,
-                core_policy=self.core_policy,
-                inventory=inventory,
-                claim_annotations=_policies(annotations),
-            )
-            claim = _claim_name({e.get("name") for e in claim_entries})
+            template = self._template(wants, namespace, inventory, _policies(annotations))
+            claim = _claim_name({n for e in claim_entries if isinstance(n := e.get("name"), str)})
             entry = {"name": claim, "resourceClaimTemplateName": template["metadata"]["name"]}
             if "resourceClaims" in spec and isinstance(spec["resourceClaims"], list):
                 patch.append({"op": "add", "path": "/spec/resourceClaims/-", "value": entry})
@@ -268,10 +268,49 @@ class Converter:
         for edit in edits:
             patch.extend(_container_patch(edit, claim))
         if template is not None:
-            patch.extend(_annotation_patch(meta, annotations, template, edits))
+            patch.extend(_annotation_patch(pod.get("metadata"), annotations, template, edits))
         else:  # only zero counts: the resources go, there is nothing to record
             patch.extend(_strip_ours(annotations))
         return Result(allowed=True, patch=patch, template=template, vendors=tuple(sorted(seen)), notes=tuple(notes))
+
+    def _annotation_terms(
+        self, vendor: AdmissionVendor, annotations: dict[str, str]
+    ) -> tuple[tuple[str, ...], tuple[str, ...]]:
+        """The vendor's CEL selectors and matched attributes for these annotations (memoised)."""
+        key = (vendor.names.vendor, tuple(annotations.items()))
+        terms = self._selectors.get(key)
+        if terms is None:
+            matcher = self._matching.get(vendor.names.vendor)
+            terms = (
+                tuple(vendor.selectors(annotations)),
+                tuple(matcher.match_attributes(annotations)) if matcher else (),
+            )
+            if self.memo_size:
+                if len(self._selectors) >= self.memo_size:
+                    self._selectors.clear()
+                self._selectors[key] = terms
+        return terms
+
+    def _template(
+        self, wants: list[Want], namespace: str, inventory: Inventory | None, policies: dict[str, str]
+    ) -> dict[str, Any]:
+        """:func:`build_template`, memoised on its inputs (the result is shared: treat it as read-only)."""
+        percent = any(w.ask.memory_percent is not None for w in wants)
+        key = (tuple(wants), namespace, tuple(policies.items()), inventory if percent else None)
+        template = self._templates.get(key)
+        if template is None:
+            template = build_template(
+                wants,
+                namespace=namespace,
+                core_policy=self.core_policy,
+                inventory=inventory,
+                claim_annotations=policies,
+            )
+            if self.memo_size:
+                if len(self._templates) >= self.memo_size:
+                    self._templates.clear()
+                self._templates[key] = template
+        return template
 
     def _vendor_resources(self, container: Mapping[str, Any], name: str, seen: set[str]) -> dict[str, set[str]]:
         """Names of vendor resources in the container, by vendor; refuses disabled vendors and unknown names."""
@@ -343,6 +382,11 @@ class Converter:
 # --- helpers (pure) ---------------------------------------------------------------------------------
 
 
+def _str(value: Any) -> str | None:
+    """``value`` when it is a string (safe to hash or compare), else ``None``."""
+    return value if isinstance(value, str) else None
+
+
 def _short(value: Any, limit: int = 60) -> str:
     text = repr(value)
     return text if len(text) <= limit else text[: limit - 3] + "..."
@@ -351,7 +395,7 @@ def _short(value: Any, limit: int = 60) -> str:
 def _string_map(value: Any, where: str) -> dict[str, str]:
     if value is None:
         return {}
-    if not isinstance(value, Mapping):
+    if not isinstance(value, dict):
         raise MalformedPod(f"{where} must be an object of strings")
     for k, v in value.items():
         if not isinstance(k, str) or not isinstance(v, str):
@@ -372,11 +416,11 @@ def _containers(spec: Mapping[str, Any]) -> Iterator[tuple[tuple[str, int], Mapp
             names.add(name)
             resources = container.get("resources") or {}
             claims = resources.get("claims")
-            if claims is not None and not (isinstance(claims, list) and all(isinstance(c, Mapping) for c in claims)):
+            if claims is not None and not (isinstance(claims, list) and all(isinstance(c, dict) for c in claims)):
                 raise MalformedPod(f"container {name!r}: resources.claims must be a list of objects")
             _env(container, name)
             sc = container.get("securityContext")
-            if sc is not None and not isinstance(sc, Mapping):
+            if sc is not None and not isinstance(sc, dict):
                 raise MalformedPod(f"container {name!r}: securityContext must be an object")
             yield (key, i), container, name
 
@@ -385,7 +429,7 @@ def _env(container: Mapping[str, Any], name: str) -> list[Mapping[str, Any]]:
     env = container.get("env")
     if env is None:
         return []
-    if not isinstance(env, list) or not all(isinstance(e, Mapping) for e in env):
+    if not isinstance(env, list) or not all(isinstance(e, dict) for e in env):
         raise MalformedPod(f"container {name!r}: env must be a list of objects")
     return env
 
@@ -394,7 +438,7 @@ def _claim_entries(spec: Mapping[str, Any]) -> list[Mapping[str, Any]]:
     entries = spec.get("resourceClaims")
     if entries is None:
         return []
-    if not isinstance(entries, list) or not all(isinstance(e, Mapping) for e in entries):
+    if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
         raise MalformedPod("spec.resourceClaims must be a list of objects")
     return entries
 
@@ -486,7 +530,7 @@ def _policies(annotations: Mapping[str, str]) -> dict[str, str]:
     return out
 
 
-def _claim_name(taken: set[Any]) -> str:
+def _claim_name(taken: set[str]) -> str:
     name, n = CLAIM_NAME, 2
     while name in taken:
         name = f"{CLAIM_NAME}-{n}"
@@ -496,28 +540,28 @@ def _claim_name(taken: set[Any]) -> str:
 
 def _container_patch(edit: _Edit, claim: str) -> Patch:
     key, index = edit.path
-    base = ("spec", key, index)
+    base = f"/spec/{key}/{index}"
     ops: Patch = []
     env = edit.container.get("env") or []
-    drop = [i for i, item in enumerate(env) if item.get("name") in edit.env_remove]
+    drop = [i for i, item in enumerate(env) if _str(item.get("name")) in edit.env_remove]
     if drop and len(drop) == len(env):
-        ops.append({"op": "remove", "path": pointer(*base, "env")})
+        ops.append({"op": "remove", "path": f"{base}/env"})
     else:
-        ops.extend({"op": "remove", "path": pointer(*base, "env", i)} for i in reversed(drop))
+        ops.extend({"op": "remove", "path": f"{base}/env/{i}"} for i in reversed(drop))
     resources = edit.container.get("resources") or {}
     for part in ("limits", "requests"):
         values = resources.get(part) or {}
         mine = [r for r in values if r in edit.remove]
         if mine and len(mine) == len(values):
-            ops.append({"op": "remove", "path": pointer(*base, "resources", part)})
+            ops.append({"op": "remove", "path": f"{base}/resources/{part}"})
         else:
-            ops.extend({"op": "remove", "path": pointer(*base, "resources", part, r)} for r in mine)
+            ops.extend({"op": "remove", "path": f"{base}/resources/{part}/{escape(r)}"} for r in mine)
     refs = [{"name": claim, "request": r} for r in edit.requests]
     if refs:
         if resources.get("claims") is not None:
-            ops.extend({"op": "add", "path": pointer(*base, "resources", "claims", "-"), "value": r} for r in refs)
+            ops.extend({"op": "add", "path": f"{base}/resources/claims/-", "value": r} for r in refs)
         else:
-            ops.append({"op": "add", "path": pointer(*base, "resources", "claims"), "value": refs})
+            ops.append({"op": "add", "path": f"{base}/resources/claims", "value": refs})
     return ops
 
 
@@ -534,14 +578,14 @@ def _record(edits: Sequence[_Edit]) -> str:
         env = {
             e["name"]: str(e.get("value", ""))
             for e in edit.container.get("env") or []
-            if e.get("name") in edit.env_remove
+            if _str(e.get("name")) in edit.env_remove
         }
         if env:
             entry["env"] = env
         if edit.requests:
             entry["requests"] = list(edit.requests)
         record[edit.name] = entry
-    return json.dumps(record, sort_keys=True, separators=(",", ":"))
+    return _COMPACT_SORTED.encode(record)
 
 
 def _ours(annotations: Mapping[str, str]) -> list[str]:
@@ -549,21 +593,26 @@ def _ours(annotations: Mapping[str, str]) -> list[str]:
 
 
 def _strip_ours(annotations: Mapping[str, str]) -> Patch:
-    return [{"op": "remove", "path": pointer("metadata", "annotations", k)} for k in sorted(_ours(annotations))]
+    return [{"op": "remove", "path": "/metadata/annotations/" + escape(k)} for k in sorted(_ours(annotations))]
 
 
 def _annotation_patch(
-    meta: Mapping[str, Any], annotations: Mapping[str, str], template: Mapping[str, Any], edits: Sequence[_Edit]
+    meta: Mapping[str, Any] | None,
+    annotations: Mapping[str, str],
+    template: Mapping[str, Any],
+    edits: Sequence[_Edit],
 ) -> Patch:
     new = {CONVERTED_ANNOTATION: _record(edits), TEMPLATE_ANNOTATION: template["metadata"]["name"]}
+    if meta is None:  # no metadata at all (or null): add it
+        return [{"op": "add", "path": "/metadata", "value": {"annotations": new}}]
     if meta.get("annotations") is None:
         return [{"op": "add", "path": "/metadata/annotations", "value": new}]
     ops: Patch = [
-        {"op": "remove", "path": pointer("metadata", "annotations", k)}
+        {"op": "remove", "path": "/metadata/annotations/" + escape(k)}
         for k in sorted(_ours(annotations))
         if k not in new
     ]
-    ops.extend({"op": "add", "path": pointer("metadata", "annotations", k), "value": v} for k, v in sorted(new.items()))
+    ops.extend({"op": "add", "path": "/metadata/annotations/" + escape(k), "value": v} for k, v in sorted(new.items()))
     return ops
 
 
@@ -598,7 +647,10 @@ def _record_matches(
         requests = entry.get("requests", [])
         if not isinstance(requests, list):
             return False
-        refs = {(c.get("name"), c.get("request")) for c in (container.get("resources") or {}).get("claims") or []}
+        refs = {
+            (_str(c.get("name")), _str(c.get("request")))
+            for c in (container.get("resources") or {}).get("claims") or []
+        }
         if any((claim, r) not in refs for r in requests):
             return False
     return True

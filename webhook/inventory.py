@@ -58,6 +58,11 @@ class Inventory:
             by_driver.setdefault(device.driver, []).append(device)
         self._devices = {k: tuple(v) for k, v in by_driver.items()}
         self._models = {k: _models(v) for k, v in self._devices.items()}
+        self._largest: dict[str, Device] = {}
+        for driver, members in self._devices.items():
+            sized = [d for d in members if d.memory_bytes is not None]
+            if sized:
+                self._largest[driver] = max(sized, key=lambda d: d.memory_bytes or 0)
 
     def __len__(self) -> int:
         return sum(len(v) for v in self._devices.values())
@@ -74,8 +79,7 @@ class Inventory:
 
     def largest(self, driver: str) -> Device | None:
         """The driver's device with the most memory, or ``None`` when it publishes none with memory."""
-        sized = [d for d in self._devices.get(driver, ()) if d.memory_bytes is not None]
-        return max(sized, key=lambda d: d.memory_bytes or 0) if sized else None
+        return self._largest.get(driver)
 
     @classmethod
     def from_slices(cls, objects: Iterable[Any]) -> Inventory:

@@ -1,0 +1,112 @@
+"""``python -m webhook serve`` as a process, configured through TESSERA_* env as the chart does."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import socket
+import ssl
+import subprocess
+import sys
+import uuid
+
+import aiohttp
+import trustme
+
+from e2e.apiserver import APIServer
+
+from .conftest import ROOT, container, make_pod
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+async def test_serve_process_answers_and_stops_on_sigterm(tmp_path):
+    ca = trustme.CA()
+    cert = ca.issue_cert("127.0.0.1")
+    cert.cert_chain_pems[0].write_to_path(str(tmp_path / "tls.crt"))
+    cert.private_key_pem.write_to_path(str(tmp_path / "tls.key"))
+    ctx = ssl.create_default_context()
+    ca.configure_trust(ctx)
+    port = free_port()
+    async with APIServer.running() as api:
+        env = {
+            **os.environ,
+            "TESSERA_HOST": "127.0.0.1",
+            "TESSERA_PORT": str(port),
+            "TESSERA_TLS_CERT_FILE": str(tmp_path / "tls.crt"),
+            "TESSERA_TLS_KEY_FILE": str(tmp_path / "tls.key"),
+            "TESSERA_KUBECONFIG": api.write_kubeconfig(tmp_path / "kubeconfig"),
+            "TESSERA_VENDORS": "nvidia",
+            "TESSERA_CORE_POLICY": "disable",
+            "TESSERA_LOG_FORMAT": "json",
+        }
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "webhook", "serve", cwd=ROOT, env=env,
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        )  # fmt: skip
+        try:
+            async with aiohttp.ClientSession() as session:
+                base = f"https://127.0.0.1:{port}"
+                for _ in range(200):
+                    try:
+                        async with session.get(base + "/readyz", ssl=ctx) as resp:
+                            if resp.status == 200:
+                                break
+                    except aiohttp.ClientConnectorError:
+                        pass
+                    assert proc.returncode is None, (await proc.stderr.read()).decode()  # type: ignore[union-attr]
+                    await asyncio.sleep(0.05)
+                pod = make_pod(container(limits={"nvidia.com/gpu": 1}))
+                uid = str(uuid.uuid4())
+                review = {
+                    "apiVersion": "admission.k8s.io/v1",
+                    "kind": "AdmissionReview",
+                    "request": {"uid": uid, "operation": "CREATE", "namespace": "default", "object": pod,
+                                "resource": {"group": "", "version": "v1", "resource": "pods"}},
+                }  # fmt: skip
+                async with session.post(base + "/mutate", json=review, ssl=ctx) as resp:
+                    answer = await resp.json()
+            assert answer["response"]["uid"] == uid and answer["response"]["allowed"] is True
+            (template,) = api.store.list("resourceclaimtemplates", "default")
+            config = template["spec"]["spec"]["devices"]["config"][0]["opaque"]["parameters"]
+            assert config["coreLimitPolicy"] == "disable"
+        finally:
+            if proc.returncode is None:
+                proc.send_signal(signal.SIGTERM)
+        _, err = await asyncio.wait_for(proc.communicate(), 15)
+    assert proc.returncode == 0, err.decode()
+    lines = [json.loads(line) for line in err.decode().splitlines()]
+    assert any(x["msg"].startswith("serving https://127.0.0.1") for x in lines)
+    assert any(x.get("uid") == uid and x["msg"] == "converted" for x in lines)
+    assert lines[-1]["msg"] == "stopping"
+
+
+def test_serve_without_tls_exits_2_with_one_line():
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TESSERA_")}
+    proc = subprocess.run(
+        [sys.executable, "-m", "webhook", "serve"], env=env, cwd=ROOT, capture_output=True, text=True, timeout=60
+    )
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [
+        "python -m webhook serve: serve needs --tls-cert-file and --tls-key-file "
+        "(or TESSERA_TLS_CERT_FILE/TESSERA_TLS_KEY_FILE)"
+    ]
+
+
+def test_serve_with_a_bad_certificate_exits_2(tmp_path):
+    (tmp_path / "tls.crt").write_text("not a certificate")
+    (tmp_path / "tls.key").write_text("not a key")
+    proc = subprocess.run(
+        [sys.executable, "-m", "webhook", "serve", "--tls-cert-file", str(tmp_path / "tls.crt"),
+         "--tls-key-file", str(tmp_path / "tls.key")],
+        cwd=ROOT, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert proc.returncode == 2
+    (line,) = proc.stderr.strip().splitlines()
+    assert "cannot load the serving certificate" in line and "Traceback" not in proc.stderr
