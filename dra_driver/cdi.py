@@ -86,9 +86,11 @@ def encode(spec: Mapping[str, Any]) -> bytes:
 
 
 def write_spec(path: str, spec: Mapping[str, Any]) -> None:
-    """Write atomically (temp file in the same directory, fsync, rename, fsync dir). Blocking."""
+    """Write atomically (temp file in the same directory, rename), so that a runtime never reads a
+    partial spec. Not fsynced: the spec is rebuilt from the driver's durable checkpoint record when a
+    power cut (or a reboot emptying ``/var/run/cdi``) loses or damages it. Blocking."""
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    fsutil.write_atomic(path, encode(spec), mode=0o644)
+    fsutil.write_atomic(path, encode(spec), mode=0o644, durable=False)
 
 
 def remove_spec(path: str) -> bool:

@@ -22,11 +22,13 @@ TEMP_PREFIX = ".tessera-tmp-"
 """Prefix of the temporary files of atomic writes; leftovers of a crash are removed at start-up."""
 
 
-def write_atomic(path: str, data: bytes, *, mode: int = 0o644, sync_dir: bool = True) -> None:
+def write_atomic(path: str, data: bytes, *, mode: int = 0o644, sync_dir: bool = True, durable: bool = True) -> None:
     """Replace ``path`` with ``data`` so that readers see the old or the new content, never a mix.
 
-    A temporary file in the same directory is written and fsynced, renamed over ``path``, and (with
-    ``sync_dir``) the directory is fsynced so that the rename itself survives a power cut.
+    A temporary file in the same directory is written and (``durable``) fsynced, renamed over
+    ``path``, and (``durable`` and ``sync_dir``) the directory is fsynced so that the rename itself
+    survives a power cut. Without ``durable`` the write is atomic for readers but may be lost or
+    truncated by a power cut: only for files that can be rebuilt from a durable record.
     """
     directory = os.path.dirname(path) or "."
     fd, tmp = tempfile.mkstemp(prefix=TEMP_PREFIX, dir=directory)
@@ -35,13 +37,14 @@ def write_atomic(path: str, data: bytes, *, mode: int = 0o644, sync_dir: bool = 
             f.write(data)
             f.flush()
             os.fchmod(f.fileno(), mode)
-            os.fsync(f.fileno())
+            if durable:
+                os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
-    if sync_dir:
+    if durable and sync_dir:
         fsync_dir(directory)
 
 

@@ -128,10 +128,13 @@ class Preparer:
         return out
 
     async def restore(self) -> None:
-        """At start-up: put back CDI specs and claim directories of completed claims that went missing
-        (``/var/run/cdi`` is emptied by a reboot) so that running and restarting containers still start."""
+        """At start-up: put back CDI specs, claim directories and vendor files of completed claims that
+        went missing or were damaged (``/var/run/cdi`` is emptied by a reboot; a power cut may truncate a
+        file) so that running and restarting containers still start."""
+        for path in await asyncio.to_thread(self.sweep_orphan_specs):
+            log.warning("removed a CDI spec no prepared claim owns", extra={"path": path})
         for uid, entry in self.checkpoint.items():
-            if entry.completed and not self._files_present(entry):
+            if entry.completed and not await asyncio.to_thread(self._files_present, entry):
                 await self._restore_files(entry)
                 log.info("restored files of prepared claim", extra=self._ctx(entry.namespace, entry.name, uid))
 
@@ -168,7 +171,7 @@ class Preparer:
         async with self._locks.hold(ref.uid):
             entry = self.checkpoint.get(ref.uid)
             if entry is not None and entry.completed:
-                if not self._files_present(entry):
+                if not await asyncio.to_thread(self._files_present, entry):
                     await self._restore_files(entry)
                 return entry.devices
             claim = await self.read_claim(ref)
@@ -313,10 +316,18 @@ class Preparer:
         async with self._locks.hold(ref.uid):
             entry = self.checkpoint.get(ref.uid)
             if entry is None:
+                # Nothing recorded. Files a power cut may have orphaned (their record lost) carry the
+                # claim UID in their names, so they are removed all the same.
+                orphan = self._default_entry(ref)
+                try:
+                    await self._remove_files(orphan)
+                except OSError as exc:
+                    log.warning(
+                        "cannot remove files of an unknown claim",
+                        extra={**self._ctx(ref.namespace, ref.name, ref.uid), "error": str(exc)},
+                    )
                 self.metrics.unprepares.labels(result="ok").inc()
-                log.info(
-                    "unprepare of an unknown claim: nothing to do", extra=self._ctx(ref.namespace, ref.name, ref.uid)
-                )
+                log.info("unprepare of an unknown claim", extra=self._ctx(ref.namespace, ref.name, ref.uid))
                 return ""
             try:
                 await self._remove_files(entry, failpoints=True)
@@ -332,13 +343,48 @@ class Preparer:
             log.info("unprepared", extra=self._ctx(ref.namespace, ref.name, ref.uid))
             return ""
 
+    def _default_entry(self, ref: ClaimRef) -> ClaimEntry:
+        """Where the files of a claim go when nothing else is known about it."""
+        return ClaimEntry(
+            state=STARTED,
+            namespace=ref.namespace,
+            name=ref.name,
+            cdi_spec_path=cdi.spec_path(self.cdi_dir, self.names, ref.uid),
+            claim_dir=os.path.join(self.host_lib_dir, "claims", ref.uid),
+        )
+
+    def sweep_orphan_specs(self) -> list[str]:
+        """At start-up: remove this driver's CDI specs that no checkpoint record owns (their record was
+        lost to a power cut). Other drivers' specs in the shared CDI directory are never touched. Blocking."""
+        known = {entry.cdi_spec_path for _, entry in self.checkpoint.items()}
+        prefix = os.path.basename(cdi.spec_path(self.cdi_dir, self.names, ""))
+        removed = []
+        for name in sorted(os.listdir(self.cdi_dir)) if os.path.isdir(self.cdi_dir) else []:
+            path = os.path.join(self.cdi_dir, name)
+            if name.startswith(prefix[: -len(".json")]) and name.endswith(".json") and path not in known:
+                cdi.remove_spec(path)
+                removed.append(path)
+        return removed
+
     # -- files ----------------------------------------------------------------------------------
 
     @staticmethod
     def _files_present(entry: ClaimEntry) -> bool:
+        """The claim's CDI spec and vendor files hold what the record says, and its directory exists."""
         if not entry.cdi_spec.get("devices"):
             return True
-        return os.path.isfile(entry.cdi_spec_path) and os.path.isdir(entry.claim_dir)
+        if not os.path.isdir(entry.claim_dir):
+            return False
+        expected = {entry.cdi_spec_path: cdi.encode(entry.cdi_spec)}
+        expected.update({path: content.encode() for path, content in entry.files.items()})
+        for path, data in expected.items():
+            try:
+                with open(path, "rb") as f:
+                    if f.read() != data:
+                        return False
+            except OSError:
+                return False
+        return True
 
     async def _restore_files(self, entry: ClaimEntry) -> None:
         try:
@@ -373,7 +419,8 @@ class Preparer:
 
 
 def _write_files(files: Mapping[str, str]) -> None:
-    """Write the vendor's files (inside the claim directory) atomically. Blocking."""
+    """Write the vendor's files (inside the claim directory) atomically; like the CDI spec they are
+    rebuilt from the checkpoint record if a power cut damages them. Blocking."""
     for path, content in files.items():
         os.makedirs(os.path.dirname(path), exist_ok=True)
-        fsutil.write_atomic(path, content.encode(), mode=0o644)
+        fsutil.write_atomic(path, content.encode(), mode=0o644, durable=False)

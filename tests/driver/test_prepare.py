@@ -29,6 +29,7 @@ from .helpers import (
     running_driver,
     settings,
     sharing_config,
+    write_text,
 )
 from .kubelet import Claim, Kubelet
 
@@ -374,4 +375,39 @@ async def test_second_instance_is_refused(api: APIServer, s: Settings) -> None:
         assert exists(s.dra_socket) and exists(s.registration_socket)
         kubelet = await Kubelet(s.registry_dir).register()
         assert len((await kubelet.prepare()).claims) == 0
+        await kubelet.close()
+
+
+async def test_power_cut_leftovers_are_repaired(api: APIServer, s: Settings) -> None:
+    """Specs are written atomically but not fsynced (they are rebuilt from the durable record):
+    a truncated spec is restored, specs and files whose record was lost are removed, and other
+    drivers' specs in the shared CDI directory are left alone."""
+    c = claim("kept", [result("gpu-0", memory="2Gi")])
+    api.store.put(c)
+    uid = c["metadata"]["uid"]
+    async with running_driver(s):
+        kubelet = await Kubelet(s.registry_dir).register()
+        answer = await kubelet.prepare(ref(c))
+        await kubelet.close()
+    original = read_text(cdi_path(s, uid))
+    write_text(cdi_path(s, uid), original[:100])  # truncated by the power cut
+    lost = str(uuid.uuid4())
+    write_text(cdi_path(s, lost), "{}")  # its record never reached the disk
+    write_text(os.path.join(s.host_lib_dir, "claims", lost, "gpu.cache"), "region")
+    foreign = [
+        os.path.join(s.cdi_dir, n)
+        for n in ("k8s.gpu.nvidia.com-claim_x.json", f"k8s.ascend.tessera.dev-claim_{lost}.json")
+    ]
+    for path in foreign:
+        write_text(path, "{}")
+    async with running_driver(s):
+        assert read_text(cdi_path(s, uid)) == original
+        assert not exists(cdi_path(s, lost))
+        assert all(exists(p) for p in foreign)
+        kubelet = await Kubelet(s.registry_dir).register()
+        assert await kubelet.prepare(ref(c)) == answer
+        # kubelet unprepares the claim it once asked for: its files go although nothing was recorded.
+        out = await kubelet.unprepare(Claim("default", "lost", lost))
+        assert out.claims[lost].error == ""
+        assert not exists(os.path.join(s.host_lib_dir, "claims", lost))
         await kubelet.close()
