@@ -1,10 +1,10 @@
 """What survives a restart: the prepared claims, one record per claim in ``<plugin-dir>/checkpoint/``.
 
-Two-phase per claim: a record is written ``PrepareStarted`` (fsynced) before any file of the claim
-is created and turned ``PrepareCompleted`` once everything is in place. A restarted driver rolls a
-started claim back and redoes it; a completed one is answered from its record (the claim may be gone
-from the API server by then). Unprepare needs nothing else. Writes are atomic (temp file, fsync,
-rename, fsync dir).
+Two-phase per claim: a record is written ``PrepareStarted`` before any file of the claim is created
+and turned ``PrepareCompleted`` (fsynced, file and rename) once everything is in place, before the
+kubelet gets its answer. A restarted driver rolls a started claim back and redoes it; a completed one
+is answered from its record (the claim may be gone from the API server by then). Unprepare needs
+nothing else. Every write is atomic (temp file, rename).
 """
 
 from __future__ import annotations
@@ -229,9 +229,9 @@ class Checkpoint:
         }
         return json.dumps(data, separators=(",", ":")).encode()
 
-    def write_record(self, uid: str, entry: ClaimEntry, *, sync_dir: bool = True) -> None:
-        """Write one claim's record atomically (file fsynced; the rename too with ``sync_dir``). Blocking."""
-        fsutil.write_atomic(self.path(uid), self.encode(uid, entry), mode=0o600, sync_dir=sync_dir)
+    def write_record(self, uid: str, entry: ClaimEntry, *, durable: bool = True) -> None:
+        """Write one claim's record atomically; ``durable``: the file and its rename are fsynced. Blocking."""
+        fsutil.write_atomic(self.path(uid), self.encode(uid, entry), mode=0o600, durable=durable)
 
     async def flush(self, uid: str) -> None:
         """Make the in-memory state of one claim durable (write its record, or remove it)."""

@@ -231,12 +231,15 @@ class Preparer:
     def _materialise(self, uid: str, started: ClaimEntry, completed: ClaimEntry) -> None:
         """The file work of one prepare, in order, in one worker thread. Blocking.
 
-        The ``PrepareStarted`` record is durable (file and rename fsynced) before any file of the
-        claim exists, so a crash can always be rolled back. The ``PrepareCompleted`` record's rename
-        is not fsynced: if a power cut loses it, the started record remains and the next prepare
-        redoes the claim with the same result.
+        The ``PrepareStarted`` record exists before any file of the claim, so a killed process is
+        always rolled back on the next prepare (the page cache survives a process). The
+        ``PrepareCompleted`` record is fsynced (file and rename) before the kubelet is answered, so
+        what the kubelet was told survives a power cut too. A power cut before that point may lose
+        the started record and leave files behind: the kubelet has no answer and prepares again
+        (same names, overwritten) or unprepares (files found by the claim UID), and orphaned CDI
+        specs are swept at start-up.
         """
-        self.checkpoint.write_record(uid, started)
+        self.checkpoint.write_record(uid, started, durable=False)
         self._fail("after-started")
         if started.cdi_spec.get("devices"):
             fsutil.make_shared_dir(started.claim_dir)
@@ -244,7 +247,7 @@ class Preparer:
             self._fail("after-claim-dir")
             cdi.write_spec(started.cdi_spec_path, started.cdi_spec)
             self._fail("after-cdi")
-        self.checkpoint.write_record(uid, completed, sync_dir=False)
+        self.checkpoint.write_record(uid, completed, durable=True)
         self._fail("after-completed")
 
     async def _abandon(self, ref: ClaimRef, entry: ClaimEntry) -> None:
