@@ -102,6 +102,7 @@ class Scheduler:
     # ------------------------------------------------------------------ one cycle
     async def sync_pod(self, key: Key) -> float | None:
         pod = self.pods.get(*key)
+        log.debug("pod %s/%s: scheduling cycle (%s)", key[0], key[1], "known" if pod else "gone")
         if pod is None:
             return None
         spec = pod.get("spec") or {}

@@ -1,0 +1,199 @@
+"""What the e2e tests need beyond the Kubernetes API, for each kind of cluster.
+
+``HarnessControl`` drives the local harness directly; ``KindControl`` does the same on a kind
+cluster where the chart is installed (``e2e/kind/run.sh``): drivers are the DaemonSet's pods,
+the webhook is a Deployment, and node files are read with ``docker exec``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from typing import Protocol
+
+from e2e.cluster import DRIVER, Harness
+from kubeapi import KubeClient, KubeError
+
+NAMESPACE = os.environ.get("TESSERA_E2E_NAMESPACE", "tessera-system")
+HOST_LIB_DIR = os.environ.get("TESSERA_E2E_HOST_LIB_DIR", "/usr/local/tessera")
+CDI_DIR = os.environ.get("TESSERA_E2E_CDI_DIR", "/var/run/cdi")
+
+
+class ClusterControl(Protocol):
+    kubeconfig: str
+
+    async def nodes_with_devices(self) -> list[str]: ...
+    async def stop_driver(self, node: str, *, kill: bool = False) -> None: ...
+    async def start_driver(self, node: str) -> None: ...
+    async def stop_webhook(self) -> None: ...
+    async def start_webhook(self) -> None: ...
+    async def cdi_specs(self, node: str) -> list[str]: ...
+    async def claim_dirs(self, node: str) -> list[str]: ...
+
+
+class HarnessControl:
+    def __init__(self, harness: Harness) -> None:
+        self.harness = harness
+        self.kubeconfig = harness.kubeconfig
+
+    async def nodes_with_devices(self) -> list[str]:
+        return sorted(self.harness.nodes)
+
+    async def stop_driver(self, node: str, *, kill: bool = False) -> None:
+        await self.harness.stop_driver(node, kill=kill)
+
+    async def start_driver(self, node: str) -> None:
+        await self.harness.start_driver(node)
+
+    async def stop_webhook(self) -> None:
+        await self.harness.stop_webhook()
+
+    async def start_webhook(self) -> None:
+        await self.harness.start_webhook()
+
+    async def cdi_specs(self, node: str) -> list[str]:
+        return sorted(os.listdir(self.harness.nodes[node].cdi_dir))
+
+    async def claim_dirs(self, node: str) -> list[str]:
+        return sorted(os.listdir(os.path.join(self.harness.nodes[node].host_lib_dir, "claims")))
+
+
+class KindControl:
+    """A kind cluster with the chart installed as ``e2e/kind/run.sh`` installs it."""
+
+    def __init__(self, kubeconfig: str, kube: KubeClient) -> None:
+        self.kubeconfig = kubeconfig
+        self.kube = kube
+        self._replicas = 1
+
+    async def nodes_with_devices(self) -> list[str]:
+        slices = await self.kube.list("/apis/resource.k8s.io/v1/resourceslices", fieldSelector=f"spec.driver={DRIVER}")
+        return sorted({s["spec"]["nodeName"] for s in slices.get("items") or [] if s["spec"].get("nodeName")})
+
+    async def _driver_pods(self, node: str) -> list[dict[str, object]]:
+        pods = await self.kube.list(
+            f"/api/v1/namespaces/{NAMESPACE}/pods",
+            labelSelector="app.kubernetes.io/component=driver",
+            fieldSelector=f"spec.nodeName={node}",
+        )
+        return list(pods.get("items") or [])
+
+    async def stop_driver(self, node: str, *, kill: bool = False) -> None:
+        daemonsets = await self.kube.list(
+            f"/apis/apps/v1/namespaces/{NAMESPACE}/daemonsets", labelSelector="app.kubernetes.io/component=driver"
+        )
+        for ds in daemonsets.get("items") or []:
+            # keep the DaemonSet off this node: a label the node does not have
+            affinity = {
+                "nodeAffinity": {
+                    "requiredDuringSchedulingIgnoredDuringExecution": {
+                        "nodeSelectorTerms": [
+                            {
+                                "matchExpressions": [
+                                    {"key": "kubernetes.io/hostname", "operator": "NotIn", "values": [node]}
+                                ]
+                            }
+                        ]
+                    }
+                }
+            }
+            await self.kube.merge_patch(
+                f"/apis/apps/v1/namespaces/{NAMESPACE}/daemonsets/{ds['metadata']['name']}",
+                {"spec": {"template": {"spec": {"affinity": affinity}}}},
+            )
+        for pod in await self._driver_pods(node):
+            meta = pod["metadata"]
+            assert isinstance(meta, dict)
+            path = f"/api/v1/namespaces/{NAMESPACE}/pods/{meta['name']}"
+            await self.kube.request("DELETE", path, body={"gracePeriodSeconds": 0 if kill else 30})
+        await _until(lambda: self._no_pods(node), 120)
+
+    async def _no_pods(self, node: str) -> bool:
+        return not await self._driver_pods(node)
+
+    async def start_driver(self, node: str) -> None:
+        daemonsets = await self.kube.list(
+            f"/apis/apps/v1/namespaces/{NAMESPACE}/daemonsets", labelSelector="app.kubernetes.io/component=driver"
+        )
+        for ds in daemonsets.get("items") or []:
+            await self.kube.request(
+                "PATCH",
+                f"/apis/apps/v1/namespaces/{NAMESPACE}/daemonsets/{ds['metadata']['name']}",
+                body=[{"op": "remove", "path": "/spec/template/spec/affinity"}],
+                content_type="application/json-patch+json",
+            )
+        await _until(lambda: self._driver_ready(node), 180)
+
+    async def _driver_ready(self, node: str) -> bool:
+        for pod in await self._driver_pods(node):
+            status = pod.get("status")
+            assert isinstance(status, dict)
+            if any(c.get("type") == "Ready" and c.get("status") == "True" for c in status.get("conditions") or []):
+                return True
+        return False
+
+    async def _scale(self, replicas: int) -> None:
+        deployments = await self.kube.list(
+            f"/apis/apps/v1/namespaces/{NAMESPACE}/deployments", labelSelector="app.kubernetes.io/component=webhook"
+        )
+        for d in deployments.get("items") or []:
+            if replicas == 0:
+                self._replicas = int(d["spec"].get("replicas") or 1)
+            await self.kube.merge_patch(
+                f"/apis/apps/v1/namespaces/{NAMESPACE}/deployments/{d['metadata']['name']}",
+                {"spec": {"replicas": replicas}},
+            )
+
+    async def stop_webhook(self) -> None:
+        await self._scale(0)
+        await _until(self._webhook_gone, 120)
+
+    async def _webhook_pods(self) -> list[dict[str, object]]:
+        pods = await self.kube.list(
+            f"/api/v1/namespaces/{NAMESPACE}/pods", labelSelector="app.kubernetes.io/component=webhook"
+        )
+        return list(pods.get("items") or [])
+
+    async def _webhook_gone(self) -> bool:
+        return not await self._webhook_pods()
+
+    async def start_webhook(self) -> None:
+        await self._scale(self._replicas)
+
+        async def ready() -> bool:
+            endpoints = await self.kube.list(
+                f"/apis/discovery.k8s.io/v1/namespaces/{NAMESPACE}/endpointslices",
+                labelSelector="kubernetes.io/service-name=tessera-webhook",
+            )
+            return any(
+                any((e.get("conditions") or {}).get("ready") for e in s.get("endpoints") or [])
+                for s in endpoints.get("items") or []
+            )
+
+        await _until(ready, 180)
+
+    async def _docker_ls(self, node: str, path: str) -> list[str]:
+        proc = await asyncio.create_subprocess_exec(
+            "docker", "exec", node, "sh", "-c", f"ls -1 {path} 2>/dev/null", stdout=asyncio.subprocess.PIPE
+        )
+        out, _ = await proc.communicate()
+        return sorted(line for line in out.decode().splitlines() if line)
+
+    async def cdi_specs(self, node: str) -> list[str]:
+        return [f for f in await self._docker_ls(node, CDI_DIR) if f.startswith(f"k8s.{DRIVER}")]
+
+    async def claim_dirs(self, node: str) -> list[str]:
+        return await self._docker_ls(node, f"{HOST_LIB_DIR}/claims")
+
+
+async def _until(check: object, timeout: float) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        try:
+            if await check():  # type: ignore[operator]
+                return
+        except KubeError:
+            pass
+        if asyncio.get_running_loop().time() > deadline:
+            raise TimeoutError(f"timed out after {timeout:g}s")
+        await asyncio.sleep(1.0)
