@@ -83,18 +83,39 @@ static uint64_t graph_waves(CUgraph g, int dev)
     return waves ? waves : 1;
 }
 
-VGPU_EXPORT CUresult cuGraphInstantiateWithFlags(CUgraphExec *e, CUgraph g, unsigned long long flags)
+static void graph_record(CUresult r, CUgraphExec *e, CUgraph g)
 {
-    void *f = vgpu_real[H_cuGraphInstantiateWithFlags];
-    if (!f) {
-        vgpu_resolve_cuda();
-        if (!(f = vgpu_real[H_cuGraphInstantiateWithFlags])) return CUDA_ERROR_NOT_SUPPORTED;
-    }
-    CUresult r = ((__typeof__(&cuGraphInstantiateWithFlags))f)(e, g, flags);
     if (r == CUDA_SUCCESS && e && vgpu_ensure_init() == 0 && vgpu.region) {
         int dev = vgpu_current_device();
         if (dev >= 0) vgpu_tab_put(TAB_GRAPH, (uint64_t)(uintptr_t)*e, dev, 0, graph_waves(g, dev));
     }
+}
+
+#define GRAPH_REAL(name) \
+    void *f = vgpu_real[H_##name]; \
+    if (!f) { vgpu_resolve_cuda(); if (!(f = vgpu_real[H_##name])) return CUDA_ERROR_NOT_SUPPORTED; }
+
+VGPU_EXPORT CUresult cuGraphInstantiateWithFlags(CUgraphExec *e, CUgraph g, unsigned long long flags)
+{
+    GRAPH_REAL(cuGraphInstantiateWithFlags);
+    CUresult r = ((__typeof__(&cuGraphInstantiateWithFlags))f)(e, g, flags);
+    graph_record(r, e, g);
+    return r;
+}
+
+VGPU_EXPORT CUresult cuGraphInstantiateWithParams(CUgraphExec *e, CUgraph g, void *params)
+{
+    GRAPH_REAL(cuGraphInstantiateWithParams);
+    CUresult r = ((__typeof__(&cuGraphInstantiateWithParams))f)(e, g, params);
+    graph_record(r, e, g);
+    return r;
+}
+
+VGPU_EXPORT CUresult cuGraphInstantiateWithParams_ptsz(CUgraphExec *e, CUgraph g, void *params)
+{
+    GRAPH_REAL(cuGraphInstantiateWithParams_ptsz);
+    CUresult r = ((__typeof__(&cuGraphInstantiateWithParams_ptsz))f)(e, g, params);
+    graph_record(r, e, g);
     return r;
 }
 

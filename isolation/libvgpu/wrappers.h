@@ -44,6 +44,8 @@ W CUresult cuLaunchCooperativeKernel(CUfunction f, unsigned gx, unsigned gy, uns
 W CUresult cuLaunchCooperativeKernel_ptsz(CUfunction f, unsigned gx, unsigned gy, unsigned gz, unsigned bx,
                                           unsigned by, unsigned bz, unsigned shmem, CUstream s, void **params);
 W CUresult cuGraphInstantiateWithFlags(CUgraphExec *e, CUgraph g, unsigned long long flags);
+W CUresult cuGraphInstantiateWithParams(CUgraphExec *e, CUgraph g, void *params);
+W CUresult cuGraphInstantiateWithParams_ptsz(CUgraphExec *e, CUgraph g, void *params);
 W CUresult cuGraphExecDestroy(CUgraphExec e);
 W CUresult cuGraphLaunch(CUgraphExec e, CUstream s);
 W CUresult cuGraphLaunch_ptsz(CUgraphExec e, CUstream s);

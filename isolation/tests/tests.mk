@@ -28,3 +28,7 @@ $(B)/tests/alloc-stress: tests/alloc_stress.c tools/drv.c $(TOOL_HDR)
 $(B)/tests/vgpu-bench: tests/vgpu_bench.c tools/drv.c $(TOOL_HDR)
 	@mkdir -p $(@D)
 	$(CC) $(CFLAGS_) $(SAN) -o $@ tests/vgpu_bench.c tools/drv.c -ldl
+
+$(B)/tests/gpa-replay: tests/gpa_replay.c include/cuabi.h
+	@mkdir -p $(@D)
+	$(CC) $(CFLAGS_) $(SAN) -o $@ tests/gpa_replay.c -ldl

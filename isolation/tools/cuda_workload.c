@@ -51,7 +51,7 @@ static void usage(FILE *f)
             "  --launch-seconds S        launch the spin kernel for S seconds\n"
             "  --kernel-us U             time per wave of blocks in microseconds (default 1000)\n"
             "  --grid G --block B        launch shape (default 132 x 256)\n"
-            "  --launch kernel|ex|coop|graph   launch entry point (default kernel)\n"
+            "  --launch kernel|ex|coop|graph|graph-params   launch entry point (default kernel)\n"
             "  --per-thread-stream       resolve the per-thread-default-stream (_ptsz) variants\n"
             "  --json                    one JSON object per line\n");
 }
@@ -145,8 +145,9 @@ static int run_launches(double seconds, unsigned long long kernel_us, unsigned g
     unsigned long long ns = kernel_us * 1000ULL;
     void *params[] = { &ns };
     CUgraphExec exec = NULL;
-    CUgraph graph = NULL;
-    if (!strcmp(how, "graph")) {
+    CUgraph g = NULL;
+    int graph = !strcmp(how, "graph") || !strcmp(how, "graph-params");
+    if (graph) {
         CUDA_KERNEL_NODE_PARAMS_v2 p;
         memset(&p, 0, sizeof p);
         p.func = fn;
@@ -154,8 +155,11 @@ static int run_launches(double seconds, unsigned long long kernel_us, unsigned g
         p.blockDimX = block; p.blockDimY = p.blockDimZ = 1;
         p.kernelParams = params;
         CUgraphNode node;
-        if ((r = D.GraphCreate(&graph, 0)) || (r = D.GraphAddKernelNode(&node, graph, NULL, 0, &p)) ||
-            (r = D.GraphInstantiateWithFlags(&exec, graph, 0))) {
+        /* CUDA_GRAPH_INSTANTIATE_PARAMS: flags, upload stream, error node out, result out */
+        struct { unsigned long long flags; CUstream upload; CUgraphNode err; int result; } ip = { 0, NULL, NULL, 0 };
+        if ((r = D.GraphCreate(&g, 0)) || (r = D.GraphAddKernelNode(&node, g, NULL, 0, &p)) ||
+            (r = strcmp(how, "graph") ? D.GraphInstantiateWithParams(&exec, g, &ip)
+                                      : D.GraphInstantiateWithFlags(&exec, g, 0))) {
             fprintf(stderr, "cuda-workload: cannot build the graph: %s\n", drv_error_name(r));
             return 1;
         }
@@ -169,7 +173,7 @@ static int run_launches(double seconds, unsigned long long kernel_us, unsigned g
     while (now_s() < end) {
         if (!strcmp(how, "ex")) r = D.LaunchKernelEx(&cfg, fn, params, NULL);
         else if (!strcmp(how, "coop")) r = D.LaunchCooperativeKernel(fn, grid, 1, 1, block, 1, 1, 0, NULL, params);
-        else if (!strcmp(how, "graph")) r = D.GraphLaunch(exec, NULL);
+        else if (graph) r = D.GraphLaunch(exec, NULL);
         else r = D.LaunchKernel(fn, grid, 1, 1, block, 1, 1, 0, NULL, params, NULL);
         if (r) {
             fprintf(stderr, "cuda-workload: launch failed: %s\n", drv_error_name(r));
@@ -179,7 +183,7 @@ static int run_launches(double seconds, unsigned long long kernel_us, unsigned g
     }
     D.CtxSynchronize();
     double el = now_s() - t0;
-    if (exec) { D.GraphExecDestroy(exec); D.GraphDestroy(graph); }
+    if (exec) { D.GraphExecDestroy(exec); D.GraphDestroy(g); }
     if (g_json)
         printf("{\"event\":\"launches\",\"how\":\"%s\",\"count\":%llu,\"seconds\":%.3f}\n", how, n, el);
     else

@@ -63,6 +63,7 @@ typedef CUresult (*gpa_v2_t)(const char *, void **, int, unsigned long long, CUd
     X(GraphCreate, "cuGraphCreate", 10000, "cuGraphCreate", 0, (CUgraph *, unsigned)) \
     X(GraphAddKernelNode, "cuGraphAddKernelNode", 12000, "cuGraphAddKernelNode_v2", 0, (CUgraphNode *, CUgraph, const CUgraphNode *, size_t, const CUDA_KERNEL_NODE_PARAMS_v2 *)) \
     X(GraphInstantiateWithFlags, "cuGraphInstantiateWithFlags", 11040, "cuGraphInstantiateWithFlags", 0, (CUgraphExec *, CUgraph, unsigned long long)) \
+    X(GraphInstantiateWithParams, "cuGraphInstantiateWithParams", 12000, "cuGraphInstantiateWithParams", 1, (CUgraphExec *, CUgraph, void *)) \
     X(GraphLaunch, "cuGraphLaunch", 10000, "cuGraphLaunch", 1, (CUgraphExec, CUstream)) \
     X(GraphExecDestroy, "cuGraphExecDestroy", 10000, "cuGraphExecDestroy", 0, (CUgraphExec)) \
     X(GraphDestroy, "cuGraphDestroy", 10000, "cuGraphDestroy", 0, (CUgraph))

@@ -56,3 +56,24 @@ def test_same_priority_does_not_pause(node: FakeNode, tmp_path: Path) -> None:
         pa.wait(timeout=10)
         pb.wait(timeout=10)
     assert all(s > 0.2 for s in shares), f"both run: {shares}"
+
+
+def test_default_policy_limits_only_under_contention(node: FakeNode, tmp_path: Path) -> None:
+    node_dir = tmp_path / "node"
+    node_dir.mkdir()
+    limited = node.container("lim", TESSERA_NODE_DIR=str(node_dir), CUDA_DEVICE_SM_LIMIT="30",
+                             GPU_CORE_UTILIZATION_POLICY="default")
+    other = node.container("other", TESSERA_NODE_DIR=str(node_dir))
+    args = ["--kernel-us", "500", "--grid", "264"]
+    lp = subprocess.Popen([str(WORKLOAD), "--launch-seconds", "7", *args], env=limited, stdout=subprocess.DEVNULL)
+    try:
+        time.sleep(0.8)
+        alone = _busy(node, lp.pid, 0.8)
+        op = subprocess.Popen([str(WORKLOAD), "--launch-seconds", "4.5", *args], env=other, stdout=subprocess.DEVNULL)
+        time.sleep(2.0)
+        shared = _busy(node, lp.pid, 2.0)
+        op.wait(timeout=10)
+    finally:
+        lp.wait(timeout=15)
+    assert alone > 0.9, f"alone on the device, the default policy does not throttle: {alone:.2f}"
+    assert abs(shared - 0.30) <= 0.05, f"with another container active, held at 30 %: {shared:.2f}"

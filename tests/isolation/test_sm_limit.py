@@ -55,9 +55,9 @@ def test_limit_holds_on_small_and_large_gpus(tmp_path: Path) -> None:
 
 def test_every_launch_route_is_metered(tmp_path: Path) -> None:
     """cuLaunchKernelEx, cooperative launches and graph launches, legacy and per-thread stream."""
-    node = FakeNode(tmp_path, ["80GiB/132sm"] * 6)
+    node = FakeNode(tmp_path, ["80GiB/132sm"] * 8)
     runs = []
-    for k, (how, ptds) in enumerate((h, p) for h in ("ex", "coop", "graph") for p in (False, True)):
+    for k, (how, ptds) in enumerate((h, p) for h in ("ex", "coop", "graph", "graph-params") for p in (False, True)):
         env = node.container(f"r{k}", devices=(k,), CUDA_DEVICE_SM_LIMIT="40", GPU_CORE_UTILIZATION_POLICY="force")
         args = ["--launch", how, "--kernel-us", "300", "--grid", "528"]
         runs.append((k, env, [*args, "--per-thread-stream"] if ptds else args))

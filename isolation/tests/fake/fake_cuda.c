@@ -1377,6 +1377,27 @@ EXPORT CUresult cuGraphInstantiateWithFlags(CUgraphExec *e, CUgraph g, unsigned 
     return CUDA_SUCCESS;
 }
 
+/* params: CUDA_GRAPH_INSTANTIATE_PARAMS {u64 flags; CUstream upload; CUgraphNode err_out; int result_out} */
+static CUresult instantiate_params(CUgraphExec *e, CUgraph g, void *params)
+{
+    if (!params) return CUDA_ERROR_INVALID_VALUE;
+    CUresult r = cuGraphInstantiateWithFlags(e, g, *(unsigned long long *)params);
+    *(int *)((char *)params + 24) = r == CUDA_SUCCESS ? 0 : 1;
+    return r;
+}
+
+EXPORT CUresult cuGraphInstantiateWithParams(CUgraphExec *e, CUgraph g, void *params)
+{
+    FAKE_COUNT(cuGraphInstantiateWithParams);
+    return instantiate_params(e, g, params);
+}
+
+EXPORT CUresult cuGraphInstantiateWithParams_ptsz(CUgraphExec *e, CUgraph g, void *params)
+{
+    FAKE_COUNT(cuGraphInstantiateWithParams_ptsz);
+    return instantiate_params(e, g, params);
+}
+
 EXPORT CUresult cuGraphExecDestroy(CUgraphExec e)
 {
     FAKE_COUNT(cuGraphExecDestroy);
@@ -1473,6 +1494,8 @@ static const struct proc_row g_rows[] = {
     R("cuGraphNodeGetType", 10000, cuGraphNodeGetType),
     R("cuGraphKernelNodeGetParams", 12000, cuGraphKernelNodeGetParams_v2),
     R("cuGraphInstantiateWithFlags", 11040, cuGraphInstantiateWithFlags),
+    R("cuGraphInstantiateWithParams", 12000, cuGraphInstantiateWithParams),
+    P("cuGraphInstantiateWithParams", 12000, cuGraphInstantiateWithParams_ptsz),
     R("cuGraphExecDestroy", 10000, cuGraphExecDestroy),
     R("cuGraphLaunch", 10000, cuGraphLaunch), P("cuGraphLaunch", 10000, cuGraphLaunch_ptsz),
 };

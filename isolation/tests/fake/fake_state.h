@@ -43,7 +43,8 @@
     X(cuLaunchKernelEx) X(cuLaunchKernelEx_ptsz) X(cuLaunchCooperativeKernel) \
     X(cuLaunchCooperativeKernel_ptsz) X(cuGraphCreate) X(cuGraphDestroy) X(cuGraphAddKernelNode_v2) \
     X(cuGraphGetNodes) X(cuGraphNodeGetType) X(cuGraphKernelNodeGetParams_v2) \
-    X(cuGraphInstantiateWithFlags) X(cuGraphExecDestroy) X(cuGraphLaunch) X(cuGraphLaunch_ptsz) \
+    X(cuGraphInstantiateWithFlags) X(cuGraphInstantiateWithParams) \
+    X(cuGraphInstantiateWithParams_ptsz) X(cuGraphExecDestroy) X(cuGraphLaunch) X(cuGraphLaunch_ptsz) \
     X(nvmlInit) X(nvmlInit_v2) X(nvmlDeviceGetMemoryInfo) X(nvmlDeviceGetMemoryInfo_v2) \
     X(nvmlDeviceGetComputeRunningProcesses) X(nvmlDeviceGetProcessUtilization)
 
