@@ -93,7 +93,12 @@ static int nvml_ready(void)
     if (g_nvml_ok >= 0) return g_nvml_ok;
     vgpu_resolve_nvml();
     g_nvml_ok = NCALL(nvmlInit_v2) == NVML_SUCCESS;
-    if (!g_nvml_ok) vgpu_log(LOG_WARN, "NVML unavailable: the SM limit cannot be measured and is not enforced");
+    if (!g_nvml_ok) {
+        int limited = 0;
+        for (int d = 0; d < vgpu.ndev; d++) limited |= vgpu.region->dev[d].sm_limit > 0;
+        vgpu_log(limited ? LOG_WARN : LOG_INFO,
+                 "NVML unavailable: utilisation cannot be measured%s", limited ? "; the SM limit is not enforced" : "");
+    }
     unsigned n = 0;
     if (g_nvml_ok && NCALL(nvmlDeviceGetCount_v2, &n) == NVML_SUCCESS) {
         for (int d = 0; d < vgpu.ndev; d++) {
