@@ -113,7 +113,11 @@ def helm_binary() -> str:
     return found
 
 
+VALUES = REPO / "e2e" / "kind" / "values.yaml"
+
+
 def render_chart(values: Mapping[str, Any] | None = None) -> list[Obj]:
+    """The chart as the e2e clusters install it (``e2e/kind/values.yaml``), plus ``values``."""
     argv = [
         helm_binary(),
         "template",
@@ -123,6 +127,8 @@ def render_chart(values: Mapping[str, Any] | None = None) -> list[Obj]:
         NAMESPACE,
         "--api-versions",
         "resource.k8s.io/v1",
+        "-f",
+        str(VALUES),
     ]
     for key, value in (values or {}).items():
         argv += ["--set", f"{key}={value}"]
@@ -130,6 +136,21 @@ def render_chart(values: Mapping[str, Any] | None = None) -> list[Obj]:
     if done.returncode != 0:
         raise HarnessError(f"helm template failed: {done.stderr.strip()}")
     return [d for d in yaml.safe_load_all(done.stdout) if isinstance(d, dict)]
+
+
+def chart_env(docs: Sequence[Obj], kind: str, component: str) -> dict[str, str]:
+    """The ``TESSERA_*`` settings the chart gives a component's container (plain values only); the
+    harness passes them on so that its webhook and drivers run with the chart's configuration."""
+    out: dict[str, str] = {}
+    for doc in docs:
+        labels = (doc.get("metadata") or {}).get("labels") or {}
+        if doc.get("kind") != kind or labels.get("app.kubernetes.io/component") != component:
+            continue
+        for container in (((doc.get("spec") or {}).get("template") or {}).get("spec") or {}).get("containers") or []:
+            for entry in container.get("env") or []:
+                if str(entry.get("name", "")).startswith("TESSERA_") and "value" in entry:
+                    out[str(entry["name"])] = str(entry["value"])
+    return out
 
 
 def fake_gpus(devices: str, node_name: str) -> str:
@@ -195,7 +216,7 @@ class Harness:
         await self.kube.create(
             cluster_path("v1", "namespaces"), {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NAMESPACE}}
         )
-        self.chart = await asyncio.to_thread(render_chart, {"vendors.nvidia.backend": "mock"})
+        self.chart = await asyncio.to_thread(render_chart)
         for doc in self.chart:
             if doc.get("kind") == "DeviceClass":
                 await self.apply(doc)
@@ -267,6 +288,7 @@ class Harness:
                 self.child_log_level,
             ],
             os.path.join(self.state, "logs", "webhook.log"),
+            env={**os.environ, **chart_env(self.chart, "Deployment", "webhook")},
         )
         await self.webhook.start()
         self.api.webhooks.services[(NAMESPACE, WEBHOOK_SERVICE)] = ("127.0.0.1", self.webhook_port)
@@ -357,6 +379,7 @@ class Harness:
                 "text",
             ],
             os.path.join(self.state, "logs", f"driver-{node_name}.log"),
+            env={**os.environ, **chart_env(self.chart, "DaemonSet", "driver")},
         )
         await node.driver.start()
         if wait:

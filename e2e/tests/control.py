@@ -8,8 +8,9 @@ the webhook is a Deployment, and node files are read with ``docker exec``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
-from typing import Protocol
+from typing import Any, Protocol
 
 from e2e.cluster import DRIVER, Harness
 from kubeapi import KubeClient, KubeError
@@ -65,12 +66,13 @@ class KindControl:
         self.kubeconfig = kubeconfig
         self.kube = kube
         self._replicas = 1
+        self._affinity: dict[str, Any] = {}
 
     async def nodes_with_devices(self) -> list[str]:
         slices = await self.kube.list("/apis/resource.k8s.io/v1/resourceslices", fieldSelector=f"spec.driver={DRIVER}")
         return sorted({s["spec"]["nodeName"] for s in slices.get("items") or [] if s["spec"].get("nodeName")})
 
-    async def _driver_pods(self, node: str) -> list[dict[str, object]]:
+    async def _driver_pods(self, node: str) -> list[dict[str, Any]]:
         pods = await self.kube.list(
             f"/api/v1/namespaces/{NAMESPACE}/pods",
             labelSelector="app.kubernetes.io/component=driver",
@@ -78,13 +80,19 @@ class KindControl:
         )
         return list(pods.get("items") or [])
 
-    async def stop_driver(self, node: str, *, kill: bool = False) -> None:
-        daemonsets = await self.kube.list(
+    async def _driver_daemonsets(self) -> list[dict[str, Any]]:
+        got = await self.kube.list(
             f"/apis/apps/v1/namespaces/{NAMESPACE}/daemonsets", labelSelector="app.kubernetes.io/component=driver"
         )
-        for ds in daemonsets.get("items") or []:
-            # keep the DaemonSet off this node: a label the node does not have
-            affinity = {
+        return list(got.get("items") or [])
+
+    async def stop_driver(self, node: str, *, kill: bool = False) -> None:
+        """Keep the driver DaemonSet off ``node`` (an anti-affinity on its hostname) and remove its pod
+        (``kill``: at once, like SIGKILL; else with the grace period)."""
+        for ds in await self._driver_daemonsets():
+            name = ds["metadata"]["name"]
+            self._affinity.setdefault(name, ds["spec"]["template"]["spec"].get("affinity"))
+            away = {
                 "nodeAffinity": {
                     "requiredDuringSchedulingIgnoredDuringExecution": {
                         "nodeSelectorTerms": [
@@ -97,37 +105,41 @@ class KindControl:
                     }
                 }
             }
-            await self.kube.merge_patch(
-                f"/apis/apps/v1/namespaces/{NAMESPACE}/daemonsets/{ds['metadata']['name']}",
-                {"spec": {"template": {"spec": {"affinity": affinity}}}},
+            await self.kube.request(
+                "PATCH",
+                f"/apis/apps/v1/namespaces/{NAMESPACE}/daemonsets/{name}",
+                body=[{"op": "add", "path": "/spec/template/spec/affinity", "value": away}],
+                content_type="application/json-patch+json",
             )
         for pod in await self._driver_pods(node):
-            meta = pod["metadata"]
-            assert isinstance(meta, dict)
-            path = f"/api/v1/namespaces/{NAMESPACE}/pods/{meta['name']}"
-            await self.kube.request("DELETE", path, body={"gracePeriodSeconds": 0 if kill else 30})
+            path = f"/api/v1/namespaces/{NAMESPACE}/pods/{pod['metadata']['name']}"
+            with contextlib.suppress(KubeError):
+                await self.kube.request("DELETE", path, body={"gracePeriodSeconds": 0 if kill else 30})
         await _until(lambda: self._no_pods(node), 120)
 
     async def _no_pods(self, node: str) -> bool:
         return not await self._driver_pods(node)
 
     async def start_driver(self, node: str) -> None:
-        daemonsets = await self.kube.list(
-            f"/apis/apps/v1/namespaces/{NAMESPACE}/daemonsets", labelSelector="app.kubernetes.io/component=driver"
-        )
-        for ds in daemonsets.get("items") or []:
+        for ds in await self._driver_daemonsets():
+            name = ds["metadata"]["name"]
+            original = self._affinity.pop(name, None)
+            op: dict[str, Any] = (
+                {"op": "add", "path": "/spec/template/spec/affinity", "value": original}
+                if original
+                else {"op": "remove", "path": "/spec/template/spec/affinity"}
+            )
             await self.kube.request(
                 "PATCH",
-                f"/apis/apps/v1/namespaces/{NAMESPACE}/daemonsets/{ds['metadata']['name']}",
-                body=[{"op": "remove", "path": "/spec/template/spec/affinity"}],
+                f"/apis/apps/v1/namespaces/{NAMESPACE}/daemonsets/{name}",
+                body=[op],
                 content_type="application/json-patch+json",
             )
         await _until(lambda: self._driver_ready(node), 180)
 
     async def _driver_ready(self, node: str) -> bool:
         for pod in await self._driver_pods(node):
-            status = pod.get("status")
-            assert isinstance(status, dict)
+            status = pod.get("status") or {}
             if any(c.get("type") == "Ready" and c.get("status") == "True" for c in status.get("conditions") or []):
                 return True
         return False
@@ -148,7 +160,7 @@ class KindControl:
         await self._scale(0)
         await _until(self._webhook_gone, 120)
 
-    async def _webhook_pods(self) -> list[dict[str, object]]:
+    async def _webhook_pods(self) -> list[dict[str, Any]]:
         pods = await self.kube.list(
             f"/api/v1/namespaces/{NAMESPACE}/pods", labelSelector="app.kubernetes.io/component=webhook"
         )
