@@ -121,12 +121,13 @@ class Informer:
 
 
 class WorkQueue:
-    """Keys to reconcile; a key added while queued is processed once; failures retry after a delay."""
+    """Keys to reconcile; a key added while queued is processed once; a delayed retry keeps at most
+    one timer per key (the earliest), so retries never multiply."""
 
     def __init__(self) -> None:
         self._pending: dict[Key, None] = {}
         self._event = asyncio.Event()
-        self._timers: set[asyncio.TimerHandle] = set()
+        self._timers: dict[Key, tuple[float, asyncio.TimerHandle]] = {}
 
     def add(self, key: Key) -> None:
         self._pending[key] = None
@@ -134,15 +135,18 @@ class WorkQueue:
 
     def add_after(self, key: Key, delay: float) -> None:
         loop = asyncio.get_running_loop()
-        handle: asyncio.TimerHandle | None = None
+        when = loop.time() + delay
+        current = self._timers.get(key)
+        if current is not None:
+            if current[0] <= when:
+                return
+            current[1].cancel()
 
         def fire() -> None:
-            if handle is not None:
-                self._timers.discard(handle)
+            self._timers.pop(key, None)
             self.add(key)
 
-        handle = loop.call_later(delay, fire)
-        self._timers.add(handle)
+        self._timers[key] = (when, loop.call_at(when, fire))
 
     async def get(self) -> Key:
         while not self._pending:
@@ -153,7 +157,7 @@ class WorkQueue:
         return key
 
     def close(self) -> None:
-        for handle in self._timers:
+        for _, handle in self._timers.values():
             handle.cancel()
         self._timers.clear()
 

@@ -629,7 +629,7 @@ class Kubelet:
             worker.task = asyncio.get_running_loop().create_task(worker.run())
             log.info("pod %s/%s: admitted on %s", *key_of(pod), self.node_name)
         else:
-            worker.pod = {**pod, "status": worker.pod.get("status", pod.get("status"))}
+            worker.pod = pod
         if pod["metadata"].get("deletionTimestamp"):
             grace = float(pod["metadata"].get("deletionGracePeriodSeconds") or 0)
             if not worker.finishing:

@@ -163,3 +163,20 @@ async def test_pod_that_does_not_fit_stays_pending_with_the_reason(cluster: tupl
         return bool((await kube.get(f"{PODS}/b"))["spec"].get("nodeName"))
 
     await eventually(bound_b, timeout=15)
+
+
+async def test_work_queue_collapses_keys_and_retries() -> None:
+    from e2e.controllers.informer import WorkQueue
+
+    queue = WorkQueue()
+    queue.add(("ns", "a"))
+    queue.add(("ns", "a"))
+    queue.add(("ns", "b"))
+    assert [await queue.get(), await queue.get()] == [("ns", "a"), ("ns", "b")]
+    for delay in (0.2, 0.05, 0.3):  # one timer per key: the earliest
+        queue.add_after(("ns", "c"), delay)
+    assert len(queue._timers) == 1
+    assert await asyncio.wait_for(queue.get(), 0.15) == ("ns", "c")
+    await asyncio.sleep(0.35)
+    assert not queue._pending  # the later retries did not fire as well
+    queue.close()
