@@ -94,5 +94,6 @@ def write_spec(path: str, spec: Mapping[str, Any]) -> None:
 
 
 def remove_spec(path: str) -> bool:
-    """Remove a spec; ``False`` if it was already gone. Blocking."""
-    return fsutil.remove_file(path)
+    """Remove a spec; ``False`` if it was already gone. Not flushed: a spec brought back by a power
+    cut has no checkpoint record and is swept at start-up. Blocking."""
+    return fsutil.remove_file(path, durable=False)

@@ -165,6 +165,8 @@ class Checkpoint:
         self.boot_id = boot_id
         self.previous_boot_id = boot_id
         self._claims: dict[str, ClaimEntry] = {}
+        self._holders: dict[str, set[str]] = {}
+        """Device name -> UIDs of the claims holding it (the overlap check looks up, never scans)."""
 
     @classmethod
     def load(cls, directory: str, driver: str) -> Checkpoint:
@@ -186,7 +188,7 @@ class Checkpoint:
                 uid = str(data["uid"])
                 if name != f"{uid}.json":
                     raise ValueError(f"holds claim {uid}")
-                cp._claims[uid] = ClaimEntry.from_json(data["claim"])
+                cp.put(uid, ClaimEntry.from_json(data["claim"]))
             except (OSError, KeyError, TypeError, ValueError) as exc:
                 raise CheckpointError(
                     f"cannot read checkpoint record {path}: {exc}. It records a prepared claim; if it is damaged, "
@@ -210,11 +212,26 @@ class Checkpoint:
     def __len__(self) -> int:
         return len(self._claims)
 
+    def holders(self, device: str) -> list[tuple[str, ClaimEntry]]:
+        """The claims that hold ``device``."""
+        return [(uid, self._claims[uid]) for uid in sorted(self._holders.get(device, ()))]
+
     def put(self, uid: str, entry: ClaimEntry) -> None:
+        self.delete(uid)
         self._claims[uid] = entry
+        for hold in entry.holds:
+            self._holders.setdefault(hold.device, set()).add(uid)
 
     def delete(self, uid: str) -> None:
-        self._claims.pop(uid, None)
+        old = self._claims.pop(uid, None)
+        if old is None:
+            return
+        for hold in old.holds:
+            uids = self._holders.get(hold.device)
+            if uids is not None:
+                uids.discard(uid)
+                if not uids:
+                    del self._holders[hold.device]
 
     # -- on disk --------------------------------------------------------------------------------
 

@@ -63,25 +63,24 @@ def remove_temp_files(directory: str) -> int:
     return removed
 
 
-def remove_file(path: str) -> bool:
-    """Remove a file and flush the directory; ``False`` if it was already gone."""
+def remove_file(path: str, *, durable: bool = True) -> bool:
+    """Remove a file (``durable``: and flush the directory); ``False`` if it was already gone."""
     try:
         os.unlink(path)
     except FileNotFoundError:
         return False
-    fsync_dir(os.path.dirname(path) or ".")
+    if durable:
+        fsync_dir(os.path.dirname(path) or ".")
     return True
 
 
 def remove_tree(path: str) -> bool:
-    """Remove a directory tree; ``False`` if it was already gone."""
+    """Remove a directory tree (not flushed: callers tolerate a resurrected leftover); ``False`` if it
+    was already gone."""
     try:
         shutil.rmtree(path)
     except FileNotFoundError:
         return False
-    parent = os.path.dirname(path.rstrip("/")) or "."
-    with contextlib.suppress(FileNotFoundError):
-        fsync_dir(parent)
     return True
 
 

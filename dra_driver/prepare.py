@@ -264,11 +264,11 @@ class Preparer:
 
     def _check_overlap(self, plan: ClaimPlan) -> None:
         """A device already prepared for another claim may only be shared by two share allocations."""
-        for uid, entry in self.checkpoint.items():
-            if uid == plan.ref.uid:
-                continue
-            for hold in entry.holds:
-                for res in plan.results:
+        for res in plan.results:
+            for uid, entry in self.checkpoint.holders(res.device):
+                if uid == plan.ref.uid:
+                    continue
+                for hold in entry.holds:
                     if hold.device != res.device or res.admin_access or hold.admin_access:
                         continue
                     if res.share_id and hold.share_id:
