@@ -367,8 +367,10 @@ class SlicePublisher:
 
     # -- one reconcile --------------------------------------------------------------------------
 
-    async def node_uid(self) -> str:
-        if self._node_uid is None:
+    async def node_uid(self, *, refresh: bool = False) -> str:
+        """The Node's UID for the owner reference (looked up again with ``refresh``: a Node deleted and
+        re-created under the same name has a new UID, and slices owned by the old one are collected)."""
+        if self._node_uid is None or refresh:
             try:
                 node = await self._client.get(f"/api/v1/nodes/{self._node}")
             except KubeError as exc:
@@ -519,6 +521,10 @@ class SlicePublisher:
             self._generation = result.generation
             self.last_slices = ours
             return result
+        fresh = await self.node_uid(refresh=True)
+        if fresh != uid:
+            log.info("Node was re-created; owning the slices by its new UID", extra={"node": self._node})
+            uid = fresh
         generation = result.generation + 1
         result.generation = generation
         self._generation = generation

@@ -411,3 +411,15 @@ async def test_power_cut_leftovers_are_repaired(api: APIServer, s: Settings) -> 
         assert out.claims[lost].error == ""
         assert not exists(os.path.join(s.host_lib_dir, "claims", lost))
         await kubelet.close()
+
+
+async def test_the_same_claim_prepared_twice_at_once(api: APIServer, s: Settings) -> None:
+    c = claim("twice", [result("gpu-2", memory="1Gi")])
+    api.store.put(c)
+    async with running_driver(s):
+        kubelet = await Kubelet(s.registry_dir).register()
+        first, second = await asyncio.gather(kubelet.prepare(ref(c)), kubelet.prepare(ref(c)))
+        assert first == second and first.claims[c["metadata"]["uid"]].error == ""
+        assert files_under(s.cdi_dir) == [f"k8s.{DRIVER}-claim_{c['metadata']['uid']}.json"]
+        assert len(checkpoint_records(s)) == 1
+        await kubelet.close()

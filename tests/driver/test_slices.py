@@ -200,6 +200,17 @@ async def test_publish_repair_and_restart(api: APIServer, root: str, kubeconfig:
         assert [d["attributes"]["type"]["string"] for d in mine[0]["spec"]["devices"]] == ["H100", "H100"]
 
 
+async def test_a_recreated_node_owns_the_republished_slices(api: APIServer, root: str, kubeconfig: str) -> None:
+    async with running_driver(settings(root, kubeconfig, "1xL4")):
+        (old,) = our_slices(api)
+        api.store.delete("nodes", None, NODE)
+        await add_node(api)
+        new_uid = api.store.get("nodes", None, NODE)["metadata"]["uid"]  # type: ignore[index]
+        api.store.delete("resourceslices", None, old["metadata"]["name"])  # what the garbage collector does
+        await wait_for(lambda: len(our_slices(api)) == 1)
+        assert our_slices(api)[0]["metadata"]["ownerReferences"][0]["uid"] == new_uid
+
+
 def drop_sharing_fields(obj: dict[str, Any]) -> None:
     """What kube-apiserver does to a ResourceSlice when DRAConsumableCapacity is off."""
     for device in obj.get("spec", {}).get("devices") or []:
@@ -225,8 +236,12 @@ class GateSwitch:
 
 
 @asynccontextmanager
-async def gated_api(gate: GateSwitch) -> AsyncIterator[APIServer]:
-    async with APIServer.running(validator=strict_validator("1.34"), admission=gate) as server:
+async def gated_api(gate: GateSwitch | None) -> AsyncIterator[APIServer]:
+    """Gate off: the stand-in's own feature gate (drops on every write, dry runs included), or
+    ``gate``, an admission step that drops the fields on real writes only (the dry-run probe then
+    sees nothing and the publisher must notice on the write itself)."""
+    gates = {"DRAConsumableCapacity": gate is not None}
+    async with APIServer.running(validator=strict_validator(), admission=gate, feature_gates=gates) as server:
         await add_node(server)
         yield server
 
@@ -237,7 +252,7 @@ def node_events(api: APIServer) -> list[dict[str, Any]]:
 
 @pytest.mark.parametrize("seen_by", ["dry-run probe", "real write"])
 async def test_gate_off_publishes_whole_devices_loudly(root: str, seen_by: str) -> None:
-    gate = GateSwitch(off=True, dry_run_too=seen_by == "dry-run probe")
+    gate = None if seen_by == "dry-run probe" else GateSwitch(off=True, dry_run_too=False)
     async with gated_api(gate) as api:
         s: Settings = settings(root, api.write_kubeconfig(f"{root}/kubeconfig"), "2xH200")
         async with running_driver(s) as driver:
@@ -259,7 +274,10 @@ async def test_gate_off_publishes_whole_devices_loudly(root: str, seen_by: str) 
             await kubelet.close()
 
             # The gate is turned on again: the next probe notices and devices are shareable again.
-            gate.off = False
+            if gate is None:
+                api.feature_gates["DRAConsumableCapacity"] = True
+            else:
+                gate.off = False
             assert driver.publisher is not None
             driver.publisher.probe_interval = 0
             await driver.publisher.reconcile()
