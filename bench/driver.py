@@ -23,6 +23,7 @@ from typing import Any
 
 import grpc
 
+from dra_driver import fsutil
 from dra_driver.claims import ClaimRef
 from dra_driver.cli import settings_from_args
 from dra_driver.daemon import Driver
@@ -127,6 +128,14 @@ async def measure(root: str, kubeconfig: str, iterations: int) -> tuple[list[str
     channel = grpc.aio.insecure_channel(f"unix://{s.dra_socket}")
     stub = dra_v1_pb2_grpc.DRAPluginStub(channel)
     rows: list[tuple[str, list[float], float | None]] = []
+    # The disk's floor: one durable atomic write (file fsync, rename, directory fsync), as the
+    # PrepareCompleted record does, measured the same way right before the prepares.
+    floor = []
+    for _ in range(iterations):
+        t0 = time.perf_counter()
+        await asyncio.to_thread(fsutil.write_atomic, f"{root}/floor.json", b"x" * 4096, durable=True)
+        floor.append(time.perf_counter() - t0)
+    rows.append(("durable atomic write of 4 KiB alone (the disk's floor, for reference)", floor, None))
     for devices in (1, 8):
         direct = []
         for i in range(iterations):
