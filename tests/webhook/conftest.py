@@ -116,9 +116,15 @@ class CEL:
         return bool(result)
 
 
-def slice_devices(inventory_file: pathlib.Path = INVENTORY) -> list[dict[str, Any]]:
+def slice_devices(driver: str = NVIDIA, inventory_file: pathlib.Path = INVENTORY) -> list[dict[str, Any]]:
+    """The devices of ``driver`` in the example inventory, as published (attributes by unqualified name)."""
     with open(inventory_file, encoding="utf-8") as handle:
-        return [dev for doc in yaml.safe_load_all(handle) if doc for dev in doc["spec"]["devices"]]
+        return [
+            dev
+            for doc in yaml.safe_load_all(handle)
+            if doc and doc["spec"]["driver"] == driver
+            for dev in doc["spec"]["devices"]
+        ]
 
 
 def vendor_slices() -> list[dict[str, Any]]:

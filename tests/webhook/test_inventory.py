@@ -46,8 +46,9 @@ def test_example_inventory_is_valid_and_read():
         for doc in yaml.safe_load_all(handle):
             validate(doc)
     inv = load_file(str(INVENTORY))
-    assert len(inv) == 10
+    assert len(inv.devices(NVIDIA)) == 10
     assert [(m.model, m.devices) for m in inv.models(NVIDIA)] == [("A100", 4), ("H200", 4), ("L4", 2)]
+    assert len(inv) == sum(len(d["spec"]["devices"]) for d in yaml.safe_load_all(INVENTORY.read_text()) if d)
     largest = inv.largest(NVIDIA)
     assert largest is not None and largest.model == "H200"
     assert inv.models("other.tessera.dev") == () and inv.largest("other.tessera.dev") is None

@@ -312,6 +312,7 @@ async def test_other_operations_and_resources_pass(stack: Stack):
 async def test_probes_and_metrics(stack: Stack):
     assert await stack.get("/healthz") == (200, "ok\n")
     assert await stack.get("/readyz") == (200, "ok\n")
+    assert stack.webhook.inventory is not None and len(stack.webhook.inventory) > 10
     await stack.post(review(gpu_pod()))
     await stack.post(review(make_pod(container())))
     await stack.post(review(gpu_pod(**{"nvidia.com/gpu": -1})))
@@ -325,7 +326,7 @@ async def test_probes_and_metrics(stack: Stack):
         'tessera_webhook_reviews_total{outcome="invalid",vendor="none"} 1.0',
         'tessera_webhook_template_creations_total{result="created"} 1.0',
         "tessera_webhook_review_duration_seconds_count 4.0",
-        "tessera_webhook_inventory_devices 10.0",
+        f"tessera_webhook_inventory_devices {float(len(stack.webhook.inventory or ())):.1f}",
     ):
         assert line in text, line
 
