@@ -156,7 +156,13 @@ class Settings:
 
     @property
     def checkpoint_dir(self) -> str:
+        """The checkpoint: one record per prepared claim, ``<plugin-dir>/checkpoint/<uid>.json``."""
         return os.path.join(self.plugin_dir, "checkpoint")
+
+    @property
+    def checkpoint_path(self) -> str:
+        """Where the checkpoint lives (kept for callers of the first layout; same as :attr:`checkpoint_dir`)."""
+        return self.checkpoint_dir
 
 
 def settings_from_args(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> Settings:
