@@ -148,3 +148,29 @@ def test_volcano_names_convert_like_nvidia(converter: Converter, inventory: Inve
     gpu12 = converter.convert(SEEDS["gpu-pod12"], "default", inventory)
     assert gpu12.template is not None
     assert gpu12.template["metadata"]["name"] != template["metadata"]["name"]
+
+
+def test_models_implied_by_resource_names_become_a_selector_that_evaluates(
+    converter: Converter, inventory: Inventory, cel
+):
+    """Ascend's ``huawei.com/Ascend910`` names a chip family; the claim selects exactly those models."""
+    import copy
+
+    from .conftest import cel_device, slice_devices
+
+    if "ascend" not in registered_vendors():
+        pytest.skip("this build has no Ascend vendor module")
+    pod = SEEDS["ascend-pod"]
+    result = converter.convert(pod, "default", inventory)
+    assert result.allowed and result.template is not None, result.message
+    (request,) = requests_of(result.template).values()
+    vendor = vendors.admission_vendor("ascend")
+    ask = vendor.parse(pod["spec"]["containers"][0])
+    assert ask is not None and len(ask.models) > 1
+    expressions = [s["cel"]["expression"] for s in request["exactly"]["selectors"]]
+    (device,) = slice_devices(vendor.names.driver)[:1]
+    for model in [*ask.models, "310P3", "910"]:
+        candidate = copy.deepcopy(device)
+        candidate["attributes"]["type"] = {"string": model}
+        picked = all(cel.matches(e, cel_device(candidate, vendor.names.driver)) for e in expressions)
+        assert picked == (model in ask.models), model
