@@ -34,8 +34,9 @@ PRELOAD_FILE = "ld.so.preload"
 ISOLATION_ENV_PREFIXES: tuple[str, ...] = (MEMORY_LIMIT, SM_LIMIT)
 """Env names (and their ``_<i>`` forms) that only the system may set."""
 ISOLATION_ENV_NAMES: frozenset[str] = frozenset(
-    {MEMORY_LIMIT, SM_LIMIT, SHARED_CACHE, CORE_POLICY, OVERSUBSCRIBE, DISABLE_CONTROL, NODE_DIR}
+    {MEMORY_LIMIT, SM_LIMIT, SHARED_CACHE, CORE_POLICY, OVERSUBSCRIBE, DISABLE_CONTROL, NODE_DIR, VISIBLE_DEVICES}
 )
+"""``NVIDIA_VISIBLE_DEVICES`` is among them: which devices a container sees is the claim's business."""
 
 
 def is_isolation_env(name: str) -> bool:
@@ -85,8 +86,9 @@ def container_env(
         env[NODE_DIR] = node_dir
     env[TASK_PRIORITY] = str(1 if priority is None else priority)
     env[CORE_POLICY] = core_policy
-    if oversubscribe:
-        env[OVERSUBSCRIBE] = "true"
+    # Always set, so that a value a user slipped in (e.g. through envFrom, which admission cannot
+    # see) is replaced: the runtime applies CDI env over the container's own.
+    env[OVERSUBSCRIBE] = "true" if oversubscribe else "false"
     return env
 
 

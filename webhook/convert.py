@@ -45,6 +45,8 @@ GPU_POLICY_KEY = "hami.io/gpu-scheduler-policy"
 NODE_POLICIES = ("binpack", "spread")
 GPU_POLICIES = ("binpack", "spread", "topology-aware", "mutex", "numa")
 LD_PRELOAD = "LD_PRELOAD"
+HAMI_SCHEDULER_NAMES = frozenset({"hami-scheduler"})
+"""Scheduler names of HAMi's extender, dropped from converted pods (other schedulers are left alone)."""
 
 MEMO_SIZE = 512
 """Entries kept in each memo of :class:`Converter` (set ``memo_size = 0`` to measure without them)."""
@@ -267,6 +269,10 @@ class Converter:
                 patch.append({"op": "add", "path": "/spec/resourceClaims", "value": [entry]})
         for edit in edits:
             patch.extend(_container_patch(edit, claim))
+        if template is not None and spec.get("schedulerName") in HAMI_SCHEDULER_NAMES:
+            # HAMi pods name HAMi's scheduler extender; under DRA kube-scheduler allocates the devices.
+            patch.append({"op": "remove", "path": "/spec/schedulerName"})
+            notes.append(f"spec.schedulerName {spec['schedulerName']!r} removed: kube-scheduler allocates DRA claims")
         if template is not None:
             patch.extend(_annotation_patch(pod.get("metadata"), annotations, template, edits))
         else:  # only zero counts: the resources go, there is nothing to record
@@ -354,12 +360,15 @@ class Converter:
                 f"allocates devices; remove nodeName and use a nodeSelector or node affinity instead"
             )
         for _, container, name in containers:
-            resources = container.get("resources") or {}
-            if _privileged(container) and (name in sharing or resources.get("claims")):
+            if _privileged(container):
+                # A privileged container sees every device node of the host, so in a pod that uses
+                # shares it could reach the shared devices without the isolation library (HAMi v2.10
+                # refuses these pods too).
+                role = "gets a device share" if name in sharing else "is in a pod that uses shared devices"
                 raise ConversionError(
-                    f"container {name!r} is privileged and gets a device share; a privileged container sees "
-                    f"every device of the node, so its limits cannot be enforced: drop "
-                    f"securityContext.privileged or use a whole device outside Tessera"
+                    f"container {name!r} is privileged and {role}; a privileged container sees every device "
+                    f"of the node, so the limits cannot be enforced: drop securityContext.privileged, or run "
+                    f"the privileged part in a pod of its own"
                 )
         for _, container, name in containers:
             for item in _env(container, name):

@@ -102,6 +102,7 @@ async def test_register_prepare_check_cdi_and_unprepare(api: APIServer, s: Setti
                 "TESSERA_NODE_DIR": f"{s.host_lib_dir}/node",
                 "CUDA_TASK_PRIORITY": "1",
                 "GPU_CORE_UTILIZATION_POLICY": "default",
+                "CUDA_OVERSUBSCRIBE": "false",
             }
             mounts = {m["containerPath"]: m for m in spec["devices"][0]["containerEdits"]["mounts"]}
             lib = f"{s.host_lib_dir}/libvgpu.so"
@@ -208,7 +209,7 @@ async def test_sharing_config_precedence_and_per_request(api: APIServer, s: Sett
     assert (a["CUDA_TASK_PRIORITY"], a["GPU_CORE_UTILIZATION_POLICY"], a.get("CUDA_OVERSUBSCRIBE")) == (
         "0",
         "force",
-        None,
+        "false",
     )
     assert (b["CUDA_TASK_PRIORITY"], b["GPU_CORE_UTILIZATION_POLICY"]) == ("1", "disable")
     assert a["CUDA_DEVICE_MEMORY_SHARED_CACHE"].endswith("/a.cache")

@@ -20,7 +20,7 @@ def test_container_env_formats() -> None:
     assert "CUDA_DEVICE_MEMORY_LIMIT_0" not in env and env["CUDA_DEVICE_MEMORY_LIMIT_1"] == "10240m"
     assert "CUDA_DEVICE_SM_LIMIT_0" not in env and env["CUDA_DEVICE_SM_LIMIT_1"] == "30"
     assert env["CUDA_TASK_PRIORITY"] == "1" and env["GPU_CORE_UTILIZATION_POLICY"] == "default"
-    assert "CUDA_OVERSUBSCRIBE" not in env
+    assert env["CUDA_OVERSUBSCRIBE"] == "false"  # always set, so a user's value cannot survive
 
 
 @pytest.mark.parametrize(

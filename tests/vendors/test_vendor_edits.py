@@ -144,6 +144,7 @@ def test_iluvatar_share_is_limited_by_libvgpu_with_ix_visible_devices(layout: No
         "TESSERA_NODE_DIR": f"{layout.host_lib_dir}/node",
         "CUDA_TASK_PRIORITY": "0",
         "GPU_CORE_UTILIZATION_POLICY": "default",
+        "CUDA_OVERSUBSCRIBE": "false",
         ENFORCER_ENV: "libvgpu",
     }
     assert [(n.path, n.host_path) for n in edits.device_nodes] == [

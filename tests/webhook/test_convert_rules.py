@@ -362,9 +362,12 @@ def test_privileged_container_asking_for_a_share_is_denied(converter: Converter)
     with_claims = container(securityContext={"privileged": True})
     with_claims["resources"] = {"claims": [{"name": "x"}]}
     _denied(converter, make_pod(with_claims, resourceClaims=[{"name": "x", "resourceClaimName": "y"}]), "privileged")
-    # A privileged container that gets no device is not ours to police.
+    # A privileged sidecar in a pod that uses shares could reach the devices without the library.
     sidecar = container("s", securityContext={"privileged": True})
-    _convert(converter, make_pod(container(limits={"nvidia.com/gpu": 1}), sidecar))
+    _denied(converter, make_pod(container(limits={"nvidia.com/gpu": 1}), sidecar), "'s' is privileged", "own")
+    # A privileged container in a pod without accelerators is not ours to police.
+    plain = converter.convert(make_pod(container(), sidecar), "team-a")
+    assert plain.allowed and plain.patch == []
 
 
 def test_node_name_is_denied(converter: Converter):
@@ -485,3 +488,15 @@ def test_a_pod_without_metadata_still_gets_a_patch_that_applies(converter: Conve
     new = patched(pod, result)
     assert new["metadata"]["annotations"][TEMPLATE_ANNOTATION] == result.template["metadata"]["name"]  # type: ignore[index]
     assert converter.convert(new, "team-a", None).patch == []
+
+
+def test_hami_scheduler_name_is_dropped_other_schedulers_kept(converter: Converter):
+    pod = make_pod(container(limits={"nvidia.com/gpu": 1}), schedulerName="hami-scheduler")
+    _, new = _convert(converter, pod)
+    assert "schedulerName" not in new["spec"]
+    pod = make_pod(container(limits={"nvidia.com/gpu": 1}), schedulerName="volcano")
+    _, new = _convert(converter, pod)
+    assert new["spec"]["schedulerName"] == "volcano"
+    # A pod without accelerators keeps whatever scheduler it names.
+    plain = make_pod(container(), schedulerName="hami-scheduler")
+    assert converter.convert(plain, "default").patch == []
