@@ -156,7 +156,8 @@ class DeviceHealthMonitor:
         """Return when :attr:`version` differs from ``seen`` or after ``timeout`` seconds."""
         async with self._changed:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._changed.wait_for(lambda: self.version != seen), timeout=timeout)
+                async with asyncio.timeout(timeout):
+                    await self._changed.wait_for(lambda: self.version != seen)
 
     def response(self) -> Any:
         pb = drahealth_v1alpha1_pb2

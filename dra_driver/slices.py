@@ -333,7 +333,8 @@ class SlicePublisher:
                 timeout = backoff
                 backoff = min(backoff * 2, 30.0)
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout=timeout)
+                async with asyncio.timeout(timeout):
+                    await self._wake.wait()
 
     async def _watch_loop(self) -> None:
         backoff = 0.5

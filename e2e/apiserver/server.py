@@ -500,7 +500,8 @@ class APIServer:
                     break
                 wait = min(remaining, self.bookmark_interval) if bookmarks else remaining
                 try:
-                    item = await asyncio.wait_for(watcher.queue.get(), timeout=wait)
+                    async with asyncio.timeout(wait):
+                        item = await watcher.queue.get()
                 except TimeoutError:
                     if bookmarks and time.monotonic() < deadline:
                         await response.write(_bookmark(kind, max(last_rv, self.store.resource_version)))

@@ -230,7 +230,8 @@ class PodWorker:
         self.restarts[name] = self.restarts.get(name, 0) + 1
         delay = min(10.0, 0.5 * 2 ** (self.restarts[name] - 1))
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self.stopping.wait(), timeout=delay)
+            async with asyncio.timeout(delay):
+                await self.stopping.wait()
 
     async def _supervise(self, container: Obj, policy: str) -> int | None:
         while True:
@@ -396,7 +397,8 @@ class PodWorker:
             self._condition("PodReadyToStartContainers", False, "FailedPrepareDynamicResources", waiting)
             await self.push_status()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.stopping.wait(), timeout=0.5)
+                async with asyncio.timeout(0.5):
+                    await self.stopping.wait()
             if self.stopping.is_set():
                 raise PodFailed("Terminating", "the pod was deleted while its resources were being prepared")
 

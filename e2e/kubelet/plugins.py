@@ -205,7 +205,8 @@ class PluginWatcher:
                 raise PluginError(f"DRA driver {driver} is not registered with this kubelet")
             self.changed.clear()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.changed.wait(), timeout=min(remaining, 0.5))
+                async with asyncio.timeout(min(remaining, 0.5)):
+                    await self.changed.wait()
         return self.plugins[driver]
 
 
