@@ -284,7 +284,15 @@ class Preparer:
     def _build(
         self, plan: ClaimPlan, claim_dir: str
     ) -> tuple[dict[str, object], tuple[PreparedDevice, ...], dict[str, str]]:
-        layout = NodeLayout(host_lib_dir=self.host_lib_dir, claim_dir=claim_dir)
+        # The other claims' vendor files come from the checkpoint held in memory, which a concurrent
+        # prepare has already updated before its first await: no two claims get the same partition.
+        peer_files = {
+            path: content
+            for uid, entry in self.checkpoint.items()
+            if uid != plan.ref.uid
+            for path, content in entry.files.items()
+        }
+        layout = NodeLayout(host_lib_dir=self.host_lib_dir, claim_dir=claim_dir, peer_files=peer_files)
         cdi_devices: list[tuple[str, Mapping[str, object]]] = []
         prepared: list[PreparedDevice] = []
         files: dict[str, str] = {}

@@ -281,6 +281,9 @@ class NodeLayout:
     """Holds ``libvgpu.so``, ``ld.so.preload``, ``claims/<claim uid>/`` and ``node/``."""
     claim_dir: str
     """The per-claim writable directory (host path; mounted at the same path in the container)."""
+    peer_files: Mapping[str, str] = field(default_factory=dict)
+    """Files (host path -> content) the node's other prepared claims hold, from the driver's checkpoint:
+    what a vendor that partitions a device itself (Hygon's vdevs) must not hand out twice."""
 
 
 class AdmissionVendor(Protocol):

@@ -264,6 +264,7 @@ class Hygon:
         )
 
 
+_VDEV_FILE = re.compile(r"vdev\d+\.conf")
 _UUID_NS = uuid.UUID("8c3e1d6a-2f4b-4e5c-9a7d-1b2c3d4e5f60")
 
 
@@ -329,18 +330,15 @@ class VdevConfig:
 
 
 def read_vdev_configs(layout: NodeLayout) -> list[VdevConfig]:
-    """The vdev configs of the node's other prepared claims (``<host lib dir>/claims/*/hygon-vdev-*/``)."""
-    own = os.path.realpath(layout.claim_dir)
-    pattern = os.path.join(layout.host_lib_dir, "claims", "*", "hygon-vdev-*", "vdev*.conf")
+    """The vdev configs of the node's other prepared claims, from ``layout.peer_files`` (pure)."""
     configs: list[VdevConfig] = []
-    for path in sorted(glob.glob(pattern)):
-        if os.path.realpath(path).startswith(own + os.sep):
+    for path, content in sorted(layout.peer_files.items()):
+        if not _VDEV_FILE.fullmatch(os.path.basename(path)) or "hygon-vdev-" not in path:
             continue
         try:
-            with open(path, encoding="utf-8") as f:
-                configs.append(VdevConfig.parse(f.read()))
-        except (OSError, ValueError):
-            continue  # a claim being torn down, or a foreign file: it holds nothing we must avoid
+            configs.append(VdevConfig.parse(content))
+        except ValueError:
+            continue  # a foreign file: it holds nothing we must avoid
     return configs
 
 

@@ -205,6 +205,27 @@ async def test_hygon_driver_writes_the_vdev_config_into_the_claim_dir(api: APISe
         assert other.mask == ((1 << 36) - 1) << 36 and hygon.VdevConfig.parse(content).mask == (1 << 36) - 1
 
 
+async def test_concurrent_hygon_prepares_never_hand_out_the_same_compute_units(api: APIServer, root: str) -> None:
+    s = settings(root, api.write_kubeconfig(f"{root}/kubeconfig"), "hygon", "1xK100_AI")
+    async with running(s):
+        consumed = {"memory": "4Gi", "cores": "20", "shares": "1"}
+        claims = [
+            allocated_claim("hygon.tessera.dev", "dcu-0", "dcu", consumed, {"memory": "4096Mi", "cores": "20"})
+            for _ in range(4)
+        ]
+        for claim in claims:
+            api.store.put(claim)
+        specs = await asyncio.gather(*(prepare(s, claim) for claim in claims))
+        masks = []
+        for spec in specs:
+            (vdev_dir,) = [m["hostPath"] for m in edits_of(spec)[2] if m["containerPath"] == "/etc/vdev/docker/"]
+            (name,) = os.listdir(vdev_dir)
+            masks.append(hygon.VdevConfig.parse(await read(os.path.join(vdev_dir, name))).mask)
+        for i, a in enumerate(masks):
+            for b in masks[i + 1 :]:
+                assert a & b == 0, f"overlapping compute units: {[hex(m) for m in masks]}"
+
+
 async def test_iluvatar_and_cambricon_drivers_prepare_their_env(api: APIServer, root: str) -> None:
     kubeconfig = api.write_kubeconfig(f"{root}/kubeconfig")
     s = settings(root, kubeconfig, "iluvatar", "1xMR-V100")

@@ -237,10 +237,9 @@ def test_hygon_partial_share_gets_a_vdev_file_under_the_claim_dir(layout: NodeLa
     assert hygon.VdevConfig.parse(content).cu_count == 36
 
 
-def write_claim(layout: NodeLayout, uid: str, config: hygon.VdevConfig) -> None:
-    directory = Path(layout.host_lib_dir) / "claims" / uid / "hygon-vdev-main"
-    directory.mkdir(parents=True)
-    (directory / f"vdev{config.vdev_id}.conf").write_text(config.render(), encoding="utf-8")
+def peer_file(layout: NodeLayout, uid: str, config: hygon.VdevConfig) -> tuple[str, str]:
+    path = Path(layout.host_lib_dir) / "claims" / uid / "hygon-vdev-main" / f"vdev{config.vdev_id}.conf"
+    return str(path), config.render()
 
 
 def test_hygon_vdevs_of_other_claims_are_avoided(layout: NodeLayout) -> None:
@@ -248,20 +247,22 @@ def test_hygon_vdevs_of_other_claims_are_avoided(layout: NodeLayout) -> None:
     dcu = device(model, 0, bus="0000:04:00.0")
     first = hygon.plan_vdev(share(dcu, 4096, cores=50), [])
     assert (first.cu_count, first.mask, first.vdev_id, first.pipe_id) == (30, (1 << 30) - 1, 0, 0)
-    write_claim(layout, "other-1", first)
-    (Path(layout.host_lib_dir) / "claims" / "other-2" / "hygon-vdev-x").mkdir(parents=True)
-    (Path(layout.host_lib_dir) / "claims" / "other-2" / "hygon-vdev-x" / "vdev9.conf").write_text("garbage")
-    edits = hygon.VENDOR.container_edits([share(dcu, 2048, cores=25)], CONFIG, layout)
+    # The other claims' files come from the driver's checkpoint; a foreign or garbled file holds nothing.
+    peers = dict(
+        [
+            peer_file(layout, "other-1", first),
+            (str(Path(layout.host_lib_dir) / "claims" / "other-2" / "hygon-vdev-x" / "vdev9.conf"), "garbage"),
+            (str(Path(layout.host_lib_dir) / "claims" / "other-3" / "notes.txt"), first.render()),
+        ]
+    )
+    with_peers = dataclasses.replace(layout, peer_files=peers)
+    edits = hygon.VENDOR.container_edits([share(dcu, 2048, cores=25)], CONFIG, with_peers)
     ((_, content),) = edits.files.items()
     second = hygon.VdevConfig.parse(content)
     assert second.cu_count == 15 and second.mask & first.mask == 0 and second.mask == ((1 << 15) - 1) << 30
     assert (second.vdev_id, second.pipe_id) == (1, 1)
-    # The claim's own earlier files (a repeated prepare) do not count as another tenant.
-    write_claim(layout, "uid-1", dataclasses.replace(second, vdev_id=7))
-    again = hygon.VdevConfig.parse(
-        next(iter(hygon.VENDOR.container_edits([share(dcu, 2048, 25)], CONFIG, layout).files.values()))
-    )
-    assert again.mask == second.mask
+    # Files on disk that the checkpoint does not list are not trusted (the planning is pure).
+    assert hygon.VENDOR.container_edits([share(dcu, 2048, cores=25)], CONFIG, layout).files != edits.files
     # Another DCU's vdevs take no CUs from this one, but vdev ids are node-wide.
     other_dcu = device(model, 1, bus="0000:05:00.0")
     third = hygon.plan_vdev(share(other_dcu, 1024, cores=100 - 1), [first, second])
