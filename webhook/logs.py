@@ -6,11 +6,12 @@ both formats print those fields, so every line about a review can be found by it
 
 from __future__ import annotations
 
-import json
 import logging
 import sys
 import time
 from typing import Any
+
+import orjson
 
 LOGGER_NAME = "tessera.webhook"
 _FIELDS = ("namespace", "pod", "uid", "template", "outcome", "vendors", "duration_ms", "attempt", "error")
@@ -35,7 +36,7 @@ class JSONFormatter(logging.Formatter):
         line.update(_fields(record))
         if record.exc_info:
             line["exception"] = self.formatException(record.exc_info)
-        return json.dumps(line, default=str)
+        return orjson.dumps(line, default=str).decode()
 
 
 class TextFormatter(logging.Formatter):

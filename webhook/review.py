@@ -13,6 +13,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
+
 API_VERSION = "admission.k8s.io/v1"
 KIND = "AdmissionReview"
 
@@ -54,7 +56,7 @@ def _uid(request: Any) -> str:
 def parse(body: bytes) -> Review:
     """The review in ``body``; :class:`ReviewError` for anything else."""
     try:
-        data = json.loads(body)
+        data = _loads(body)
     except (ValueError, RecursionError):
         raise ReviewError("the request body is not JSON; expected an admission.k8s.io/v1 AdmissionReview") from None
     if not isinstance(data, dict):
@@ -105,6 +107,20 @@ def parse(body: bytes) -> Review:
     return Review(uid=uid, operation=operation, namespace=namespace, name=name, dry_run=dry_run, is_pod=is_pod, obj=obj)
 
 
+def _loads(body: bytes) -> Any:
+    # The standard library, not orjson: orjson reads integers beyond 64 bits as floats, which would
+    # change the user's values in what we write back.
+    return json.loads(body)
+
+
+def _dumps(value: Any) -> bytes:
+    """orjson on the hot path (about 15x faster); the standard library for integers beyond 64 bits."""
+    try:
+        return orjson.dumps(value)
+    except TypeError:  # an integer beyond 64 bits copied from the pod
+        return json.dumps(value, separators=(",", ":")).encode()
+
+
 def _show(value: Any) -> str:
     text = json.dumps(value) if isinstance(value, str | int | float | bool | type(None)) else type(value).__name__
     return text if len(text) <= 60 else text[:57] + "..."
@@ -113,7 +129,7 @@ def _show(value: Any) -> str:
 def allowed(uid: str, patch: Sequence[Mapping[str, Any]] = (), warnings: Sequence[str] = ()) -> dict[str, Any]:
     response: dict[str, Any] = {"uid": uid, "allowed": True}
     if patch:
-        encoded = json.dumps(list(patch), separators=(",", ":")).encode()
+        encoded = _dumps(list(patch))
         response["patchType"] = "JSONPatch"
         response["patch"] = base64.b64encode(encoded).decode()
     if warnings:
@@ -135,4 +151,4 @@ def denial(uid: str, message: str, code: int = BAD_REQUEST) -> dict[str, Any]:
 
 
 def encode(review: Mapping[str, Any]) -> bytes:
-    return json.dumps(review, separators=(",", ":")).encode()
+    return _dumps(review)
