@@ -92,6 +92,11 @@ VNPU_MODE_TEMPLATE = "template"
 VNPU_MODE_HAMI_CORE = "hami-core"
 VNPU_MODES = (VNPU_MODE_TEMPLATE, VNPU_MODE_HAMI_CORE)
 
+VNPU_MODE_ENV = "TESSERA_ASCEND_VNPU_MODE"
+"""Driver env: the node's vNPU mode (one of :data:`VNPU_MODES`); the chart sets it from ``vendors.ascend.vnpuMode``."""
+NPU_SMI_ENV = "TESSERA_NPU_SMI"
+"""Driver env: the path of ``npu-smi`` in the driver container."""
+
 ATTR_VNPU_MODE = "vnpuMode"
 ATTR_AI_CORES = "aiCores"
 ATTR_TEMPLATES = "vnpuTemplates"
@@ -218,8 +223,8 @@ class Ascend:
     def from_env(cls) -> Ascend:
         """The node's settings: ``TESSERA_ASCEND_VNPU_MODE`` (template|hami-core), ``TESSERA_NPU_SMI``."""
         return cls(
-            vnpu_mode=env_setting("TESSERA_ASCEND_VNPU_MODE", VNPU_MODE_TEMPLATE),
-            npu_smi=env_setting("TESSERA_NPU_SMI", "npu-smi"),
+            vnpu_mode=env_setting(VNPU_MODE_ENV, VNPU_MODE_TEMPLATE),
+            npu_smi=env_setting(NPU_SMI_ENV, "npu-smi"),
         )
 
     # --- admission side --------------------------------------------------------------------------

@@ -89,6 +89,8 @@ USE_UUID = "cambricon.com/use-gpuuuid"
 NOUSE_UUID = "cambricon.com/nouse-gpuuuid"
 
 VMEMORY_UNIT_ENV = "TESSERA_CAMBRICON_VMEMORY_UNIT"
+CNMON_ENV = "TESSERA_CNMON"
+"""Driver env: the path of ``cnmon`` in the driver container."""
 PERCENT = "percent"
 
 VISIBLE_DEVICES = "CAMBRICON_VISIBLE_DEVICES"
@@ -153,7 +155,7 @@ class Cambricon:
         """Settings from env: ``TESSERA_CAMBRICON_VMEMORY_UNIT`` (percent|MiB), ``TESSERA_CNMON``."""
         return cls(
             vmemory_unit=env_setting(VMEMORY_UNIT_ENV, PERCENT),
-            cnmon=env_setting("TESSERA_CNMON", "cnmon"),
+            cnmon=env_setting(CNMON_ENV, "cnmon"),
         )
 
     # --- admission side --------------------------------------------------------------------------

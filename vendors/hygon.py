@@ -94,6 +94,13 @@ MAX_VDEVS = 200
 MAX_PIPES = 20
 
 VDEV_MOUNT = "/etc/vdev/docker/"
+
+HY_SMI_ENV = "TESSERA_HY_SMI"
+"""Driver env: the path of ``hy-smi`` in the driver container."""
+HYHAL_DIR_ENV = "TESSERA_HYGON_HYHAL_DIR"
+"""Driver env: the host's hyhal directory, mounted into containers at ``/opt/hyhal``."""
+DRIVER_DIR_ENV = "TESSERA_HYGON_DRIVER_DIR"
+"""Driver env: the host's DTK directory, mounted into containers at ``/opt/hygondriver``."""
 KFD_NODES = ("/dev/kfd", "/dev/mkfd")
 
 MOCK_MODELS: Mapping[str, MockModel] = {
@@ -138,9 +145,9 @@ class Hygon:
     def from_env(cls) -> Hygon:
         """Settings: ``TESSERA_HY_SMI``, ``TESSERA_HYGON_HYHAL_DIR``, ``TESSERA_HYGON_DRIVER_DIR``."""
         return cls(
-            hy_smi=env_setting("TESSERA_HY_SMI", "hy-smi"),
-            hyhal_dir=env_setting("TESSERA_HYGON_HYHAL_DIR", "/opt/hyhal"),
-            driver_dir=env_setting("TESSERA_HYGON_DRIVER_DIR", "/opt/dtk"),
+            hy_smi=env_setting(HY_SMI_ENV, "hy-smi"),
+            hyhal_dir=env_setting(HYHAL_DIR_ENV, "/opt/hyhal"),
+            driver_dir=env_setting(DRIVER_DIR_ENV, "/opt/dtk"),
         )
 
     # --- admission side --------------------------------------------------------------------------

@@ -82,6 +82,8 @@ _KINDS = {"-vgpu": "count", ".vMem": "memory", ".vCore": "cores"}
 
 VISIBLE_DEVICES = "IX_VISIBLE_DEVICES"
 CONTROL_NODE = "/dev/itrctl"
+IXSMI_ENV = "TESSERA_IXSMI"
+"""Driver env: the path of ``ixsmi`` in the driver container."""
 
 MOCK_MODELS: Mapping[str, MockModel] = {
     m.model: m
@@ -119,7 +121,7 @@ class Iluvatar:
     @classmethod
     def from_env(cls) -> Iluvatar:
         """The node's settings: ``TESSERA_IXSMI`` (path of ixsmi)."""
-        return cls(ixsmi=env_setting("TESSERA_IXSMI", "ixsmi"))
+        return cls(ixsmi=env_setting(IXSMI_ENV, "ixsmi"))
 
     # --- admission side --------------------------------------------------------------------------
 
