@@ -398,3 +398,28 @@ def uuid_selector(names: VendorNames, uuids: Sequence[str], *, negate: bool) -> 
     listed = ", ".join(cel_string(u) for u in uuids)
     expr = f"{attrs}.{ATTR_UUID} in [{listed}]"
     return f"!({expr})" if negate else expr
+
+
+def annotation_selectors(
+    names: VendorNames,
+    annotations: Mapping[str, str],
+    *,
+    use_type: str | None = None,
+    nouse_type: str | None = None,
+    use_uuid: str | None = None,
+    nouse_uuid: str | None = None,
+) -> list[str]:
+    """CEL selectors for HAMi's four device-choice annotations of a vendor (keys it does not have: ``None``).
+
+    Comma lists; an empty value means no constraint, as in HAMi.
+    """
+    out: list[str] = []
+    for key, negate in ((use_type, False), (nouse_type, True)):
+        types = split_list(annotations.get(key, "")) if key else []
+        if types:
+            out.append(type_selector(names, types, negate=negate))
+    for key, negate in ((use_uuid, False), (nouse_uuid, True)):
+        uuids = split_list(annotations.get(key, "")) if key else []
+        if uuids:
+            out.append(uuid_selector(names, uuids, negate=negate))
+    return out

@@ -1,4 +1,4 @@
-"""Helpers shared by the Ascend, Cambricon, Hygon and Iluvatar vendor modules.
+"""Helpers shared by the vendor modules (NVIDIA uses the container-resource reader).
 
 * admission: reading a container's vendor resources and turning HAMi's count/memory/cores triple into
   a :class:`~vendors.base.DeviceAsk` with the same rules and denials as NVIDIA (DESIGN §4);

@@ -56,9 +56,7 @@ from .base import (
     Share,
     SharingConfig,
     VendorNames,
-    split_list,
-    type_selector,
-    uuid_selector,
+    annotation_selectors,
 )
 from .common import (
     DEFAULT_TOOL_TIMEOUT_S,
@@ -178,16 +176,8 @@ class Hygon:
         )
 
     def selectors(self, annotations: Mapping[str, str]) -> list[str]:
-        out: list[str] = []
-        for key, negate in ((USE_TYPE, False), (NOUSE_TYPE, True)):
-            types = split_list(annotations.get(key, ""))
-            if types:
-                out.append(type_selector(NAMES, types, negate=negate))
-        for key, negate in ((USE_UUID, False), (NOUSE_UUID, True)):
-            uuids = split_list(annotations.get(key, ""))
-            if uuids:
-                out.append(uuid_selector(NAMES, uuids, negate=negate))
-        return out
+        return annotation_selectors(NAMES, annotations, use_type=USE_TYPE, nouse_type=NOUSE_TYPE,
+                                    use_uuid=USE_UUID, nouse_uuid=NOUSE_UUID)  # fmt: skip
 
     # --- node side -------------------------------------------------------------------------------
 

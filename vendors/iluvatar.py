@@ -36,6 +36,7 @@ from typing import Any
 
 from isolation import env as isolation_env
 
+from . import libvgpu
 from .base import (
     MIB,
     ContainerEdits,
@@ -45,7 +46,6 @@ from .base import (
     DeviceNode,
     DiscoveryError,
     MockModel,
-    Mount,
     NodeLayout,
     Share,
     SharingConfig,
@@ -236,36 +236,11 @@ class Iluvatar:
         if not limited:
             env[ENFORCER_ENV] = "none"
             return ContainerEdits(env=env, device_nodes=tuple(nodes.values()))
-        request = ordered[0].request.replace("/", "-")
-        lib = os.path.join(layout.host_lib_dir, isolation_env.LIBRARY_NAME)
-        preload = os.path.join(layout.host_lib_dir, isolation_env.PRELOAD_FILE)
-        node_dir = os.path.join(layout.host_lib_dir, "node")
-        limits = isolation_env.container_env(
-            [
-                isolation_env.DeviceLimit(
-                    uuid=s.device.uuid, index=s.device.index, memory_bytes=s.memory_bytes, sm_percent=s.cores
-                )
-                for s in ordered
-            ],
-            shared_cache=os.path.join(layout.claim_dir, f"{request}.cache"),
-            node_dir=node_dir,
-            priority=config.priority,
-            core_policy=config.core_limit_policy,
-            oversubscribe=config.oversubscribe,
-        )
+        limits, mounts = libvgpu.env_and_mounts(ordered, config, layout)
         limits.pop(isolation_env.VISIBLE_DEVICES, None)  # NVIDIA's; CoreX reads IX_VISIBLE_DEVICES
         env.update(limits)
         env[ENFORCER_ENV] = "libvgpu"
-        return ContainerEdits(
-            env=env,
-            device_nodes=tuple(nodes.values()),
-            mounts=(
-                Mount(lib, lib, read_only=True),
-                Mount(preload, "/etc/ld.so.preload", read_only=True),
-                Mount(layout.claim_dir, layout.claim_dir, read_only=False),
-                Mount(node_dir, node_dir, read_only=False),
-            ),
-        )
+        return ContainerEdits(env=env, device_nodes=tuple(nodes.values()), mounts=mounts)
 
 
 def short_model(product_name: str) -> str:

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 from isolation import env as isolation_env
 
+from . import libvgpu
 from .base import (
     ATTR_NUMA_NODE,
     ContainerEdits,
@@ -17,16 +17,14 @@ from .base import (
     DeviceNode,
     DiscoveryError,
     MockModel,
-    Mount,
     NodeLayout,
     Share,
     SharingConfig,
     VendorNames,
+    annotation_selectors,
     parse_count,
-    split_list,
-    type_selector,
-    uuid_selector,
 )
+from .common import container_resources
 
 NAMES = VendorNames(vendor="nvidia", device_word="gpu")
 
@@ -76,19 +74,6 @@ def _first(resources: Mapping[str, Any], names: Sequence[str]) -> tuple[str, Any
     return None
 
 
-def _container_resources(container: Mapping[str, Any]) -> dict[str, Any]:
-    """Limits win over requests, as HAMi reads them."""
-    resources = container.get("resources") or {}
-    requests = resources.get("requests") or {}
-    limits = resources.get("limits") or {}
-    merged: dict[str, Any] = {}
-    if isinstance(requests, Mapping):
-        merged.update(requests)
-    if isinstance(limits, Mapping):
-        merged.update(limits)
-    return merged
-
-
 def _env_value(container: Mapping[str, Any], name: str) -> str | None:
     for item in container.get("env") or []:
         if isinstance(item, Mapping) and item.get("name") == name:
@@ -111,7 +96,7 @@ class _Nvidia:
         return resource_name in ALL_RESOURCES
 
     def parse(self, container: Mapping[str, Any]) -> DeviceAsk | None:
-        resources = _container_resources(container)
+        resources = container_resources(container)
         ours = sorted(k for k in resources if k in ALL_RESOURCES)
         env_priority = _env_value(container, PRIORITY_ENV)
         if not ours:
@@ -196,16 +181,8 @@ class _Nvidia:
         )
 
     def selectors(self, annotations: Mapping[str, str]) -> list[str]:
-        out: list[str] = []
-        for key, negate in ((USE_TYPE, False), (NOUSE_TYPE, True)):
-            types = split_list(annotations.get(key, ""))
-            if types:
-                out.append(type_selector(NAMES, types, negate=negate))
-        for key, negate in ((USE_UUID, False), (NOUSE_UUID, True)):
-            uuids = split_list(annotations.get(key, ""))
-            if uuids:
-                out.append(uuid_selector(NAMES, uuids, negate=negate))
-        return out
+        return annotation_selectors(NAMES, annotations, use_type=USE_TYPE, nouse_type=NOUSE_TYPE,
+                                    use_uuid=USE_UUID, nouse_uuid=NOUSE_UUID)  # fmt: skip
 
     def match_attributes(self, annotations: Mapping[str, str]) -> list[str]:
         value = annotations.get(NUMA_BIND, "").strip().lower()
@@ -267,37 +244,12 @@ class _Nvidia:
         ordered = sorted(shares, key=lambda s: s.device.index)
         if not ordered:
             return ContainerEdits()
-        request = ordered[0].request.replace("/", "-")
-        lib = os.path.join(layout.host_lib_dir, isolation_env.LIBRARY_NAME)
-        preload = os.path.join(layout.host_lib_dir, isolation_env.PRELOAD_FILE)
-        node_dir = os.path.join(layout.host_lib_dir, "node")
-        env = isolation_env.container_env(
-            [
-                isolation_env.DeviceLimit(
-                    uuid=s.device.uuid, index=s.device.index, memory_bytes=s.memory_bytes, sm_percent=s.cores
-                )
-                for s in ordered
-            ],
-            shared_cache=os.path.join(layout.claim_dir, f"{request}.cache"),
-            node_dir=node_dir,
-            priority=config.priority,
-            core_policy=config.core_limit_policy,
-            oversubscribe=config.oversubscribe,
-        )
+        env, mounts = libvgpu.env_and_mounts(ordered, config, layout)
         nodes: dict[str, DeviceNode] = {}
         for s in ordered:
             for path in s.device.device_nodes:
                 nodes.setdefault(path, DeviceNode(path=path))
-        return ContainerEdits(
-            env=env,
-            device_nodes=tuple(nodes.values()),
-            mounts=(
-                Mount(lib, lib, read_only=True),
-                Mount(preload, "/etc/ld.so.preload", read_only=True),
-                Mount(layout.claim_dir, layout.claim_dir, read_only=False),
-                Mount(node_dir, node_dir, read_only=False),
-            ),
-        )
+        return ContainerEdits(env=env, device_nodes=tuple(nodes.values()), mounts=mounts)
 
 
 def _text(value: Any) -> str:
