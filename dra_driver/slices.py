@@ -4,7 +4,7 @@ The pure half builds the slices (one pool per node, named after the node) and co
 what the API server holds; :class:`SlicePublisher` is the I/O half: it publishes, repairs slices
 deleted or changed behind its back (kubelet wipes a node's slices when it starts), and notices when
 the API server drops the consumable-capacity fields (gate ``DRAConsumableCapacity`` off), in which
-case it publishes whole devices and says so loudly (log, Node event, metric).
+case it publishes whole devices and says so loudly (log, Node event, metric, Node condition).
 """
 
 from __future__ import annotations
@@ -39,6 +39,7 @@ from vendors.base import (
 )
 
 from .metrics import DriverMetrics
+from .nodecondition import NodeConditionWriter
 from .quantity import QuantityError, format_binary, format_decimal, parse_quantity
 
 log = logging.getLogger("dra_driver.slices")
@@ -287,6 +288,8 @@ class SlicePublisher:
         self._wake = asyncio.Event()
         self._reconcile_lock = asyncio.Lock()
         self._tasks: list[asyncio.Task[None]] = []
+        self.condition = NodeConditionWriter(client, names, node_name)
+        """The Node condition that says whether the published devices are shares."""
         self.published = asyncio.Event()
         """Set once the pool has been published at least once."""
         self.last_slices: list[Obj] = []
@@ -426,6 +429,8 @@ class SlicePublisher:
             )
         else:
             self._metrics.slice_publish.labels(result="unchanged").inc()
+        # What was published is now known: the Node condition follows it (written only on a change).
+        await self.condition.ensure(bool(self.shareable), self._node_uid)
         self.published.set()
         return result
 

@@ -85,6 +85,7 @@ def test_request_mapping() -> None:
         "resource.k8s.io", "resourceslices", "watch")  # fmt: skip
     assert access_of("POST", "/api/v1/namespaces/default/events", {}) == ("", "events", "create")
     assert access_of("GET", "/api/v1/nodes/n1", {}) == ("", "nodes", "get")
+    assert access_of("PUT", "/api/v1/nodes/n1/status", {}) == ("", "nodes/status", "update")
     assert access_of("PUT", "/apis/resource.k8s.io/v1/namespaces/a/resourceclaims/c/status", {}) == (
         "resource.k8s.io", "resourceclaims/status", "update")  # fmt: skip
     assert access_of("GET", "/version", {}) is None
@@ -121,6 +122,7 @@ async def test_driver_requests_are_granted(helm_home: Path, short_dir: Path) -> 
         used = accesses(api)
     assert ("resource.k8s.io", "resourceslices", "create") in used
     assert ("", "nodes", "get") in used
+    assert ("", "nodes/status", "update") in used, "the sharing condition on the Node"
     assert not _not_granted(used, helm.one(objs, "ClusterRole", "tessera-driver")), used
 
 

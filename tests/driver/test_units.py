@@ -1,4 +1,5 @@
-"""Pure parts: quantities, mock devices, NVML discovery (fake pynvml), flags and env, claim plans, CDI versions."""
+"""Pure parts: quantities, mock devices, NVML discovery (fake pynvml), flags and env, claim plans, CDI versions,
+the Node condition merge."""
 
 from __future__ import annotations
 
@@ -11,10 +12,12 @@ from typing import Any
 
 import pytest
 
+import vendors
 from dra_driver import backends, cdi
 from dra_driver.backends import mock
 from dra_driver.claims import ClaimError, ClaimRef, plan_claim
 from dra_driver.cli import ConfigError, build_parser, env_name, settings_from_args
+from dra_driver.nodecondition import condition_type, merge_condition, sharing_condition
 from dra_driver.quantity import QuantityError, format_binary, parse_quantity, quantity_ceil
 from vendors import nvidia
 from vendors.base import MIB
@@ -286,3 +289,41 @@ def test_cdi_minimum_versions_and_names() -> None:
     assert cdi.device_name("6f0a", "gpu-0", "s-1") == "6f0a-gpu-0-s-1"
     with pytest.raises(ValueError, match="valid CDI device name"):
         cdi.device_name("bad uid", "gpu-0", None)
+
+
+def test_condition_type_per_driver() -> None:
+    types_ = {
+        v: condition_type(vendors.node_vendor(v).names) for v in ("nvidia", "ascend", "cambricon", "hygon", "iluvatar")
+    }
+    assert types_ == {
+        "nvidia": "TesseraNvidiaSharing",
+        "ascend": "TesseraAscendSharing",
+        "cambricon": "TesseraCambriconSharing",
+        "hygon": "TesseraHygonSharing",
+        "iluvatar": "TesseraIluvatarSharing",
+    }
+
+
+def test_merge_condition_replaces_only_ours() -> None:
+    ready = {"type": "Ready", "status": "True", "reason": "KubeletReady", "lastTransitionTime": "2024-01-01T00:00:00Z"}
+    other = {"type": "TesseraAscendSharing", "status": "True", "reason": "ConsumableCapacityEnabled", "message": "m"}
+    off = sharing_condition(nvidia.NAMES, False)
+    merged = merge_condition([ready, other], off, 1_700_000_000)
+    assert merged is not None and merged[:2] == [ready, other], "others kept, in place"
+    assert merged[2] == {
+        "type": "TesseraNvidiaSharing",
+        "status": "False",
+        "reason": "ConsumableCapacityDisabled",
+        "message": off.message,
+        "lastHeartbeatTime": "2023-11-14T22:13:20Z",
+        "lastTransitionTime": "2023-11-14T22:13:20Z",
+    }
+    assert merge_condition(merged, off, 1_700_000_100) is None, "same condition: nothing to write"
+    # Same status, another message: the transition time stays; another status: it moves.
+    reworded = {**merged[2], "message": "older wording"}
+    again = merge_condition([ready, reworded], off, 1_700_000_100)
+    assert again is not None and again[1]["lastTransitionTime"] == "2023-11-14T22:13:20Z"
+    assert again[1]["lastHeartbeatTime"] == "2023-11-14T22:15:00Z"
+    on = merge_condition([ready, merged[2]], sharing_condition(nvidia.NAMES, True), 1_700_000_200)
+    assert on is not None and [c["type"] for c in on] == ["Ready", "TesseraNvidiaSharing"]
+    assert (on[1]["status"], on[1]["lastTransitionTime"]) == ("True", "2023-11-14T22:16:40Z")
