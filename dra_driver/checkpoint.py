@@ -106,6 +106,8 @@ class ClaimEntry:
     """The spec's content, so that a spec lost with ``/var/run`` (reboot) can be restored."""
     files: Mapping[str, str] = field(default_factory=dict)
     """Vendor files written into the claim directory (host path -> content), restored with the spec."""
+    pods: tuple[str, ...] = ()
+    """Pods the claim was reserved for when it was prepared (``status.reservedFor``), for the metrics."""
 
     @property
     def completed(self) -> bool:
@@ -122,6 +124,7 @@ class ClaimEntry:
             "holds": [h.to_json() for h in self.holds],
             "cdiSpec": dict(self.cdi_spec),
             "files": dict(self.files),
+            "pods": list(self.pods),
         }
 
     @classmethod
@@ -139,6 +142,7 @@ class ClaimEntry:
             holds=tuple(DeviceHold.from_json(h) for h in data.get("holds") or []),
             cdi_spec=dict(data.get("cdiSpec") or {}),
             files={str(k): str(v) for k, v in (data.get("files") or {}).items()},
+            pods=tuple(str(p) for p in data.get("pods") or ()),
         )
 
 

@@ -121,6 +121,15 @@ def _sharing_config(
     return chosen or SharingConfig()
 
 
+def reserved_pods(claim: Mapping[str, Any]) -> tuple[str, ...]:
+    """Names of the pods the claim is reserved for (``status.reservedFor``, core ``pods``), sorted."""
+    names = set()
+    for ref in (claim.get("status") or {}).get("reservedFor") or []:
+        if isinstance(ref, Mapping) and ref.get("resource") == "pods" and not ref.get("apiGroup") and ref.get("name"):
+            names.add(str(ref["name"]))
+    return tuple(sorted(names))
+
+
 def plan_claim(
     claim: Mapping[str, Any],
     ref: ClaimRef,

@@ -1,12 +1,17 @@
 """Prometheus metrics of the driver, on ``--metrics-port`` (``/metrics``).
 
-Tessera's own names start with ``tessera_dra_``. With ``--hami-metrics`` the per-device allocation
-figures are also exported under HAMi's scheduler names (``hami_gpu_memory_allocated_bytes`` and
-friends, const label ``zone="vGPU"``), so existing HAMi dashboards keep working.
+Tessera's own names start with ``tessera_dra_`` (the driver and its devices) and
+``tessera_container_`` (each prepared container, from libvgpu's shared regions; see
+:mod:`container_metrics`). With ``--hami-metrics`` the per-device allocation figures are also
+exported under HAMi's scheduler names (``hami_gpu_memory_allocated_bytes`` and friends) and the
+per-container figures under HAMi's vGPU monitor names (``hami_vgpu_memory_used_bytes`` and friends),
+const label ``zone="vGPU"``, so existing HAMi dashboards keep working. Device and container figures
+are computed at scrape time; a scrape renders in a worker thread (it reads the region files).
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -17,6 +22,8 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from vendors.base import MIB, DeviceInfo, VendorNames
+
+from .container_metrics import ContainerCollector, RegionSource, SourceProvider
 
 log = logging.getLogger("dra_driver.metrics")
 
@@ -114,6 +121,8 @@ class DriverMetrics:
         self.hami = hami
         self.devices: Sequence[DeviceInfo] = ()
         self.usage_provider: UsageProvider | None = None
+        self.region_provider: SourceProvider | None = None
+        """The region files of prepared containers (set by the preparer, from the checkpoint)."""
         r = self.registry
         self.prepares = Counter(
             "tessera_dra_prepares", "Claims prepared, by result (ok, error).", ["result"], registry=r
@@ -158,6 +167,10 @@ class DriverMetrics:
         )
         self.prepared_claims = Gauge("tessera_dra_prepared_claims", "Claims in the checkpoint.", registry=r)
         self.registry.register(_DeviceCollector(self))
+        self.registry.register(ContainerCollector(names, self._region_sources, lambda: self.devices, hami=hami))
+
+    def _region_sources(self) -> list[RegionSource]:
+        return list(self.region_provider()) if self.region_provider else []
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
@@ -167,7 +180,9 @@ async def serve(metrics: DriverMetrics, host: str, port: int) -> web.AppRunner:
     """Serve ``/metrics`` over HTTP; the caller cleans up the returned runner."""
 
     async def handle(_: web.Request) -> web.Response:
-        body = metrics.render()
+        # The container figures read one file per prepared container: off the event loop, so that a
+        # scrape never delays a prepare.
+        body = await asyncio.to_thread(metrics.render)
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     app = web.Application()

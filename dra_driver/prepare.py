@@ -27,7 +27,8 @@ from vendors.base import DeviceInfo, NodeLayout, NodeVendor
 
 from . import cdi, fsutil
 from .checkpoint import COMPLETED, STARTED, Checkpoint, ClaimEntry, DeviceHold, PreparedDevice
-from .claims import ClaimError, ClaimPlan, ClaimRef, plan_claim
+from .claims import ClaimError, ClaimPlan, ClaimRef, plan_claim, reserved_pods
+from .container_metrics import RegionSource, region_sources
 from .metrics import DeviceUsage, DriverMetrics
 
 log = logging.getLogger("dra_driver.prepare")
@@ -99,6 +100,7 @@ class Preparer:
         self.failpoint = failpoint
         self._locks = _KeyedLocks()
         metrics.usage_provider = self.usage
+        metrics.region_provider = self.region_sources
         metrics.prepared_claims.set(len(checkpoint))
 
     # -- public ---------------------------------------------------------------------------------
@@ -126,6 +128,10 @@ class Preparer:
                     memory_bytes=prev.memory_bytes + memory, cores=prev.cores + cores, shares=prev.shares + 1
                 )
         return out
+
+    def region_sources(self) -> list[RegionSource]:
+        """The shared-region files of the prepared containers (for the per-container metrics)."""
+        return [source for uid, entry in self.checkpoint.items() for source in region_sources(uid, entry)]
 
     async def restore(self) -> None:
         """At start-up: put back CDI specs, claim directories and vendor files of completed claims that
@@ -216,6 +222,7 @@ class Preparer:
             holds=holds,
             cdi_spec=spec,
             files=files,
+            pods=reserved_pods(claim),
         )
         completed = dataclasses.replace(started, state=COMPLETED)
         self.checkpoint.put(ref.uid, started)

@@ -1,0 +1,217 @@
+"""Per-container metrics from libvgpu's shared regions, read at scrape time (DESIGN §2 step 6).
+
+Every container that got a share writes one region file (``CUDA_DEVICE_MEMORY_SHARED_CACHE``, in
+its claim directory ``<host-lib-dir>/claims/<uid>/``): per device the bytes its processes hold, the
+limit, the utilisation the library last measured and the time of the last kernel launch. The
+prepared claims in the checkpoint say which files exist and whose they are: the path is the env
+value in each claim's CDI spec, the request (= the container) is the CDI device's request. Nothing
+runs between scrapes: :class:`ContainerCollector` reads the files when Prometheus asks.
+
+A file that is missing (no CUDA call yet), truncated, foreign (a HAMi-core cache, anything else) or
+of another layout is skipped with a debug log and counted in ``tessera_container_regions``; it never
+fails the scrape.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
+
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from isolation import env as isolation_env
+from isolation import region as regions
+from vendors.base import DeviceInfo, VendorNames
+
+from .checkpoint import ClaimEntry
+
+log = logging.getLogger("dra_driver.metrics")
+
+LABELS = ("namespace", "claim", "claim_uid", "pod", "request", "device", "uuid", "index")
+"""Tessera's labels: the claim, its pod(s), the request (one container), the device as published."""
+HAMI_LABELS = ("namespace", "pod", "container", "vdevice_index", "device_uuid", "zone")
+"""HAMi vGPU monitor's labels; ``vdevice_index`` is the device's CUDA ordinal inside the container."""
+HAMI_ZONE = "vGPU"
+
+
+@dataclass(frozen=True)
+class RegionSource:
+    """One container's region file, and whose it is."""
+
+    namespace: str
+    claim: str
+    claim_uid: str
+    request: str
+    pods: tuple[str, ...]
+    path: str
+
+
+def region_sources(uid: str, entry: ClaimEntry) -> list[RegionSource]:
+    """The region files of one prepared claim, one per request: ``CUDA_DEVICE_MEMORY_SHARED_CACHE`` in
+    the env of its CDI devices (inside the claim directory). Pure."""
+    if not entry.completed:
+        return []
+    requests: dict[str, str] = {}
+    for device in entry.devices:
+        for cdi_id in device.cdi_device_ids:
+            if device.request_names:
+                requests.setdefault(cdi_id.rpartition("=")[2], device.request_names[0])
+    prefix = isolation_env.SHARED_CACHE + "="
+    claim_dir = os.path.normpath(entry.claim_dir) + os.sep
+    out: dict[str, RegionSource] = {}
+    for cdi_device in entry.cdi_spec.get("devices") or []:
+        edits = cdi_device.get("containerEdits") or {}
+        path = next((e[len(prefix) :] for e in edits.get("env") or [] if str(e).startswith(prefix)), "")
+        if not path or path in out or not os.path.normpath(path).startswith(claim_dir):
+            continue
+        request = requests.get(str(cdi_device.get("name"))) or os.path.splitext(os.path.basename(path))[0]
+        out[path] = RegionSource(entry.namespace, entry.name, uid, request, entry.pods, path)
+    return list(out.values())
+
+
+SourceProvider = Callable[[], Iterable[RegionSource]]
+
+
+class ContainerCollector(Collector):
+    """Reads every prepared container's region at scrape time."""
+
+    def __init__(
+        self,
+        names: VendorNames,
+        sources: Callable[[], Iterable[RegionSource]],
+        devices: Callable[[], Sequence[DeviceInfo]],
+        *,
+        hami: bool = False,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._names = names
+        self._sources = sources
+        self._devices = devices
+        self._hami = hami
+        self._clock = clock
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        used = GaugeMetricFamily(
+            "tessera_container_memory_used_bytes",
+            "Device memory held by the container's processes (libvgpu's shared region).",
+            labels=LABELS,
+        )
+        limit = GaugeMetricFamily(
+            "tessera_container_memory_limit_bytes",
+            "The container's device memory limit (the device's memory when the share has no limit).",
+            labels=LABELS,
+        )
+        util = GaugeMetricFamily(
+            "tessera_container_utilization_ratio",
+            "The container's share of the device's compute (SM) time, 0-1, last measured by libvgpu "
+            "(about every second, or every SM-limit period).",
+            labels=LABELS,
+        )
+        age = GaugeMetricFamily(
+            "tessera_container_last_kernel_age_seconds",
+            "Seconds since the container last launched a kernel on the device (no sample before the first).",
+            labels=LABELS,
+        )
+        files = GaugeMetricFamily(
+            "tessera_container_regions",
+            "Region files of prepared containers at this scrape, by state: ok, missing (no CUDA call yet), "
+            "invalid (truncated, foreign or another layout; skipped).",
+            labels=["state"],
+        )
+        hami_used = GaugeMetricFamily(
+            "hami_vgpu_memory_used_bytes", "Container device memory used (HAMi vGPU monitor name).", labels=HAMI_LABELS
+        )
+        hami_limit = GaugeMetricFamily(
+            "hami_vgpu_memory_limit_bytes",
+            "Container device memory limit (HAMi vGPU monitor name).",
+            labels=HAMI_LABELS,
+        )
+        hami_util = GaugeMetricFamily(
+            "hami_container_device_utilization_ratio",
+            "Container device utilisation, 0-100 (HAMi vGPU monitor name and scale).",
+            labels=HAMI_LABELS,
+        )
+        hami_age = GaugeMetricFamily(
+            "hami_container_last_kernel_elapsed_seconds",
+            "Seconds since the container's last kernel launch (HAMi vGPU monitor name).",
+            labels=HAMI_LABELS,
+        )
+        states = {"ok": 0, "missing": 0, "invalid": 0}
+        by_uuid = {d.uuid: d for d in self._devices()}
+        now = self._clock()
+        seen_hami: set[tuple[str, ...]] = set()
+        for source in self._sources():
+            state, region = _read(source)
+            states[state] += 1
+            if region is None:
+                continue
+            pods = ",".join(source.pods)
+            for dev in region.devices:
+                info = by_uuid.get(dev.uuid)
+                name = self._names.device_name(info.index) if info else ""
+                index = str(info.index) if info else ""
+                labels = [source.namespace, source.claim, source.claim_uid, pods, source.request, name, dev.uuid, index]
+                memory_limit = dev.memory_limit or (info.memory_bytes if info else 0)
+                since = max(0.0, now - dev.last_kernel_unix) if dev.last_kernel_unix else None
+                used.add_metric(labels, float(dev.memory_used))
+                if memory_limit:
+                    limit.add_metric(labels, float(memory_limit))
+                util.add_metric(labels, dev.utilization)
+                if since is not None:
+                    age.add_metric(labels, since)
+                if not self._hami:
+                    continue
+                hami = (source.namespace, pods, source.request, str(dev.index), dev.uuid, HAMI_ZONE)
+                if hami in seen_hami:
+                    # Two claims of one pod-less namespace with the same request on one device: HAMi's
+                    # labels cannot tell them apart (Tessera's can); a duplicate series would fail the scrape.
+                    log.debug(
+                        "HAMi labels not unique; series left out",
+                        extra={"claim": _claim(source), "uid": source.claim_uid},
+                    )
+                    continue
+                seen_hami.add(hami)
+                hami_used.add_metric(list(hami), float(dev.memory_used))
+                if memory_limit:
+                    hami_limit.add_metric(list(hami), float(memory_limit))
+                hami_util.add_metric(list(hami), dev.utilization * 100.0)
+                if since is not None:
+                    hami_age.add_metric(list(hami), since)
+        for state, count in states.items():
+            files.add_metric([state], float(count))
+        yield from (used, limit, util, age, files)
+        if self._hami:
+            yield from (hami_used, hami_limit, hami_util, hami_age)
+
+
+def _claim(source: RegionSource) -> str:
+    return f"{source.namespace}/{source.claim}"
+
+
+def _read(source: RegionSource) -> tuple[str, regions.Region | None]:
+    """Read one region; never raises (a scrape must not fail on one container's file)."""
+    try:
+        return "ok", regions.read_region(source.path)
+    except regions.RegionError as exc:
+        state = "missing" if not os.path.exists(source.path) else "invalid"
+        log.debug(
+            "region file skipped",
+            extra={
+                "claim": _claim(source),
+                "uid": source.claim_uid,
+                "path": source.path,
+                "state": state,
+                "error": str(exc),
+            },
+        )
+    except Exception as exc:  # a reader bug must not take the scrape down
+        state = "invalid"
+        log.debug(
+            "region file unreadable",
+            extra={"claim": _claim(source), "uid": source.claim_uid, "path": source.path, "error": repr(exc)},
+        )
+    return state, None
