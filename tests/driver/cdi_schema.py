@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-import jsonschema
+import jsonschema  # type: ignore[import-untyped]
 
 _STRINGS = {"type": "array", "items": {"type": "string"}}
 _UINT32 = {"type": "integer", "minimum": 0, "maximum": 4294967295}

@@ -117,7 +117,7 @@ async def running_driver(s: Settings):  # type: ignore[no-untyped-def]
 
 
 def files_under(path: str) -> list[str]:
-    out = []
+    out: list[str] = []
     for base, _, files in os.walk(path):
         out.extend(os.path.relpath(os.path.join(base, f), path) for f in files)
     return sorted(out)

@@ -104,7 +104,7 @@ class Kubelet:
 
     async def close(self) -> None:
         if self._channel is not None:
-            await self._channel.close()
+            await self._channel.close(None)
             self._channel = None
 
     def _claims(self, claims: tuple[Claim, ...]) -> list[Any]:

@@ -96,7 +96,7 @@ async def test_killed_during_prepare_recovers(api: APIServer, root: str, kubecon
         assert failed.value.code() == grpc.StatusCode.UNAVAILABLE
         await kubelet.close()
         assert await proc.wait() == -signal.SIGKILL
-    state = checkpoint_records(s)[who.uid]["state"]  # type: ignore[index]
+    state = checkpoint_records(s)[who.uid]["state"]
     assert state == ("PrepareCompleted" if step == "after-completed" else "PrepareStarted")
 
     # The kubelet's stale socket files are still there; the restarted plugin replaces them.
@@ -114,7 +114,7 @@ async def test_killed_during_prepare_recovers(api: APIServer, root: str, kubecon
         check_cdi_spec(spec)
         env = dict(e.split("=", 1) for e in spec["devices"][0]["containerEdits"]["env"])
         assert (env["CUDA_DEVICE_MEMORY_LIMIT_0"], env["CUDA_DEVICE_SM_LIMIT_0"]) == ("8192m", "20")
-        assert checkpoint_records(s)[who.uid]["state"] == "PrepareCompleted"  # type: ignore[index]
+        assert checkpoint_records(s)[who.uid]["state"] == "PrepareCompleted"
         assert (await kubelet.prepare(who)).claims[who.uid] == answer
         assert (await kubelet.unprepare(who)).claims[who.uid].error == ""
         await kubelet.close()

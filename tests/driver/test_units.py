@@ -173,7 +173,7 @@ async def test_nvml_discovery_with_a_fake_pynvml(monkeypatch: pytest.MonkeyPatch
     )
     assert (d.driver_version, d.pci_bus_id) == ("560.35.03", "00000000:1B:00.0")
     assert d.device_nodes[0] == "/dev/nvidia0" and devices[1].device_nodes[0] == "/dev/nvidia3"
-    assert fake.state == {"init": 1, "shutdown": 1}  # type: ignore[attr-defined]
+    assert fake.state == {"init": 1, "shutdown": 1}
 
 
 async def test_nvml_failures_say_what_to_do(monkeypatch: pytest.MonkeyPatch) -> None:
