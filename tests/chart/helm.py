@@ -93,3 +93,23 @@ def env_of(container: Obj) -> dict[str, Obj]:
 
 def workloads(objs: Iterable[Obj]) -> list[Obj]:
     return [o for o in objs if o["kind"] in ("Deployment", "DaemonSet")]
+
+
+def _merge(base: dict[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in extra.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        elif value is None:
+            out.pop(key, None)  # helm: null deletes a default
+        else:
+            out[key] = value
+    return out
+
+
+def effective_values(*files: Path) -> dict[str, Any]:
+    """values.yaml with ``files`` merged over it the way helm coalesces them (maps merge, lists replace)."""
+    merged: dict[str, Any] = yaml.safe_load((CHART / "values.yaml").read_text())
+    for f in files:
+        merged = _merge(merged, yaml.safe_load(f.read_text()) or {})
+    return merged

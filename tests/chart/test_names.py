@@ -22,6 +22,7 @@ from isolation.env import LIBRARY_NAME
 from vendors.base import DOMAIN, NodeLayout, Share, SharingConfig
 
 from . import helm
+from .vendor_env import VENDOR_SETTINGS, WEBHOOK_SETTINGS
 
 VALUES = yaml.safe_load((helm.CHART / "values.yaml").read_text())
 DRIVER_DOCKERFILE = helm.REPO / "docker" / "driver.Dockerfile"
@@ -113,7 +114,8 @@ def test_driver_env_is_what_the_driver_parses(objs: list[helm.Obj]) -> None:
         env = _literal_env(container)
         assert container["command"] == ["python", "-m", "dra_driver"]
         ours = {k for k in env if k.startswith(driver_cli.ENV_PREFIX)}
-        assert ours <= flags, f"env the driver does not read: {sorted(ours - flags)}"
+        read = flags | VENDOR_SETTINGS[vendor]  # its flags, and its vendor module's node settings
+        assert ours <= read, f"env the driver does not read: {sorted(ours - read)}"
         assert helm.env_of(container)["NODE_NAME"]["valueFrom"] == {"fieldRef": {"fieldPath": "spec.nodeName"}}
         settings = driver_cli.settings_from_args([], {**env, "NODE_NAME": "node-1"})
         names = vendors.node_vendor(vendor).names
@@ -179,10 +181,13 @@ def test_webhook_env_is_what_the_webhook_parses(objs: list[helm.Obj]) -> None:
     (container,) = helm.pod_spec(deployment)["containers"]
     assert container["command"] == ["python", "-m", "webhook", "serve"]
     env = _literal_env(container)
+    # Every other TESSERA_* name is a flag of `serve`; the vendor settings are read at import.
+    assert set(env) & WEBHOOK_SETTINGS == WEBHOOK_SETTINGS
     argv = ["serve"]
     for name, value in env.items():
         assert name.startswith("TESSERA_"), name
-        argv += ["--" + name.removeprefix("TESSERA_").lower().replace("_", "-"), value]
+        if name not in WEBHOOK_SETTINGS:
+            argv += ["--" + name.removeprefix("TESSERA_").lower().replace("_", "-"), value]
     args = webhook_cli.build_parser().parse_args(argv)
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
     assert args.port == ports["https"]

@@ -178,47 +178,84 @@ def test_every_container_is_locked_down(objs: list[helm.Obj]) -> None:
             assert c["resources"]["limits"].get("memory"), who
 
 
-def test_privileged_only_on_request(default_objs: list[helm.Obj], all_objs: list[helm.Obj]) -> None:
-    privileged = {
+def _privileged(objs: list[helm.Obj]) -> set[tuple[str, str]]:
+    return {
         (w["metadata"]["name"], c["name"])
-        for w in helm.workloads(all_objs)
+        for w in helm.workloads(objs)
         for c in helm.containers(w)
         if c["securityContext"].get("privileged")
     }
-    assert privileged == {("tessera-hygon-driver", "driver")}  # vendors.hygon.privileged: true
-    default_containers = [c for w in helm.workloads(default_objs) for c in helm.containers(w)]
-    assert not any(c["securityContext"].get("privileged") for c in default_containers)
+
+
+def test_privileged_only_on_request(default_objs: list[helm.Obj], all_objs: list[helm.Obj]) -> None:
+    # All options: hygon asks (privileged: true); ascend and iluvatar run their real backend, whose
+    # tools open host device nodes (backendPrivileged); nvidia and cambricon are mock.
+    assert _privileged(all_objs) == {
+        ("tessera-ascend-driver", "driver"),
+        ("tessera-hygon-driver", "driver"),
+        ("tessera-iluvatar-driver", "driver"),
+    }
+    assert not _privileged(default_objs)
+
+
+def test_mock_backends_are_never_privileged_by_the_backend(helm_home: Any) -> None:
+    sets = {f"vendors.{v}.enabled": "true" for v in ("ascend", "cambricon", "hygon", "iluvatar")}
+    assert len(_privileged(helm.render(helm_home, sets=sets))) == 4  # their real backends
+    mock = {**sets, **{f"vendors.{v}.backend": "mock" for v in ("ascend", "cambricon", "hygon", "iluvatar")}}
+    assert not _privileged(helm.render(helm_home, sets=mock))
+    # An explicit `privileged: false` wins (e.g. the Ascend Docker Runtime injects the devices).
+    off = {**sets, "vendors.ascend.privileged": "false"}
+    assert ("tessera-ascend-driver", "driver") not in _privileged(helm.render(helm_home, sets=off))
 
 
 def _host_paths(workload: helm.Obj) -> dict[str, dict[str, str]]:
     return {v["name"]: v["hostPath"] for v in helm.pod_spec(workload)["volumes"] if "hostPath" in v}
 
 
-@pytest.mark.parametrize(("values", "kubelet"), [("default", "/var/lib/kubelet"), ("all", "/var/lib/k0s/kubelet")])
+WRITABLE_HOST_VOLUMES = {"plugin-dir", "registry-dir", "cdi-dir", "host-lib"}
+
+
+@pytest.mark.parametrize(
+    ("values", "kubelet", "real_backends"),
+    [("default", "/var/lib/kubelet", {"nvidia"}), ("all", "/var/lib/k0s/kubelet", {"ascend", "hygon", "iluvatar"})],
+)
 def test_driver_host_paths_are_exactly_the_needed_ones(
-    renders: dict[tuple[str, str], list[helm.Obj]], values: str, kubelet: str
+    renders: dict[tuple[str, str], list[helm.Obj]], values: str, kubelet: str, real_backends: set[str]
 ) -> None:
+    """The four directories the driver writes, plus, with a real backend only, the vendor's
+    configured `backendHostPaths` (tool and libraries), read-only. Nothing else of the host."""
     objs = renders[(values, helm.KUBE_VERSIONS[0])]
+    settings = helm.effective_values(*([helm.ALL_OPTIONS] if values == "all" else []))["vendors"]
     daemonsets = helm.find(objs, "DaemonSet")
     assert daemonsets
+    seen_real = set()
     for ds in daemonsets:
         vendor = ds["metadata"]["labels"]["tessera.dev/vendor"]
+        real = settings[vendor]["backend"] != "mock"
+        seen_real |= {vendor} if real else set()
+        backend_paths = settings[vendor]["backendHostPaths"] if real else []
         assert _host_paths(ds) == {
             "plugin-dir": {"path": f"{kubelet}/plugins/{vendor}.tessera.dev", "type": "DirectoryOrCreate"},
             "registry-dir": {"path": f"{kubelet}/plugins_registry", "type": "Directory"},
             "cdi-dir": {"path": "/var/run/cdi", "type": "DirectoryOrCreate"},
             "host-lib": {"path": "/usr/local/tessera", "type": "DirectoryOrCreate"},
+            **{f"backend-path-{i}": {"path": p["path"], "type": p["type"]} for i, p in enumerate(backend_paths)},
         }
         spec = helm.pod_spec(ds)
-        host_volumes = set(_host_paths(ds))
+        host_volumes = _host_paths(ds)
         for c in helm.containers(ds):
             for mount in c.get("volumeMounts", []):
                 if mount["name"] in host_volumes:
                     # Mounted at the host path: sockets and CDI specs name host paths.
-                    assert mount["mountPath"] == _host_paths(ds)[mount["name"]]["path"]
+                    assert mount["mountPath"] == host_volumes[mount["name"]]["path"]
                     assert not mount.get("mountPropagation")
+                    # Only the driver's own directories are writable; the vendor's files never.
+                    assert mount.get("readOnly", False) is (mount["name"] not in WRITABLE_HOST_VOLUMES), mount
         for init in spec.get("initContainers", []):
             assert [m["name"] for m in init["volumeMounts"]] == ["host-lib"]
+    assert seen_real == real_backends & {ds["metadata"]["labels"]["tessera.dev/vendor"] for ds in daemonsets}
+    if values == "all":
+        assert sum(len(_host_paths(ds)) - 4 for ds in daemonsets) == 5  # ascend 3, hygon 1, iluvatar 1
     deployment = helm.one(objs, "Deployment")
     assert not _host_paths(deployment)
 

@@ -86,6 +86,44 @@ app.kubernetes.io/component: driver
 {{ include "tessera.domain" .root }}/vendor: {{ .vendor }}
 {{- end -}}
 
+{{/*
+Vendor settings of a driver container (the vendor module's from_env reads them; tests/chart checks
+the names against vendors/*.py): call with (dict "vendor" $name "values" $v "mock" $mock). Tool
+paths only with the real backend; the other settings shape what both backends publish or prepare.
+*/}}
+{{- define "tessera.driver.vendorEnv" -}}
+{{- $v := .values -}}
+{{- if eq .vendor "ascend" }}
+- name: TESSERA_ASCEND_VNPU_MODE
+  value: {{ $v.vnpuMode | quote }}
+{{- if not .mock }}
+- name: TESSERA_NPU_SMI
+  value: {{ $v.npuSmi | quote }}
+{{- end }}
+{{- else if eq .vendor "cambricon" }}
+- name: TESSERA_CAMBRICON_VMEMORY_UNIT
+  value: {{ $v.vmemoryUnit | toString | quote }}
+{{- if not .mock }}
+- name: TESSERA_CNMON
+  value: {{ $v.cnmon | quote }}
+{{- end }}
+{{- else if eq .vendor "hygon" }}
+- name: TESSERA_HYGON_HYHAL_DIR
+  value: {{ $v.hyhalDir | quote }}
+- name: TESSERA_HYGON_DRIVER_DIR
+  value: {{ $v.driverDir | quote }}
+{{- if not .mock }}
+- name: TESSERA_HY_SMI
+  value: {{ $v.hySmi | quote }}
+{{- end }}
+{{- else if eq .vendor "iluvatar" }}
+{{- if not .mock }}
+- name: TESSERA_IXSMI
+  value: {{ $v.ixsmi | quote }}
+{{- end }}
+{{- end }}
+{{- end -}}
+
 {{/* Image reference: call with (dict "image" .Values.x.image "root" $). */}}
 {{- define "tessera.image" -}}
 {{- $repo := .image.repository -}}
