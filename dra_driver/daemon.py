@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
+import gc
 import logging
 import os
 import signal
@@ -241,6 +242,9 @@ async def run(settings: Settings) -> int:
         log.error("cannot start: %s", exc)
         await driver.stop()
         return 1
+    # What start-up loaded (modules, the client's generated models) lives as long as the process:
+    # keep it out of the cyclic collector, whose full passes over it would stall prepares.
+    gc.freeze()
     await driver.wait()
     log.info("stopping", extra={"driver": settings.driver})
     await driver.stop()
