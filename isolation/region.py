@@ -105,9 +105,12 @@ def parse_region(data: bytes, path: str = "<bytes>") -> Region:
             )
         )
     procs = []
-    for s in range(MAX_SLOTS):
-        pid, host_pid, _start, *used = _SLOT.unpack_from(data, SLOT_OFFSET + s * SLOT_SIZE)
-        if pid:
+    # The pid of every slot in one strided read; only the used slots are decoded (a scrape of a node
+    # reads every container's region, and most of the 1024 slots are empty).
+    pids = memoryview(data)[SLOT_OFFSET:REGION_SIZE].cast("i")[:: SLOT_SIZE // 4]
+    for s, slot_pid in enumerate(pids):
+        if slot_pid:
+            pid, host_pid, _start, *used = _SLOT.unpack_from(data, SLOT_OFFSET + s * SLOT_SIZE)
             procs.append(ProcessSlot(pid=pid, host_pid=host_pid, memory_used=tuple(used)))
     return Region(
         path=path,
