@@ -23,13 +23,13 @@ from typing import Any
 
 import grpc
 
-from dra_driver import fsutil
 from dra_driver.claims import ClaimRef
 from dra_driver.cli import settings_from_args
 from dra_driver.daemon import Driver
 from dra_driver.proto import dra_v1_pb2, dra_v1_pb2_grpc
 from dra_driver.slices import SLICES_PATH
 from kubeapi import KubeClient, namespaced_path
+from tessera_common import files as fsutil
 
 DRIVER = "nvidia.tessera.dev"
 NODE = "bench-node"

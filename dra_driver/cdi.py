@@ -14,9 +14,8 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from tessera_common import files as fsutil
 from vendors.base import VendorNames
-
-from . import fsutil
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9_.-]*[A-Za-z0-9])?$")
 

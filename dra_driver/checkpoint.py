@@ -17,7 +17,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import fsutil
+from tessera_common import files as fsutil
 
 log = logging.getLogger("dra_driver.checkpoint")
 

@@ -21,9 +21,10 @@ from aiohttp import web
 
 import vendors
 from kubeapi import KubeClient
+from tessera_common import files as fsutil
 from vendors.base import DeviceInfo, NodeVendor
 
-from . import backends, fsutil, health, plugin, registration
+from . import backends, health, plugin, registration
 from .checkpoint import Checkpoint, CheckpointError
 from .cli import Settings
 from .metrics import DriverMetrics

@@ -23,9 +23,10 @@ from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 
 from kubeapi import KubeClient, KubeError, namespaced_path
+from tessera_common import files as fsutil
 from vendors.base import DeviceInfo, NodeLayout, NodeVendor
 
-from . import cdi, fsutil
+from . import cdi
 from .checkpoint import COMPLETED, STARTED, Checkpoint, ClaimEntry, DeviceHold, PreparedDevice
 from .claims import ClaimError, ClaimPlan, ClaimRef, plan_claim, reserved_pods
 from .container_metrics import RegionSource, region_sources

@@ -15,24 +15,22 @@ left alone, so a driver restart with the same image changes nothing on the host.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import fcntl
 import hashlib
 import json
 import os
 import stat
 import sys
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
 from isolation.env import LIBRARY_NAME, PRELOAD_FILE
+from tessera_common import files
 
 LIBRARY_MODE = 0o755
 PRELOAD_MODE = 0o644
 DIR_MODE = 0o755
-TEMP_PREFIX = ".tessera-install-"
 LOCK_FILE = ".tessera-install.lock"
 ELF_MAGIC = b"\x7fELF"
 
@@ -63,14 +61,6 @@ def _file_digest(path: str) -> str | None:
         return None
 
 
-def _fsync_dir(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _clear_stale_directory(path: str) -> None:
     """Remove an empty directory squatting on a file name.
 
@@ -96,38 +86,13 @@ def _clear_stale_directory(path: str) -> None:
 def install_file(dest: str, content: bytes, mode: int) -> Installed:
     """Put ``content`` at ``dest`` with ``mode`` by write-new-then-rename; never modify an existing inode."""
     digest = _sha256(content)
-    directory = os.path.dirname(dest) or "."
     _clear_stale_directory(dest)
     present = os.path.lexists(dest)
     existing = _file_digest(dest) if present and not os.path.islink(dest) else None
     if existing == digest and stat.S_IMODE(os.stat(dest).st_mode) == mode:
         return Installed(dest, "unchanged", digest)
-    fd, tmp = tempfile.mkstemp(prefix=TEMP_PREFIX, dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(content)
-            f.flush()
-            os.fchmod(f.fileno(), mode)
-            os.fsync(f.fileno())
-        os.rename(tmp, dest)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    _fsync_dir(directory)
+    files.write_atomic(dest, content, mode=mode)  # a new inode renamed into place, never an in-place write
     return Installed(dest, "replaced" if present else "installed", digest)
-
-
-def remove_stale_temporaries(directory: str) -> list[str]:
-    """Delete temporary files an installer killed midway left behind (call with the lock held)."""
-    removed = []
-    for name in sorted(os.listdir(directory)):
-        if name.startswith(TEMP_PREFIX):
-            path = os.path.join(directory, name)
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(path)
-                removed.append(path)
-    return removed
 
 
 def read_library(source_dir: str) -> bytes:
@@ -159,7 +124,7 @@ def install(source_dir: str, dest_dir: str, preload_path: str | None = None) -> 
     # once on a node: an exclusive lock serialises them, so none removes another's temporary file.
     with open(os.path.join(dest_dir, LOCK_FILE), "a") as lock:
         fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
-        remove_stale_temporaries(dest_dir)
+        files.remove_temp_files(dest_dir)
         return [
             install_file(lib_dest, library, LIBRARY_MODE),
             install_file(os.path.join(dest_dir, PRELOAD_FILE), preload_line.encode(), PRELOAD_MODE),

@@ -117,7 +117,8 @@ def test_python_stage_builds_from_the_copied_files_only(image: str, tmp_path: Pa
     (wheel,) = (tmp_path / "w").glob("tessera-*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())
     for module in ("webhook/cli.py", "webhook/server.py", "dra_driver/cli.py", "dra_driver/__main__.py",
-                   "isolation/install.py", "isolation/env.py", "vendors/nvidia.py", "kubeapi/__init__.py"):  # fmt: skip
+                   "isolation/install.py", "isolation/env.py", "vendors/nvidia.py", "kubeapi/__init__.py",
+                   "tessera_common/files.py", "tessera_common/logfmt.py"):  # fmt: skip
         assert module in names, f"{module} missing from the image's wheel"
 
 

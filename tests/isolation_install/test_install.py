@@ -14,6 +14,7 @@ import pytest
 
 from isolation import install
 from isolation.env import LIBRARY_NAME, PRELOAD_FILE
+from tessera_common import files
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -68,7 +69,7 @@ def test_fresh_install_writes_library_and_preload(tmp_path: Path, libs: tuple[Pa
     assert preload.read_text() == f"{lib}\n"
     assert stat.S_IMODE(preload.stat().st_mode) == 0o644
     assert '"action": "installed"' in result.stdout
-    assert not [p for p in os.listdir(dest) if p.startswith(install.TEMP_PREFIX)]
+    assert not [p for p in os.listdir(dest) if p.startswith(files.TEMP_PREFIX)]
 
 
 def test_preload_path_names_the_library_as_containers_see_it(tmp_path: Path, libs: tuple[Path, Path]) -> None:
@@ -147,7 +148,7 @@ def test_wrong_mode_is_repaired_by_rename(tmp_path: Path, libs: tuple[Path, Path
 def test_leftovers_of_a_killed_installer_are_cleaned(tmp_path: Path, libs: tuple[Path, Path]) -> None:
     dest = tmp_path / "dest"
     dest.mkdir()
-    (dest / f"{install.TEMP_PREFIX}abc123").write_bytes(b"half a library")
+    (dest / f"{files.TEMP_PREFIX}abc123").write_bytes(b"half a library")
     (dest / LIBRARY_NAME).mkdir()  # a runtime created a directory where the file belongs
     (dest / "claims").mkdir()  # the driver's data is left alone
     assert _run("--source", str(libs[0]), "--dest", str(dest)).returncode == 0
@@ -202,4 +203,4 @@ def test_concurrent_installers_all_succeed(tmp_path: Path, libs: tuple[Path, Pat
         assert p.returncode == 0, err
     data = (dest / LIBRARY_NAME).read_bytes()
     assert data in ((libs[0] / LIBRARY_NAME).read_bytes(), (libs[1] / LIBRARY_NAME).read_bytes())
-    assert not [p for p in os.listdir(dest) if p.startswith(install.TEMP_PREFIX)]
+    assert not [p for p in os.listdir(dest) if p.startswith(files.TEMP_PREFIX)]

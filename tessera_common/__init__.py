@@ -1,0 +1,5 @@
+"""Small helpers the webhook, the DRA driver and the host installer share.
+
+* :mod:`tessera_common.files`: durable, atomic file writes (temp file, fsync, rename, fsync dir).
+* :mod:`tessera_common.logfmt`: one structured log line per event, JSON or ``key=value`` text.
+"""
