@@ -8,11 +8,12 @@ so identical pods share it. Capacity requests name ``memory`` only when the cont
 from __future__ import annotations
 
 import hashlib
-import json
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
+
+import orjson
 
 from vendors.base import (
     ATTR_TYPE,
@@ -46,7 +47,6 @@ MAX_CONSTRAINTS = 32
 MAX_SELECTORS = 32
 MAX_SELECTOR_LENGTH = 10 * 1024
 DNS_LABEL_MAX = 63
-_CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=True)
 _DNS_LABEL_RE = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 
 
@@ -71,8 +71,8 @@ class Want:
 
 def template_name(spec: Mapping[str, Any]) -> str:
     """``tessera-<hash>`` of the template's ``spec`` (claim metadata and claim spec), canonical JSON."""
-    canonical = _CANONICAL.encode(spec)
-    return TEMPLATE_PREFIX + hashlib.sha256(canonical.encode()).hexdigest()[:HASH_LENGTH]
+    canonical = orjson.dumps(spec, option=orjson.OPT_SORT_KEYS)
+    return TEMPLATE_PREFIX + hashlib.sha256(canonical).hexdigest()[:HASH_LENGTH]
 
 
 def model_label(model: str, taken: set[str]) -> str:

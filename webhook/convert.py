@@ -15,6 +15,8 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import orjson
+
 import vendors as vendor_registry
 from isolation import env as isolation_env
 from vendors.base import (
@@ -52,7 +54,6 @@ MEMO_SIZE = 512
 """Entries kept in each memo of :class:`Converter` (set ``memo_size = 0`` to measure without them)."""
 
 Patch = list[dict[str, Any]]
-_COMPACT_SORTED = json.JSONEncoder(sort_keys=True, separators=(",", ":"))
 
 
 @dataclass(frozen=True)
@@ -594,7 +595,7 @@ def _record(edits: Sequence[_Edit]) -> str:
         if edit.requests:
             entry["requests"] = list(edit.requests)
         record[edit.name] = entry
-    return _COMPACT_SORTED.encode(record)
+    return orjson.dumps(record, option=orjson.OPT_SORT_KEYS).decode()
 
 
 def _ours(annotations: Mapping[str, str]) -> list[str]:
