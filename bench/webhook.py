@@ -250,12 +250,8 @@ async def open_loop(
     start = loop.time() + 0.05
     client_cpu = time.process_time()
 
-    async def one(i: int, body: bytes) -> None:
+    async def one(due: float, body: bytes) -> None:
         nonlocal errors
-        due = start + i / rate
-        delay = due - loop.time()
-        if delay > 0:
-            await asyncio.sleep(delay)
         conn = await pool.get()
         sent = loop.time()
         try:
@@ -269,7 +265,16 @@ async def open_loop(
         latencies.append((now - due) * 1000)
         service.append((now - sent) * 1000)
 
-    await asyncio.gather(*(one(i, b) for i, b in enumerate(bodies)))
+    # Open loop: each request is started at its due time by one dispatcher (creating all of them up
+    # front would itself delay the first sends by the time it takes to schedule thousands of tasks).
+    tasks = []
+    for i, body in enumerate(bodies):
+        due = start + i / rate
+        delay = due - loop.time()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        tasks.append(asyncio.create_task(one(due, body)))
+    await asyncio.gather(*tasks)
     elapsed = loop.time() - start
     client_cpu = time.process_time() - client_cpu
     for conn in conns:
@@ -358,8 +363,16 @@ def bench_https(seconds: float) -> dict[str, Any]:
 
                     async with aiohttp.ClientSession() as session:
                         await _wait_ready(session, url, ctx, proc)
+                    # The load generator must not stall its own schedule: no cyclic GC pass (a full
+                    # one over this process's heap takes tens of ms) while it sends.
+                    gc.collect()
+                    gc.freeze()
+                    gc.disable()
                     before = cpu_seconds(proc.pid)
-                    at_rate = await open_loop(port, ctx, bodies, RATE, connections=16)
+                    try:
+                        at_rate = await open_loop(port, ctx, bodies, RATE, connections=16)
+                    finally:
+                        gc.enable()
                     used = cpu_seconds(proc.pid) - before
                     peak = await closed_loop(port, ctx, bodies, concurrency=8, seconds=max(2.0, seconds / 2))
                     return at_rate, peak, used / (at_rate["count"] + 200) * 1e6
