@@ -47,7 +47,6 @@ from typing import Any
 from .base import (
     MIB,
     ContainerEdits,
-    ConversionError,
     DeviceAsk,
     DeviceInfo,
     DeviceNode,
@@ -63,12 +62,10 @@ from .common import (
     DEFAULT_TOOL_TIMEOUT_S,
     ENFORCER_ENV,
     MemoryUnit,
-    container_resources,
     env_setting,
     normalise_version,
     run_tool,
-    share_ask,
-    single,
+    single_share_ask,
     table_rows,
     used_total_mib,
 )
@@ -162,25 +159,16 @@ class Cambricon:
         return resource_name.startswith(RESOURCE_PREFIX)
 
     def parse(self, container: Mapping[str, Any]) -> DeviceAsk | None:
-        resources = container_resources(container)
-        ours = sorted(k for k in resources if self.owns_resource(k))
-        if not ours:
-            return None
-        who = f"container {container.get('name')!r}"
-        unknown = [k for k in ours if k not in ALL_RESOURCES]
-        if unknown:
-            raise ConversionError(
-                f"{who}: unknown Cambricon resource {', '.join(unknown)}; use {', '.join(sorted(ALL_RESOURCES))}"
-            )
-        return share_ask(
-            who,
-            count=single(resources, COUNT_RESOURCES, who, "MLU count"),
-            memory=single(resources, MEMORY_RESOURCES, who, "memory"),
-            cores=single(resources, CORE_RESOURCES, who, "cores"),
+        return single_share_ask(
+            container,
+            prefix=RESOURCE_PREFIX,
+            known=ALL_RESOURCES,
+            counts=COUNT_RESOURCES,
+            memories=MEMORY_RESOURCES,
+            cores=CORE_RESOURCES,
             memory_unit=self.memory_unit,
-            consumed=ours,
-            one_share_per_container=True,
-            vendor_label="MLU",
+            vendor="Cambricon",
+            device_label="MLU",
         )
 
     def selectors(self, annotations: Mapping[str, str]) -> list[str]:

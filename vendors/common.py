@@ -150,6 +150,43 @@ def share_ask(
     )
 
 
+def single_share_ask(
+    container: Mapping[str, Any],
+    *,
+    prefix: str,
+    known: frozenset[str] | set[str],
+    counts: Sequence[str],
+    memories: Sequence[str],
+    cores: Sequence[str],
+    memory_unit: MemoryUnit,
+    vendor: str,
+    device_label: str,
+) -> DeviceAsk | None:
+    """The ask of a vendor whose resources are one count/memory/cores triple under ``prefix``.
+
+    Names under ``prefix`` that are not ``known`` are refused; the rest as :func:`share_ask`, with at
+    most one partial device per container (the vendor's isolation works on one device).
+    """
+    resources = container_resources(container)
+    ours = sorted(k for k in resources if k.startswith(prefix))
+    if not ours:
+        return None
+    who = f"container {container.get('name')!r}"
+    unknown = [k for k in ours if k not in known]
+    if unknown:
+        raise ConversionError(f"{who}: unknown {vendor} resource {', '.join(unknown)}; use {', '.join(sorted(known))}")
+    return share_ask(
+        who,
+        count=single(resources, counts, who, f"{device_label} count"),
+        memory=single(resources, memories, who, "memory"),
+        cores=single(resources, cores, who, "cores"),
+        memory_unit=memory_unit,
+        consumed=ours,
+        one_share_per_container=True,
+        vendor_label=device_label,
+    )
+
+
 # --- node side -------------------------------------------------------------------------------------
 
 

@@ -45,7 +45,6 @@ from typing import Any
 from .base import (
     MIB,
     ContainerEdits,
-    ConversionError,
     DeviceAsk,
     DeviceInfo,
     DeviceNode,
@@ -62,12 +61,10 @@ from .common import (
     DEFAULT_TOOL_TIMEOUT_S,
     ENFORCER_ENV,
     MemoryUnit,
-    container_resources,
     env_setting,
     normalise_version,
     run_tool,
-    share_ask,
-    single,
+    single_share_ask,
 )
 
 NAMES = VendorNames(vendor="hygon", device_word="dcu")
@@ -154,25 +151,16 @@ class Hygon:
         return resource_name.startswith(RESOURCE_PREFIX)
 
     def parse(self, container: Mapping[str, Any]) -> DeviceAsk | None:
-        resources = container_resources(container)
-        ours = sorted(k for k in resources if self.owns_resource(k))
-        if not ours:
-            return None
-        who = f"container {container.get('name')!r}"
-        unknown = [k for k in ours if k not in ALL_RESOURCES]
-        if unknown:
-            raise ConversionError(
-                f"{who}: unknown Hygon resource {', '.join(unknown)}; use {', '.join(sorted(ALL_RESOURCES))}"
-            )
-        return share_ask(
-            who,
-            count=single(resources, COUNT_RESOURCES, who, "DCU count"),
-            memory=single(resources, MEMORY_RESOURCES, who, "memory"),
-            cores=single(resources, CORE_RESOURCES, who, "cores"),
+        return single_share_ask(
+            container,
+            prefix=RESOURCE_PREFIX,
+            known=ALL_RESOURCES,
+            counts=COUNT_RESOURCES,
+            memories=MEMORY_RESOURCES,
+            cores=CORE_RESOURCES,
             memory_unit=MemoryUnit(mib=1),
-            consumed=ours,
-            one_share_per_container=True,
-            vendor_label="DCU",
+            vendor="Hygon",
+            device_label="DCU",
         )
 
     def selectors(self, annotations: Mapping[str, str]) -> list[str]:
