@@ -512,8 +512,8 @@ class APIServer:
                 out = translate(item)
                 if out is not None:
                     await response.write(out)
-        except (ConnectionResetError, asyncio.CancelledError):
-            raise
+        except ConnectionResetError:
+            return response  # the client went away (it cancelled its watch): nothing to report
         finally:
             self.store.unsubscribe(watcher)
         with contextlib.suppress(ConnectionResetError):

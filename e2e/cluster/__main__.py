@@ -1,7 +1,9 @@
 """``python -m e2e.cluster [demo|up]``: the narrated demo (default), or a cluster to play with.
 
-python -m e2e.cluster                      # the demo
+python -m e2e.cluster                      # the demo (NVIDIA)
+python -m e2e.cluster demo --vendor ascend # one pod of another vendor, narrated
 python -m e2e.cluster up -f pods.yaml      # start, apply and narrate the pods, serve until Ctrl-C
+python -m e2e.cluster up --node nvidia:2xH200 --node ascend:2x910B3 --node hygon   # a mixed cluster
 """
 
 from __future__ import annotations
@@ -17,15 +19,40 @@ from pathlib import Path
 import yaml
 
 from .demo import run_demo
-from .harness import Harness, HarnessError, NodeSpec
+from .harness import Harness, HarnessError, NodeSpec, parse_node_spec
 from .narrate import Narrator, submit_and_show
+from .vendor_demo import DEMO_VENDORS, run_vendor_demo
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m e2e.cluster", description="Tessera's local cluster harness.")
     p.add_argument("command", nargs="?", default="demo", choices=["demo", "up"])
-    p.add_argument("--nodes", type=int, default=1, help="number of nodes (up)")
-    p.add_argument("--devices", default="2xH200", help="simulated cards per node, e.g. 4xH200 or 2xH100,1xA100")
+    p.add_argument(
+        "--nodes",
+        type=int,
+        default=None,
+        help="number of NVIDIA nodes node-1..N with --devices each (up; default 1 unless --node is given)",
+    )
+    p.add_argument(
+        "--devices",
+        default=None,
+        help="simulated cards per NVIDIA node, e.g. 4xH200 or 2xH100,1xA100 (default 2xH200); with demo "
+        "--vendor, that vendor's devices (default: the chart's vendors.<vendor>.mockDevices)",
+    )
+    p.add_argument(
+        "--node",
+        action="append",
+        default=[],
+        metavar="[NAME=]VENDOR[:DEVICES]",
+        help="a node of a vendor with simulated devices (up; repeatable), e.g. ascend:2x910B3 or "
+        "hygon (the chart's mockDevices); named <vendor>-<n> unless NAME= is given",
+    )
+    p.add_argument(
+        "--vendor",
+        default="nvidia",
+        choices=sorted(DEMO_VENDORS),
+        help="demo: the vendor to show (default nvidia: the full demo; others: one of their pods)",
+    )
     p.add_argument("-f", "--filename", action="append", default=[], help="YAML to apply (up); pods are narrated")
     p.add_argument("--keep", action="store_true", help="keep the state directory")
     p.add_argument("--log-level", default="WARNING", help="harness log level (default WARNING)")
@@ -33,8 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 async def _up(args: argparse.Namespace, narrator: Narrator) -> int:
-    nodes = [NodeSpec(f"node-{i + 1}", args.devices) for i in range(args.nodes)]
-    async with Harness(nodes) as harness:
+    async with Harness(node_specs(args)) as harness:
         narrator.say(f"cluster up: export KUBECONFIG={harness.kubeconfig}  (logs in {harness.state}/logs)")
         for path in args.filename:
             text = await asyncio.to_thread(Path(path).read_text, encoding="utf-8")
@@ -56,6 +82,17 @@ async def _up(args: argparse.Namespace, narrator: Narrator) -> int:
     return 0
 
 
+def node_specs(args: argparse.Namespace) -> list[NodeSpec]:
+    """``--nodes``/``--devices`` (NVIDIA nodes ``node-<i>``) then every ``--node``."""
+    count = args.nodes if args.nodes is not None else (0 if args.node else 1)
+    nodes = [NodeSpec(f"node-{i + 1}", args.devices or "2xH200") for i in range(count)]
+    for text in args.node:
+        nodes.append(parse_node_spec(text, [n.name for n in nodes]))
+    if not nodes:
+        raise HarnessError("no nodes: give --nodes N or --node VENDOR[:DEVICES]")
+    return nodes
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s")
@@ -63,7 +100,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "up":
             return asyncio.run(_up(args, narrator))
-        return asyncio.run(run_demo(narrator, devices=args.devices, keep=args.keep))
+        if args.node or args.nodes is not None:
+            raise HarnessError("--node and --nodes are for `up`; the demo takes --vendor and --devices")
+        if args.vendor != "nvidia":
+            return asyncio.run(run_vendor_demo(narrator, args.vendor, devices=args.devices or "", keep=args.keep))
+        return asyncio.run(run_demo(narrator, devices=args.devices or "2xH200", keep=args.keep))
     except HarnessError as exc:
         print(f"e2e.cluster: {exc}", file=sys.stderr)
         return 2

@@ -5,11 +5,15 @@
   as they are, except the ``caBundle``: the harness makes its own CA (``cryptography``) and serving
   certificate and registers the chart's webhook Service with the API server, which then calls the
   real webhook (``python -m webhook serve``, a child process) over HTTPS for every pod CREATE.
-* Per node: the kubelet stand-in (in this process), ``libvgpu.so``/``ld.so.preload`` installed into
-  the node's host library directory with ``isolation.install``, and the real driver
-  (``python -m dra_driver --backend mock``, a child process) with simulated cards. Containers get
-  the fake CUDA driver (``isolation/build/fake``) and the node's simulated cards in their
-  environment, as the container toolkit would give them the real driver.
+* Per node, one vendor (:class:`NodeSpec`, ``nvidia`` unless it says otherwise): the kubelet stand-in
+  (in this process) with the node labelled ``tessera.dev/<vendor>=true``, ``libvgpu.so`` and
+  ``ld.so.preload`` installed into the node's host library directory with ``isolation.install`` where
+  the chart's DaemonSet of that vendor installs them (its init container), and the vendor's real
+  driver (``python -m dra_driver --driver <vendor> --backend mock``, a child process) with simulated
+  devices and the env the chart gives that vendor's DaemonSet. On the nodes of vendors whose
+  workloads use the CUDA driver API (NVIDIA, Iluvatar CoreX) containers get the fake CUDA driver
+  (``isolation/build/fake``) and the node's simulated cards in their environment, as the vendor's
+  container runtime would give them the real driver.
 * The claim controller and the scheduler run in this process.
 Every child writes its log under ``<state>/logs``.
 """
@@ -19,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import dataclasses
 import logging
 import os
 import shutil
@@ -40,6 +45,8 @@ from e2e.controllers import ClaimController, Scheduler
 from e2e.controllers.informer import cancel_all
 from e2e.kubelet import Kubelet
 from kubeapi import KubeClient, KubeError, cluster_path
+from vendors import UnknownVendorError, node_vendor
+from vendors.base import DOMAIN
 
 from . import tls
 from .procs import Child, python
@@ -52,17 +59,62 @@ RELEASE = "tessera"
 NAMESPACE = "tessera-system"
 WEBHOOK_SERVICE = "tessera-webhook"
 DRIVER = "nvidia.tessera.dev"
+"""The NVIDIA driver's name (the vendor of nodes that name none)."""
+INVENTORY_REFRESH_SECONDS = 1.0
+"""How often the harness's webhook reads the ResourceSlices (the chart's default is 30 s): pods asking
+a percentage of a device's memory convert soon after a node publishes its devices."""
+
+FAKE_CUDA_VENDORS: Mapping[str, str] = {"nvidia": "NVIDIA_VISIBLE_DEVICES", "iluvatar": "IX_VISIBLE_DEVICES"}
+"""Vendors whose workloads use the CUDA driver API (NVIDIA; Iluvatar CoreX implements it), with the
+env their container runtime reads to choose the visible devices. Containers on their nodes get the
+fake CUDA driver; it reads ``NVIDIA_VISIBLE_DEVICES``, so the kubelet copies the vendor's variable to it."""
 
 
 class HarnessError(Exception):
     """The harness cannot start; the message says what is missing."""
 
 
+def vendor_label(vendor: str) -> str:
+    """The node label the chart's DaemonSet of ``vendor`` selects (``tessera.dev/<vendor>``)."""
+    return f"{DOMAIN}/{vendor}"
+
+
 @dataclass(frozen=True)
 class NodeSpec:
     name: str
-    devices: str = "2xH200"
+    devices: str = ""
+    """Simulated devices (``--mock-devices``); empty: the chart's ``vendors.<vendor>.mockDevices``."""
     labels: Mapping[str, str] = field(default_factory=dict)
+    vendor: str = "nvidia"
+    """The vendor whose driver runs on the node (one per node)."""
+
+    @property
+    def driver(self) -> str:
+        return node_vendor(self.vendor).names.driver
+
+
+def parse_node_spec(text: str, taken: Sequence[str] = ()) -> NodeSpec:
+    """``[NAME=]VENDOR[:DEVICES]`` (``--node``): ``ascend:2x910B3``, ``gpu-a=nvidia:2xH200,1xA100``,
+    ``hygon``. Without a name the node is ``<vendor>-<n>``, the first ``n`` not in ``taken``."""
+    name, sep, rest = text.partition("=")
+    if not sep:
+        name, rest = "", text
+    vendor, _, devices = rest.partition(":")
+    vendor, devices, name = vendor.strip().lower(), devices.strip(), name.strip()
+    if not vendor:
+        raise HarnessError(f"--node {text!r}: name a vendor, e.g. --node ascend:2x910B3")
+    try:
+        node_vendor(vendor)
+    except UnknownVendorError as exc:
+        raise HarnessError(f"--node {text!r}: {exc.args[0]}") from None
+    if not name:
+        n = 1
+        while f"{vendor}-{n}" in taken:
+            n += 1
+        name = f"{vendor}-{n}"
+    if name in taken:
+        raise HarnessError(f"--node {text!r}: a node named {name} is already given")
+    return NodeSpec(name, devices, vendor=vendor)
 
 
 @dataclass
@@ -85,8 +137,16 @@ class Node:
         return self.path("plugins_registry")
 
     @property
+    def vendor(self) -> str:
+        return self.spec.vendor
+
+    @property
+    def driver_name(self) -> str:
+        return self.spec.driver
+
+    @property
     def plugin_dir(self) -> str:
-        return self.path("plugins", DRIVER)
+        return self.path("plugins", self.driver_name)
 
     @property
     def cdi_dir(self) -> str:
@@ -138,14 +198,26 @@ def render_chart(values: Mapping[str, Any] | None = None) -> list[Obj]:
     return [d for d in yaml.safe_load_all(done.stdout) if isinstance(d, dict)]
 
 
-def chart_env(docs: Sequence[Obj], kind: str, component: str) -> dict[str, str]:
-    """The ``TESSERA_*`` settings the chart gives a component's container (plain values only); the
-    harness passes them on so that its webhook and drivers run with the chart's configuration."""
-    out: dict[str, str] = {}
+def chart_objects(docs: Sequence[Obj], kind: str, component: str, vendor: str | None = None) -> list[Obj]:
+    """The chart's objects of ``kind`` for ``component`` (and, given, the one of ``vendor``: the chart
+    labels each vendor's DaemonSet and DeviceClass ``tessera.dev/vendor``)."""
+    out = []
     for doc in docs:
         labels = (doc.get("metadata") or {}).get("labels") or {}
         if doc.get("kind") != kind or labels.get("app.kubernetes.io/component") != component:
             continue
+        if vendor is not None and labels.get(f"{DOMAIN}/vendor") != vendor:
+            continue
+        out.append(doc)
+    return out
+
+
+def chart_env(docs: Sequence[Obj], kind: str, component: str, vendor: str | None = None) -> dict[str, str]:
+    """The ``TESSERA_*`` settings the chart gives a component's container (plain values only; for the
+    driver, ``vendor``'s DaemonSet); the harness passes them on so that its webhook and drivers run
+    with the chart's configuration."""
+    out: dict[str, str] = {}
+    for doc in chart_objects(docs, kind, component, vendor):
         for container in (((doc.get("spec") or {}).get("template") or {}).get("spec") or {}).get("containers") or []:
             for entry in container.get("env") or []:
                 if str(entry.get("name", "")).startswith("TESSERA_") and "value" in entry:
@@ -153,13 +225,32 @@ def chart_env(docs: Sequence[Obj], kind: str, component: str) -> dict[str, str]:
     return out
 
 
-def fake_gpus(devices: str, node_name: str) -> str:
-    """``TESSERA_FAKE_GPUS`` for the cards the mock backend simulates on ``node_name`` (same UUIDs)."""
-    from dra_driver.backends.mock import discover
-    from vendors import node_vendor
+def chart_driver_enabled(docs: Sequence[Obj], vendor: str) -> bool:
+    return bool(chart_objects(docs, "DaemonSet", "driver", vendor))
 
-    vendor = node_vendor("nvidia")
-    cards = discover(devices, vendor.names, vendor.mock_models, node_name)
+
+def chart_installs_library(docs: Sequence[Obj], vendor: str) -> bool:
+    """Whether the chart's DaemonSet of ``vendor`` installs ``libvgpu.so`` (its init container)."""
+    return any(
+        (((ds.get("spec") or {}).get("template") or {}).get("spec") or {}).get("initContainers")
+        for ds in chart_objects(docs, "DaemonSet", "driver", vendor)
+    )
+
+
+def simulated_devices(devices: str, node_name: str, vendor: str = "nvidia") -> list[Any]:
+    """The devices the mock backend simulates on ``node_name`` (:class:`vendors.base.DeviceInfo`)."""
+    from dra_driver.backends.mock import MockSpecError, discover
+
+    node = node_vendor(vendor)
+    try:
+        return list(discover(devices, node.names, node.mock_models, node_name))
+    except MockSpecError as exc:
+        raise HarnessError(f"node {node_name} ({vendor}): {exc}") from None
+
+
+def fake_gpus(devices: str, node_name: str, vendor: str = "nvidia") -> str:
+    """``TESSERA_FAKE_GPUS`` for the cards the mock backend simulates on ``node_name`` (same UUIDs)."""
+    cards = simulated_devices(devices, node_name, vendor)
     return ",".join(f"{c.uuid}={c.memory_bytes // (1024 * 1024)}m/{c.product_name}" for c in cards)
 
 
@@ -172,8 +263,13 @@ class Harness:
         webhook: bool = True,
         child_log_level: str = "info",
         keep_state: bool = False,
+        inventory_refresh: float = INVENTORY_REFRESH_SECONDS,
     ) -> None:
         self.node_specs = list(nodes)
+        names = [n.name for n in self.node_specs]
+        if len(set(names)) != len(names):
+            raise HarnessError(f"node names must be distinct, got {names}")
+        self.inventory_refresh = inventory_refresh
         # short, under /tmp: Unix socket paths must stay under 108 bytes
         self.state = state_dir or tempfile.mkdtemp(prefix="tessera-e2e-", dir="/tmp")
         self.remove_state = state_dir is None and not keep_state
@@ -217,6 +313,7 @@ class Harness:
             cluster_path("v1", "namespaces"), {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NAMESPACE}}
         )
         self.chart = await asyncio.to_thread(render_chart)
+        self.node_specs = [self._resolved(spec) for spec in self.node_specs]  # errors before anything starts
         for doc in self.chart:
             if doc.get("kind") == "DeviceClass":
                 await self.apply(doc)
@@ -236,8 +333,15 @@ class Harness:
             asyncio.create_task(ClaimController(self.kube).run()),
             asyncio.create_task(Scheduler(self.kube, retry_seconds=2.0).run()),
         ]
-        for spec in self.node_specs:
-            await self.add_node(spec)
+        # nodes start side by side (each driver is a process of its own); a failure cancels the others
+        try:
+            async with asyncio.TaskGroup() as group:
+                for spec in self.node_specs:
+                    group.create_task(self.add_node(spec))
+        except BaseExceptionGroup as failed:
+            raise failed.exceptions[0] from None
+        if self.with_webhook:
+            await self.wait_webhook_inventory()
 
     async def stop(self) -> None:
         for node in list(self.nodes.values()):
@@ -288,7 +392,11 @@ class Harness:
                 self.child_log_level,
             ],
             os.path.join(self.state, "logs", "webhook.log"),
-            env={**os.environ, **chart_env(self.chart, "Deployment", "webhook")},
+            env={
+                **os.environ,
+                **chart_env(self.chart, "Deployment", "webhook"),
+                "TESSERA_INVENTORY_REFRESH_SECONDS": str(self.inventory_refresh),
+            },
         )
         await self.webhook.start()
         self.api.webhooks.services[(NAMESPACE, WEBHOOK_SERVICE)] = ("127.0.0.1", self.webhook_port)
@@ -309,6 +417,36 @@ class Harness:
                     raise HarnessError(f"the webhook did not become ready within 60s; see {self.webhook.log_path}")
                 await asyncio.sleep(0.1)
         log.info("webhook ready on https://127.0.0.1:%d", self.webhook_port)
+        if self.nodes:
+            await self.wait_webhook_inventory()
+
+    async def wait_webhook_inventory(self, timeout: float = 30.0) -> int:
+        """Wait until the webhook's inventory (its ``tessera_webhook_inventory_devices`` metric) holds
+        every published device, so that memory percentages convert; the device count."""
+        assert self.tls is not None and self.webhook is not None and self.kube is not None
+        context = ssl.create_default_context(cafile=self.tls.ca_file)
+        deadline = asyncio.get_running_loop().time() + timeout
+        seen = -1
+        async with aiohttp.ClientSession() as http:
+            while True:
+                self.webhook.check()
+                slices = (await self.kube.list(cluster_path("resource.k8s.io/v1", "resourceslices"))).get("items") or []
+                published = published_devices(slices)
+                with contextlib.suppress(aiohttp.ClientError, OSError):
+                    async with http.get(
+                        f"https://127.0.0.1:{self.webhook_port}/metrics",
+                        ssl=context,
+                        server_hostname=f"{WEBHOOK_SERVICE}.{NAMESPACE}.svc",
+                    ) as resp:
+                        seen = inventory_metric(await resp.text())
+                if seen == published:
+                    return published
+                if asyncio.get_running_loop().time() > deadline:
+                    raise HarnessError(
+                        f"the webhook's inventory holds {seen} devices, {published} are published, after "
+                        f"{timeout:g}s; see {self.webhook.log_path}"
+                    )
+                await asyncio.sleep(0.1)
 
     async def stop_webhook(self) -> None:
         if self.webhook is not None:
@@ -318,19 +456,28 @@ class Harness:
     async def add_node(self, spec: NodeSpec) -> Node:
         from isolation.install import install
 
+        if spec.name in self.nodes:
+            raise HarnessError(f"the harness already has a node named {spec.name}")
+        spec = self._resolved(spec)
         node = Node(spec, os.path.join(self.state, "nodes", spec.name))
         self.nodes[spec.name] = node
         for directory in (node.registry_dir, node.plugin_dir, node.cdi_dir, node.host_lib_dir):
             os.makedirs(directory, exist_ok=True)
-        await asyncio.to_thread(install, str(REPO / "isolation" / "build"), node.host_lib_dir)
-        node.fake_gpus = fake_gpus(spec.devices, spec.name)
         build = REPO / "isolation" / "build"
-        container_env = {
-            "LD_LIBRARY_PATH": str(build / "fake"),
-            "TESSERA_FAKE_GPUS": node.fake_gpus,
-            "TESSERA_FAKE_STATE": node.path("fake-gpu.state"),
-            "PATH": f"{build / 'tools'}:{os.environ.get('PATH', '/usr/bin:/bin')}",
-        }
+        if chart_installs_library(self.chart, spec.vendor):
+            await asyncio.to_thread(install, str(build), node.host_lib_dir)
+        container_env: dict[str, str] = {}
+        aliases: dict[str, str] = {}
+        if spec.vendor in FAKE_CUDA_VENDORS:
+            node.fake_gpus = fake_gpus(spec.devices, spec.name, spec.vendor)
+            container_env = {
+                "LD_LIBRARY_PATH": str(build / "fake"),
+                "TESSERA_FAKE_GPUS": node.fake_gpus,
+                "TESSERA_FAKE_STATE": node.path("fake-gpu.state"),
+                "PATH": f"{build / 'tools'}:{os.environ.get('PATH', '/usr/bin:/bin')}",
+            }
+            if FAKE_CUDA_VENDORS[spec.vendor] != "NVIDIA_VISIBLE_DEVICES":
+                aliases[FAKE_CUDA_VENDORS[spec.vendor]] = "NVIDIA_VISIBLE_DEVICES"
         kube = await KubeClient.connect(self.kubeconfig, timeout=15)
         node.kubelet = Kubelet(
             kube,
@@ -339,11 +486,30 @@ class Harness:
             registry_dir=node.registry_dir,
             cdi_dir=node.cdi_dir,
             container_env=container_env,
-            labels=spec.labels,
+            env_aliases=aliases,
+            labels={vendor_label(spec.vendor): "true", **spec.labels},
         )
         await node.kubelet.start()
         await self.start_driver(spec.name)
         return node
+
+    def _resolved(self, spec: NodeSpec) -> NodeSpec:
+        """``spec`` with its devices (the chart's mockDevices when it names none), checked."""
+        if not chart_driver_enabled(self.chart, spec.vendor):
+            raise HarnessError(
+                f"node {spec.name} is a {spec.vendor} node, but the chart rendered with {VALUES} runs no "
+                f"{spec.vendor} driver: set vendors.{spec.vendor}.enabled (and backend: mock) there"
+            )
+        if not spec.devices:
+            devices = chart_env(self.chart, "DaemonSet", "driver", spec.vendor).get("TESSERA_MOCK_DEVICES", "")
+            if not devices:
+                raise HarnessError(
+                    f"node {spec.name}: name its simulated devices "
+                    f"(the chart sets no vendors.{spec.vendor}.mockDevices)"
+                )
+            spec = dataclasses.replace(spec, devices=devices)
+        simulated_devices(spec.devices, spec.name, spec.vendor)
+        return spec
 
     async def start_driver(self, node_name: str, *, wait: bool = True) -> None:
         node = self.nodes[node_name]
@@ -354,7 +520,7 @@ class Harness:
                 "-m",
                 "dra_driver",
                 "--driver",
-                "nvidia",
+                node.vendor,
                 "--backend",
                 "mock",
                 "--mock-devices",
@@ -379,7 +545,7 @@ class Harness:
                 "text",
             ],
             os.path.join(self.state, "logs", f"driver-{node_name}.log"),
-            env={**os.environ, **chart_env(self.chart, "DaemonSet", "driver")},
+            env={**os.environ, **chart_env(self.chart, "DaemonSet", "driver", node.vendor)},
         )
         await node.driver.start()
         if wait:
@@ -391,14 +557,15 @@ class Harness:
         deadline = asyncio.get_running_loop().time() + timeout
         while True:
             node.driver.check()
-            registered = DRIVER in node.kubelet.plugins.plugins
+            registered = node.driver_name in node.kubelet.plugins.plugins
             slices = (
                 await self.kube.list(
-                    cluster_path("resource.k8s.io/v1", "resourceslices"), fieldSelector=f"spec.nodeName={node_name}"
+                    cluster_path("resource.k8s.io/v1", "resourceslices"),
+                    fieldSelector=f"spec.nodeName={node_name},spec.driver={node.driver_name}",
                 )
             ).get("items") or []
             if registered and slices:
-                log.info("driver on %s registered, %d slice(s) published", node_name, len(slices))
+                log.info("%s driver on %s registered, %d slice(s) published", node.vendor, node_name, len(slices))
                 return
             if asyncio.get_running_loop().time() > deadline:
                 raise HarnessError(
@@ -427,6 +594,31 @@ class Harness:
             raise HarnessError(f"the harness does not serve {doc.get('apiVersion')}/{doc.get('kind')}")
         ns = (doc.get("metadata") or {}).get("namespace") or namespace
         return await self.kube.create(kind.collection_path(ns if kind.namespaced else None), doc)
+
+
+def published_devices(slices: Sequence[Obj]) -> int:
+    """Devices of the slices of each pool's newest generation (what the scheduler and the webhook count)."""
+    newest: dict[tuple[str, str], int] = {}
+    for s in slices:
+        spec = s.get("spec") or {}
+        key = (str(spec.get("driver")), str((spec.get("pool") or {}).get("name")))
+        newest[key] = max(newest.get(key, 0), int((spec.get("pool") or {}).get("generation") or 0))
+    count = 0
+    for s in slices:
+        spec = s.get("spec") or {}
+        pool = spec.get("pool") or {}
+        if int(pool.get("generation") or 0) == newest[(str(spec.get("driver")), str(pool.get("name")))]:
+            count += len(spec.get("devices") or [])
+    return count
+
+
+def inventory_metric(text: str) -> int:
+    """``tessera_webhook_inventory_devices`` from the webhook's Prometheus text; -1 when absent."""
+    for line in text.splitlines():
+        name, _, value = line.partition(" ")
+        if name == "tessera_webhook_inventory_devices":
+            return int(float(value))
+    return -1
 
 
 async def wait_for(check: Any, *, timeout: float, interval: float = 0.1, what: str = "condition") -> Any:

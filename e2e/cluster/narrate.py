@@ -3,9 +3,12 @@ ResourceClaimTemplate, its claim and allocation, the CDI spec the driver wrote, 
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import copy
 import sys
 from collections.abc import Callable
+from types import TracebackType
 from typing import Any, TextIO
 
 import yaml
@@ -82,6 +85,64 @@ def _cdi_env(spec: Obj) -> Obj:
     return {"kind": spec.get("kind"), "devices": devices}
 
 
+class AllocationRecorder:
+    """The latest allocated version of every claim of a namespace, from a watch.
+
+    A pod that finishes at once has its claim released (``reservedFor`` and the allocation cleared)
+    before a read after its binding could show the allocation; the watch sees every version."""
+
+    def __init__(self, kube: KubeClient, namespace: str) -> None:
+        self.kube = kube
+        self.path = namespaced_path("resource.k8s.io/v1", "resourceclaims", namespace)
+        self.allocated: dict[str, Obj] = {}
+        self._task: asyncio.Task[None] | None = None
+
+    def _see(self, claim: Obj) -> None:
+        if ((claim.get("status") or {}).get("allocation")) is not None:
+            self.allocated[str(claim["metadata"]["name"])] = claim
+
+    async def _list(self) -> str:
+        listed = await self.kube.list(self.path)
+        for item in listed.get("items") or []:
+            self._see(item)
+        return str((listed.get("metadata") or {}).get("resourceVersion") or "")
+
+    async def _run(self, version: str) -> None:
+        while True:
+            try:
+                async for event in self.kube.watch(self.path, resource_version=version or None):
+                    obj = event.get("object") or {}
+                    if event.get("type") == "ERROR":  # expired: list again
+                        version = await self._list()
+                        break
+                    version = str((obj.get("metadata") or {}).get("resourceVersion") or version)
+                    if event.get("type") in ("ADDED", "MODIFIED"):
+                        self._see(obj)
+            except KubeError:
+                await asyncio.sleep(0.2)
+                with contextlib.suppress(KubeError):
+                    version = await self._list()
+
+    async def __aenter__(self) -> AllocationRecorder:
+        self._task = asyncio.create_task(self._run(await self._list()))
+        return self
+
+    async def __aexit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    async def claim(self, name: str, timeout: float) -> Obj:
+        async def seen() -> Obj | None:
+            return self.allocated.get(name)
+
+        result: Obj = await wait_for(seen, timeout=timeout, what=f"claim {name} to be allocated")
+        return result
+
+
 async def submit_and_show(
     harness: Harness,
     narrator: Narrator,
@@ -92,6 +153,21 @@ async def submit_and_show(
     timeout: float = 60.0,
 ) -> Obj:
     """Create ``pod`` and narrate it; ``wait`` is ``done`` (finished), ``running`` or ``pending``."""
+    assert harness.kube is not None
+    async with AllocationRecorder(harness.kube, namespace) as claims:
+        return await _submit_and_show(harness, narrator, pod, claims, namespace=namespace, wait=wait, timeout=timeout)
+
+
+async def _submit_and_show(
+    harness: Harness,
+    narrator: Narrator,
+    pod: Obj,
+    claims: AllocationRecorder,
+    *,
+    namespace: str,
+    wait: str,
+    timeout: float,
+) -> Obj:
     kube = harness.kube
     assert kube is not None
     name = pod["metadata"]["name"]
@@ -132,9 +208,7 @@ async def submit_and_show(
     bound = await wait_for(placed, timeout=timeout, what=f"pod {name} to be scheduled")
     node = bound["spec"]["nodeName"]
     for status in (bound.get("status") or {}).get("resourceClaimStatuses") or []:
-        claim = await kube.get(
-            namespaced_path("resource.k8s.io/v1", "resourceclaims", namespace, status["resourceClaimName"])
-        )
+        claim = await claims.claim(status["resourceClaimName"], timeout)
         narrator.step(f"claim {claim['metadata']['name']} allocated on {node}")
         narrator.block(
             {

@@ -28,6 +28,14 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="KEY=VALUE",
         help="environment every container gets (the node's driver libraries, for example)",
     )
+    p.add_argument(
+        "--env-alias",
+        action="append",
+        default=[],
+        metavar="SOURCE=TARGET",
+        help="copy a container's env SOURCE to TARGET after the CDI edits (a vendor's visible-devices "
+        "variable to the one the fake CUDA driver reads)",
+    )
     p.add_argument("--label", action="append", default=[], metavar="KEY=VALUE", help="node label")
     p.add_argument("--log-level", default="INFO")
     return p
@@ -42,6 +50,7 @@ async def _run(args: argparse.Namespace) -> int:
         registry_dir=args.registry_dir,
         cdi_dir=args.cdi_dir,
         container_env=dict(e.split("=", 1) for e in args.env),
+        env_aliases=dict(e.split("=", 1) for e in args.env_alias),
         labels=dict(label.split("=", 1) for label in args.label),
     )
     await kubelet.start()

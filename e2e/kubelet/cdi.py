@@ -101,10 +101,11 @@ class ProcessSpec:
 
 def _map_path(value: str, mounts: Sequence[tuple[str, str]]) -> str:
     for container_path, host_path in mounts:
-        if value == container_path:
-            return host_path
-        if value.startswith(container_path.rstrip("/") + "/"):
-            return host_path.rstrip("/") + value[len(container_path.rstrip("/")) :]
+        base = container_path.rstrip("/")
+        if value == container_path or (base and value == base):
+            return host_path if value == container_path else host_path.rstrip("/") or "/"
+        if value.startswith(base + "/"):
+            return host_path.rstrip("/") + value[len(base) :]
     return value
 
 

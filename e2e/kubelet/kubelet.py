@@ -325,6 +325,9 @@ class PodWorker:
             raise PodFailed("CreateContainerError", f"container {container['name']}: {exc}") from exc
         for note in spec.notes:
             log.info("%s: container %s: %s", self.tag(), container["name"], note)
+        for source, target in self.kubelet.env_aliases.items():
+            if source in spec.env:
+                spec.env[target] = spec.env[source]
         return spec.argv, spec.env
 
     def _env_value(self, container: Obj, entry: Mapping[str, Any]) -> str:
@@ -488,14 +491,20 @@ class Kubelet:
         registry_dir: str,
         cdi_dir: str,
         container_env: Mapping[str, str] | None = None,
+        env_aliases: Mapping[str, str] | None = None,
         labels: Mapping[str, str] | None = None,
         prepare_timeout: float = 120.0,
     ) -> None:
+        """``container_env``: env every container gets (the node's driver libraries). ``env_aliases``:
+        ``{source: target}``, env the node's container runtime derives from a container's final env
+        (the fake CUDA driver reads ``NVIDIA_VISIBLE_DEVICES``; Iluvatar's runtime reads
+        ``IX_VISIBLE_DEVICES``)."""
         self.kube = kube
         self.node_name = node_name
         self.root = root
         self.cdi_dir = cdi_dir
         self.container_env = dict(container_env or {})
+        self.env_aliases = dict(env_aliases or {})
         self.labels = dict(labels or {})
         self.prepare_timeout = prepare_timeout
         self.plugins = PluginWatcher(registry_dir)

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
+import shlex
 from typing import Any, Protocol
 
 from e2e.cluster import DRIVER, Harness
@@ -30,6 +32,17 @@ class ClusterControl(Protocol):
     async def start_webhook(self) -> None: ...
     async def cdi_specs(self, node: str) -> list[str]: ...
     async def claim_dirs(self, node: str) -> list[str]: ...
+    async def cdi_spec(self, node: str, driver: str, claim_uid: str) -> dict[str, Any] | None:
+        """The CDI spec ``driver`` wrote on ``node`` for a claim (``None`` when there is none)."""
+        ...
+
+    async def host_files(self, node: str, directory: str) -> dict[str, str]:
+        """The regular files of a host directory of ``node`` (a path as the CDI spec names it): name -> text."""
+        ...
+
+
+def cdi_spec_name(driver: str, claim_uid: str) -> str:
+    return f"k8s.{driver}-claim_{claim_uid}.json"
 
 
 class HarnessControl:
@@ -57,6 +70,32 @@ class HarnessControl:
 
     async def claim_dirs(self, node: str) -> list[str]:
         return sorted(os.listdir(os.path.join(self.harness.nodes[node].host_lib_dir, "claims")))
+
+    async def cdi_spec(self, node: str, driver: str, claim_uid: str) -> dict[str, Any] | None:
+        path = os.path.join(self.harness.nodes[node].cdi_dir, cdi_spec_name(driver, claim_uid))
+        return await asyncio.to_thread(_read_json, path)
+
+    async def host_files(self, node: str, directory: str) -> dict[str, str]:
+        # the harness's host paths are this machine's paths
+        return await asyncio.to_thread(_read_files, directory)
+
+
+def _read_json(path: str) -> dict[str, Any] | None:
+    try:
+        with open(path, encoding="utf-8") as fh:
+            return dict(json.load(fh))
+    except FileNotFoundError:
+        return None
+
+
+def _read_files(directory: str) -> dict[str, str]:
+    out = {}
+    for name in sorted(os.listdir(directory)):
+        path = os.path.join(directory, name)
+        if os.path.isfile(path):
+            with open(path, encoding="utf-8") as fh:
+                out[name] = fh.read()
+    return out
 
 
 class KindControl:
@@ -87,10 +126,19 @@ class KindControl:
         return list(got.get("items") or [])
 
     async def stop_driver(self, node: str, *, kill: bool = False) -> None:
-        """Keep the driver DaemonSet off ``node`` (an anti-affinity on its hostname) and remove its pod
-        (``kill``: at once, like SIGKILL; else with the grace period)."""
+        """Keep the driver DaemonSets that run on ``node`` off it (an anti-affinity on its hostname) and
+        remove their pods (``kill``: at once, like SIGKILL; else with the grace period). The other
+        vendors' DaemonSets are left alone (patching their template would restart their pods)."""
+        on_node = {
+            ref["name"]
+            for pod in await self._driver_pods(node)
+            for ref in pod["metadata"].get("ownerReferences") or []
+            if ref.get("kind") == "DaemonSet"
+        }
         for ds in await self._driver_daemonsets():
             name = ds["metadata"]["name"]
+            if name not in on_node:
+                continue
             self._affinity.setdefault(name, ds["spec"]["template"]["spec"].get("affinity"))
             away = {
                 "nodeAffinity": {
@@ -123,7 +171,9 @@ class KindControl:
     async def start_driver(self, node: str) -> None:
         for ds in await self._driver_daemonsets():
             name = ds["metadata"]["name"]
-            original = self._affinity.pop(name, None)
+            if name not in self._affinity:
+                continue
+            original = self._affinity.pop(name)
             op: dict[str, Any] = (
                 {"op": "add", "path": "/spec/template/spec/affinity", "value": original}
                 if original
@@ -196,6 +246,25 @@ class KindControl:
 
     async def claim_dirs(self, node: str) -> list[str]:
         return await self._docker_ls(node, f"{HOST_LIB_DIR}/claims")
+
+    async def _docker_cat(self, node: str, path: str) -> str | None:
+        proc = await asyncio.create_subprocess_exec(
+            "docker", "exec", node, "cat", path, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL
+        )
+        out, _ = await proc.communicate()
+        return out.decode() if proc.returncode == 0 else None
+
+    async def cdi_spec(self, node: str, driver: str, claim_uid: str) -> dict[str, Any] | None:
+        text = await self._docker_cat(node, f"{CDI_DIR}/{cdi_spec_name(driver, claim_uid)}")
+        return None if text is None else dict(json.loads(text))
+
+    async def host_files(self, node: str, directory: str) -> dict[str, str]:
+        out = {}
+        for name in await self._docker_ls(node, shlex.quote(directory)):
+            text = await self._docker_cat(node, f"{directory.rstrip('/')}/{name}")
+            if text is not None:
+                out[name] = text
+        return out
 
 
 async def _until(check: object, timeout: float) -> None:

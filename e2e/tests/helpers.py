@@ -64,6 +64,8 @@ class Device:
     share_id: str | None
     consumed: dict[str, str]
     attributes: dict[str, Any]
+    driver: str = DRIVER
+    capacity: dict[str, Any] | None = None
 
     @property
     def type(self) -> str:
@@ -170,22 +172,32 @@ class Cluster:
         return out
 
     async def devices(self, ns: str, name: str) -> list[Device]:
-        """The devices allocated to the pod's claims, with the attributes their slices publish."""
-        slices = (
-            await self.kube.list("/apis/resource.k8s.io/v1/resourceslices", fieldSelector=f"spec.driver={DRIVER}")
-        ).get("items") or []
-        attrs = {
-            (s["spec"]["pool"]["name"], d["name"]): (s["spec"].get("nodeName", ""), d.get("attributes") or {})
+        """The devices allocated to the pod's claims (any driver), with what their slices publish."""
+        return [d for claim in await self.claims(ns, name) for d in await self.allocated(claim)]
+
+    async def allocated(self, claim: Obj) -> list[Device]:
+        """The devices of an allocated claim, with the node, attributes and capacity their slices publish."""
+        slices = (await self.kube.list("/apis/resource.k8s.io/v1/resourceslices")).get("items") or []
+        published = {
+            (s["spec"]["driver"], s["spec"]["pool"]["name"], d["name"]): (s["spec"].get("nodeName", ""), d)
             for s in slices
             for d in s["spec"].get("devices") or []
         }
         out = []
-        for claim in await self.claims(ns, name):
-            for r in claim["status"]["allocation"]["devices"]["results"]:
-                node, attributes = attrs[(r["pool"], r["device"])]
-                out.append(
-                    Device(node, r["pool"], r["device"], r.get("shareID"), r.get("consumedCapacity") or {}, attributes)
+        for r in claim["status"]["allocation"]["devices"]["results"]:
+            node, device = published[(r["driver"], r["pool"], r["device"])]
+            out.append(
+                Device(
+                    node,
+                    r["pool"],
+                    r["device"],
+                    r.get("shareID"),
+                    r.get("consumedCapacity") or {},
+                    device.get("attributes") or {},
+                    r["driver"],
+                    device.get("capacity") or {},
                 )
+            )
         return out
 
     async def inventory(self) -> list[tuple[str, Obj]]:

@@ -82,14 +82,29 @@ async def test_nvidia_and_volcano_seed_pods_run_with_what_they_ask(cluster: Clus
     assert len(share_ids) == len(set(share_ids))
 
 
+async def published_drivers(cluster: Cluster) -> set[str]:
+    slices = (await cluster.kube.list("/apis/resource.k8s.io/v1/resourceslices")).get("items") or []
+    return {s["spec"]["driver"] for s in slices if s["spec"].get("devices")}
+
+
 async def test_other_vendor_seed_pods_are_converted_or_refused_with_the_reason(cluster: Cluster, ns: str) -> None:
+    # on a cluster with nodes of these vendors (kind) the pods run: test_mixed_vendors covers that
+    drivers = await published_drivers(cluster)
+    wanted = {"ascend-pod": "ascend", "iluvatar-pod": "iluvatar", "mlu-pod": "cambricon"}
+    waiting = [name for name, vendor in wanted.items() if f"{vendor}.tessera.dev" not in drivers]
+    if not waiting:
+        pytest.skip("this cluster publishes Ascend, Iluvatar and Cambricon devices: test_mixed_vendors runs their pods")
     for name in ("ascend-pod", "iluvatar-pod"):
+        if name not in waiting:
+            continue
         created = await cluster.create(ns, seed(name))
         assert created["spec"].get("resourceClaims"), f"{name} was not converted"
         message = await cluster.wait_unschedulable(ns, name)
         assert "cannot allocate all claims" in message or "device class" in message, message
         assert await cluster.phase(ns, name) == "Pending"
     # a share given in percent needs the card's size, and no Cambricon card is published here
+    if "mlu-pod" not in waiting:
+        return
     try:
         await cluster.create(ns, seed("mlu-pod"))
     except KubeError as exc:

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from e2e.cluster.harness import chart_env, render_chart
+from e2e.cluster.harness import chart_driver_enabled, chart_env, chart_installs_library, chart_objects, render_chart
 
 KIND = Path(__file__).resolve().parents[2] / "e2e" / "kind"
 
@@ -20,7 +20,11 @@ def test_cluster_config_enables_dra_and_consumable_capacity() -> None:
     assert config["featureGates"]["DRAConsumableCapacity"] is True
     assert "enable_cdi = true" in config["containerdConfigPatches"][0]
     workers = [n for n in config["nodes"] if n["role"] == "worker"]
-    assert len(workers) == 2 and all(n["labels"]["tessera.dev/nvidia"] == "true" for n in workers)
+    nvidia = [n for n in workers if n["labels"].get("tessera.dev/nvidia") == "true"]
+    assert len(nvidia) == 2 and all(set(n["labels"]) == {"tessera.dev/nvidia"} for n in nvidia)
+    # one more worker runs every other vendor's driver (mock backend)
+    (others,) = [n for n in workers if n not in nvidia]
+    assert others["labels"] == {f"tessera.dev/{v}": "true" for v in ("ascend", "cambricon", "hygon", "iluvatar")}
 
 
 def test_run_script_is_valid_shell() -> None:
@@ -32,7 +36,21 @@ def test_run_script_is_valid_shell() -> None:
 
 def test_e2e_values_give_the_mock_backend_and_every_webhook_vendor() -> None:
     docs = render_chart()
-    driver = chart_env(docs, "DaemonSet", "driver")
+    driver = chart_env(docs, "DaemonSet", "driver", "nvidia")
     assert driver["TESSERA_BACKEND"] == "mock" and driver["TESSERA_MOCK_DEVICES"] == "2xH200,2xA100"
+    # every vendor's driver: mock backend, on the nodes labelled for it, with its own DeviceClass
+    for vendor in ("nvidia", "ascend", "cambricon", "hygon", "iluvatar"):
+        env = chart_env(docs, "DaemonSet", "driver", vendor)
+        assert env["TESSERA_DRIVER"] == vendor and env["TESSERA_BACKEND"] == "mock", env
+        assert chart_driver_enabled(docs, vendor)
+        (ds,) = chart_objects(docs, "DaemonSet", "driver", vendor)
+        assert ds["spec"]["template"]["spec"]["nodeSelector"][f"tessera.dev/{vendor}"] == "true"
+        classes = [d for d in docs if d["kind"] == "DeviceClass" and d["metadata"]["name"] == f"{vendor}.tessera.dev"]
+        assert len(classes) == 1, vendor
+    # libvgpu.so is installed where the workloads use the CUDA driver API
+    assert {v for v in ("nvidia", "ascend", "cambricon", "hygon", "iluvatar") if chart_installs_library(docs, v)} == {
+        "nvidia",
+        "iluvatar",
+    }
     webhook = chart_env(docs, "Deployment", "webhook")
     assert set(webhook["TESSERA_VENDORS"].split(",")) == {"nvidia", "ascend", "cambricon", "hygon", "iluvatar"}
