@@ -31,7 +31,7 @@ from e2e.cluster import Harness, NodeSpec
 from kubeapi import KubeClient, KubeError
 from vendors import ascend, node_vendor
 
-from .control import HarnessControl
+from .control import HarnessControl, KindControl
 from .helpers import IMAGE, Cluster, Device, env_of, preloads_libvgpu
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
@@ -121,10 +121,16 @@ class Placed:
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="session")
-async def mixed(request: pytest.FixtureRequest) -> AsyncIterator[Cluster]:
-    if os.environ.get("TESSERA_E2E_KUBECONFIG"):
-        cluster: Cluster = request.getfixturevalue("cluster")
-        yield cluster
+async def mixed() -> AsyncIterator[Cluster]:
+    kubeconfig = os.environ.get("TESSERA_E2E_KUBECONFIG")
+    if kubeconfig:
+        kube = await KubeClient.connect(kubeconfig, timeout=30)
+        try:
+            yield Cluster(
+                kube, KindControl(kubeconfig, kube), timeout=float(os.environ.get("TESSERA_E2E_TIMEOUT", "240"))
+            )
+        finally:
+            await kube.close()
         return
     async with Harness(HARNESS_NODES) as harness:
         kube = await KubeClient.connect(harness.kubeconfig, timeout=30)
