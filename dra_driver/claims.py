@@ -11,9 +11,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from tessera_common.quantity import QuantityError, quantity_ceil
 from vendors.base import CAPACITY_CORES, CAPACITY_MEMORY, DeviceInfo, Share, SharingConfig, VendorNames
-
-from .quantity import QuantityError, quantity_ceil
 
 
 class ClaimError(Exception):

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from kubeapi import RESOURCE_V1, KubeClient, KubeError, Obj
+from tessera_common.quantity import QuantityError, format_binary, format_decimal, parse_quantity
 from vendors.base import (
     ATTR_ARCHITECTURE,
     ATTR_DRIVER_VERSION,
@@ -40,7 +41,6 @@ from vendors.base import (
 
 from .metrics import DriverMetrics
 from .nodecondition import NodeConditionWriter
-from .quantity import QuantityError, format_binary, format_decimal, parse_quantity
 
 log = logging.getLogger("dra_driver.slices")
 

@@ -14,9 +14,8 @@ from typing import Any
 
 import yaml
 
+from tessera_common.quantity import QuantityError, quantity_bytes
 from vendors.base import ATTR_PRODUCT_NAME, ATTR_TYPE, ATTR_UUID, CAPACITY_MEMORY
-
-from .quantity import QuantityError, quantity_bytes
 
 SLICES_PATH = "/apis/resource.k8s.io/v1/resourceslices"
 

@@ -14,9 +14,9 @@ import pytest
 
 from dra_driver.backends import mock
 from dra_driver.cli import Settings
-from dra_driver.quantity import parse_quantity
 from dra_driver.slices import build_slice_specs, semantic_version, slice_object
 from e2e.apiserver import APIServer, WriteContext
+from tessera_common.quantity import parse_quantity
 from vendors import nvidia
 from vendors.base import MIB, DeviceInfo
 

@@ -18,7 +18,7 @@ from dra_driver.backends import mock
 from dra_driver.claims import ClaimError, ClaimRef, plan_claim
 from dra_driver.cli import ConfigError, build_parser, env_name, settings_from_args
 from dra_driver.nodecondition import condition_type, merge_condition, sharing_condition
-from dra_driver.quantity import QuantityError, format_binary, parse_quantity, quantity_ceil
+from tessera_common.quantity import QuantityError, format_binary, parse_quantity, quantity_ceil
 from vendors import nvidia
 from vendors.base import MIB
 

@@ -6,8 +6,8 @@ from fractions import Fraction
 
 import pytest
 
+from tessera_common.quantity import QuantityError, parse_quantity, quantity_bytes
 from webhook.inventory import Inventory, InventoryError, load_file
-from webhook.quantity import QuantityError, parse_quantity, quantity_bytes
 
 from .conftest import INVENTORY, NVIDIA, validate
 

@@ -1,6 +1,8 @@
-"""Kubernetes quantities as the webhook reads them from ResourceSlices (``143771Mi``, ``80Gi``, ``1e9``).
+"""Kubernetes resource quantities (``10Gi``, ``30``, ``1500m``, ``1e9``): parse and format, pure.
 
-Pure and bounded: a quantity with an absurd exponent is refused rather than computed.
+The webhook reads them from ResourceSlices, the driver from ``consumedCapacity`` and writes them into
+ResourceSlices. Values are exact fractions (callers round explicitly); parsing is bounded: a quantity
+with an absurd exponent or mantissa is refused rather than computed.
 """
 
 from __future__ import annotations
@@ -47,9 +49,34 @@ def parse_quantity(value: object) -> Fraction:
     return number * Fraction(10) ** _DECIMAL[match.group("decimal") or ""]
 
 
+def quantity_ceil(value: object) -> int:
+    """A quantity as a whole number, rounded up as the scheduler's ``Quantity.Value()`` does."""
+    q = parse_quantity(value)
+    return -((-q.numerator) // q.denominator)
+
+
 def quantity_bytes(value: object) -> int:
     """A non-negative whole amount (bytes), rounded up as ``Quantity.Value()`` does."""
-    q = parse_quantity(value)
-    if q < 0:
+    if parse_quantity(value) < 0:
         raise QuantityError(f"negative quantity: {value!r}")
-    return -((-q.numerator) // q.denominator)
+    return quantity_ceil(value)
+
+
+def format_binary(value: int) -> str:
+    """A whole number of bytes in canonical binary form: ``10737418240`` -> ``10Gi``, ``1000`` -> ``1000``."""
+    if value < 0:
+        raise QuantityError(f"negative size {value}")
+    if value == 0:
+        return "0"
+    suffixes = ["", "Ki", "Mi", "Gi", "Ti", "Pi", "Ei"]
+    power = 0
+    while power < len(suffixes) - 1 and value % 1024 == 0:
+        value //= 1024
+        power += 1
+    return f"{value}{suffixes[power]}"
+
+
+def format_decimal(value: int) -> str:
+    """A whole number in plain decimal form (``100``)."""
+    return str(int(value))
+
