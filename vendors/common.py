@@ -126,25 +126,13 @@ def share_ask(
             f"single device); ask for 1 with {', '.join(i.name for i in (memory, cores) if i)}, or for {number} "
             f"whole devices without them"
         )
-    if memory_value:
-        if memory_unit.mib is None:
-            return DeviceAsk(
-                count=number,
-                memory_percent=memory_value,
-                cores=cores_value or None,
-                models=models,
-                consumed_resources=tuple(consumed),
-            )
-        return DeviceAsk(
-            count=number,
-            memory_mib=memory_value * memory_unit.mib,
-            cores=cores_value or None,
-            models=models,
-            consumed_resources=tuple(consumed),
-        )
+    percent = memory_value if memory_unit.mib is None else 0
+    mib = memory_value * memory_unit.mib if memory_unit.mib is not None else 0
     return DeviceAsk(
         count=number,
-        cores=cores_value or whole_device_cores,
+        memory_mib=mib or None,
+        memory_percent=percent or None,
+        cores=cores_value or (None if memory_value else whole_device_cores),
         models=models,
         consumed_resources=tuple(consumed),
     )

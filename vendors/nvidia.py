@@ -153,28 +153,15 @@ class _Nvidia:
             consumed_env = (PRIORITY_ENV,)
 
         if memory:
-            return DeviceAsk(
-                count=count,
-                memory_mib=memory,
-                cores=cores or None,
-                priority=priority,
-                consumed_resources=tuple(ours),
-                consumed_env=consumed_env,
-            )
-        if percent:
-            return DeviceAsk(
-                count=count,
-                memory_percent=percent,
-                cores=cores or None,
-                priority=priority,
-                consumed_resources=tuple(ours),
-                consumed_env=consumed_env,
-            )
+            percent = 0  # gpumem wins over gpumem-percentage (HAMi)
         # No memory given: the whole card's memory. With no cores either, the whole card (HAMi:
         # a plain `nvidia.com/gpu: 1` is exclusive, cores 100).
+        whole_memory = not (memory or percent)
         return DeviceAsk(
             count=count,
-            cores=cores or 100,
+            memory_mib=memory or None,
+            memory_percent=percent or None,
+            cores=cores or (100 if whole_memory else None),
             priority=priority,
             consumed_resources=tuple(ours),
             consumed_env=consumed_env,
