@@ -74,10 +74,10 @@ from .common import (
     MemoryUnit,
     container_resources,
     env_setting,
+    header_table,
     run_tool,
     share_ask,
     single,
-    table_rows,
     used_total_mib,
 )
 
@@ -476,19 +476,17 @@ def parse_npu_smi_info(text: str) -> list[NpuChip]:
     the chip has HBM (910), else the memory total (310P). Raises :class:`DiscoveryError` when the
     output has no such table or a row cannot be read.
     """
-    if not text.strip():
-        raise DiscoveryError("npu-smi info printed nothing")
+    expected = "NPU Name | Health | ..."
+    table = header_table(text, "npu-smi info", ["NPU", "Name"], "NPU", expected)
+    if len(table) < 2 or not table[1][0].startswith("Chip"):
+        raise DiscoveryError(f"npu-smi info: no NPU table found (expected a {expected!r} header)")
     version_match = _VERSION_RE.search(text)
     version = version_match.group(1) if version_match else ""
-    rows = table_rows(text)
-    header = next((i for i, r in enumerate(rows) if r and r[0].split()[:2] == ["NPU", "Name"]), None)
-    if header is None or header + 1 >= len(rows) or not rows[header + 1][0].startswith("Chip"):
-        raise DiscoveryError("npu-smi info: no NPU table found (expected a 'NPU Name | Health | ...' header)")
-    has_hbm = "HBM-Usage" in " ".join(rows[header + 1])
+    has_hbm = "HBM-Usage" in " ".join(table[1])
     chips: list[NpuChip] = []
     current: tuple[int, str, str] | None = None
     next_logical = 0
-    for row in rows[header + 2 :]:
+    for row in table[2:]:
         first = row[0].split()
         if len(row) < 3 or not first or not first[0].isdigit():
             if row and row[0].startswith(("NPU", "No running")):

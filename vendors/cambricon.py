@@ -63,10 +63,10 @@ from .common import (
     ENFORCER_ENV,
     MemoryUnit,
     env_setting,
+    header_table,
     normalise_version,
     run_tool,
     single_share_ask,
-    table_rows,
     used_total_mib,
 )
 
@@ -282,16 +282,11 @@ def parse_cnmon(text: str) -> list[MluCard]:
     Pwr:Usage/Cap | Memory-Usage | Mode  Compute-Mode``. Raises :class:`DiscoveryError` when the output
     has no such table or a card's memory cannot be read (an sMLU container view shows ``N/A``).
     """
-    if not text.strip():
-        raise DiscoveryError("cnmon printed nothing")
+    table = header_table(text, "cnmon", ["Card", "VF"], "MLU", "Card  VF  Name  Firmware | Bus-Id | ...")
     driver = _DRIVER_RE.search(text)
     version = normalise_version(driver.group(1)) if driver else ""
-    rows = table_rows(text)
-    header = next((i for i, r in enumerate(rows) if r and r[0].split()[:2] == ["Card", "VF"]), None)
-    if header is None:
-        raise DiscoveryError("cnmon: no MLU table found (expected a 'Card  VF  Name  Firmware | Bus-Id | ...' header)")
     cards: list[MluCard] = []
-    body = rows[header + 1 :]
+    body = table[1:]
     i = 0
     while i < len(body):
         row = body[i]

@@ -222,6 +222,22 @@ def table_rows(text: str) -> list[list[str]]:
     return rows
 
 
+def header_table(text: str, tool: str, first_words: Sequence[str], what: str, expected: str) -> list[list[str]]:
+    """The rows of the tool's boxed table from its header row on (``rows[0]`` is the header).
+
+    The header is the first row whose first cell starts with ``first_words``; :class:`DiscoveryError`
+    when the output is empty or has no such table (``what`` names the devices, ``expected`` the header).
+    """
+    if not text.strip():
+        raise DiscoveryError(f"{tool} printed nothing")
+    rows = table_rows(text)
+    words = list(first_words)
+    header = next((i for i, r in enumerate(rows) if r and r[0].split()[: len(words)] == words), None)
+    if header is None:
+        raise DiscoveryError(f"{tool}: no {what} table found (expected a {expected!r} header)")
+    return rows[header:]
+
+
 _MEM_RE = re.compile(r"(\d+)\s*(MiB|MB|GiB|GB)?\s*/\s*(\d+)\s*(MiB|MB|GiB|GB)?", re.IGNORECASE)
 
 

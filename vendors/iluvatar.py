@@ -59,11 +59,11 @@ from .common import (
     MemoryUnit,
     container_resources,
     env_setting,
+    header_table,
     normalise_version,
     run_tool,
     share_ask,
     single,
-    table_rows,
     used_total_mib,
 )
 
@@ -272,16 +272,11 @@ def parse_ixsmi(text: str) -> list[IxGpu]:
     Row one: ``GPU  Name | Bus-Id | Clock-SM  Clock-Mem``; row two: ``Fan Temp Perf Pwr:Usage/Cap |
     Memory-Usage | GPU-Util Compute M.``. Raises :class:`DiscoveryError` for output without that table.
     """
-    if not text.strip():
-        raise DiscoveryError("ixsmi printed nothing")
+    table = header_table(text, "ixsmi", ["GPU", "Name"], "GPU", "GPU  Name | Bus-Id | ...")
     driver = _DRIVER_RE.search(text)
     version = normalise_version(driver.group(1)) if driver else ""
-    rows = table_rows(text)
-    header = next((i for i, r in enumerate(rows) if r and r[0].split()[:2] == ["GPU", "Name"]), None)
-    if header is None:
-        raise DiscoveryError("ixsmi: no GPU table found (expected a 'GPU  Name | Bus-Id | ...' header)")
     gpus: list[IxGpu] = []
-    body = rows[header + 1 :]
+    body = table[1:]
     i = 0
     while i < len(body):
         row = body[i]
