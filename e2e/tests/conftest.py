@@ -15,11 +15,10 @@ from pathlib import Path
 import pytest
 import pytest_asyncio
 
-from e2e.cluster import Harness, NodeSpec
-from kubeapi import KubeClient, KubeError
+from e2e.cluster import NodeSpec
+from kubeapi import KubeError
 
-from .control import HarnessControl, KindControl
-from .helpers import Cluster
+from .helpers import Cluster, open_cluster
 
 DEVICES = "2xH200,2xA100"
 NODES = [NodeSpec("node-1", DEVICES), NodeSpec("node-2", DEVICES)]
@@ -35,22 +34,8 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 @pytest_asyncio.fixture(scope="session", loop_scope="session")
 async def cluster() -> AsyncIterator[Cluster]:
-    kubeconfig = os.environ.get("TESSERA_E2E_KUBECONFIG")
-    if kubeconfig:
-        kube = await KubeClient.connect(kubeconfig, timeout=30)
-        try:
-            yield Cluster(
-                kube, KindControl(kubeconfig, kube), timeout=float(os.environ.get("TESSERA_E2E_TIMEOUT", "240"))
-            )
-        finally:
-            await kube.close()
-        return
-    async with Harness(NODES) as harness:
-        kube = await KubeClient.connect(harness.kubeconfig, timeout=30)
-        try:
-            yield Cluster(kube, HarnessControl(harness), timeout=float(os.environ.get("TESSERA_E2E_TIMEOUT", "60")))
-        finally:
-            await kube.close()
+    async with open_cluster(NODES) as opened:
+        yield opened
 
 
 @pytest_asyncio.fixture(loop_scope="session")

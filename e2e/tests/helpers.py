@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
 import re
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
+from e2e.cluster import Harness, NodeSpec
 from kubeapi import KubeClient, KubeError
 
-from .control import ClusterControl
+from .control import ClusterControl, HarnessControl, KindControl
 
 Obj = dict[str, Any]
 DRIVER = "nvidia.tessera.dev"
@@ -223,3 +226,25 @@ def preloads_libvgpu(log: str) -> bool:
     env = env_of(log)
     preload_line = next((line for line in log.splitlines() if line.startswith("preload:")), "")
     return "libvgpu.so" in env.get("LD_PRELOAD", "") or "libvgpu.so" in preload_line
+
+
+@contextlib.asynccontextmanager
+async def open_cluster(harness_nodes: list[NodeSpec]) -> AsyncIterator[Cluster]:
+    """The cluster the tests run against: ``TESSERA_E2E_KUBECONFIG``'s (kind or real), else a local
+    harness with ``harness_nodes``."""
+    kubeconfig = os.environ.get("TESSERA_E2E_KUBECONFIG")
+    if kubeconfig:
+        kube = await KubeClient.connect(kubeconfig, timeout=30)
+        try:
+            yield Cluster(
+                kube, KindControl(kubeconfig, kube), timeout=float(os.environ.get("TESSERA_E2E_TIMEOUT", "240"))
+            )
+        finally:
+            await kube.close()
+        return
+    async with Harness(harness_nodes) as harness:
+        kube = await KubeClient.connect(harness.kubeconfig, timeout=30)
+        try:
+            yield Cluster(kube, HarnessControl(harness), timeout=float(os.environ.get("TESSERA_E2E_TIMEOUT", "60")))
+        finally:
+            await kube.close()

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import copy
-import os
 import random
 import string
 from collections.abc import AsyncIterator
@@ -27,12 +26,12 @@ import pytest
 import pytest_asyncio
 import yaml
 
-from e2e.cluster import Harness, NodeSpec
-from kubeapi import KubeClient, KubeError
+from e2e.cluster import NodeSpec
+from kubeapi import KubeError
 from vendors import ascend, node_vendor
 
-from .control import HarnessControl, KindControl
-from .helpers import IMAGE, Cluster, Device, env_of, preloads_libvgpu
+from .control import HarnessControl
+from .helpers import IMAGE, Cluster, Device, env_of, open_cluster, preloads_libvgpu
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -122,22 +121,8 @@ class Placed:
 
 @pytest_asyncio.fixture(scope="module", loop_scope="session")
 async def mixed() -> AsyncIterator[Cluster]:
-    kubeconfig = os.environ.get("TESSERA_E2E_KUBECONFIG")
-    if kubeconfig:
-        kube = await KubeClient.connect(kubeconfig, timeout=30)
-        try:
-            yield Cluster(
-                kube, KindControl(kubeconfig, kube), timeout=float(os.environ.get("TESSERA_E2E_TIMEOUT", "240"))
-            )
-        finally:
-            await kube.close()
-        return
-    async with Harness(HARNESS_NODES) as harness:
-        kube = await KubeClient.connect(harness.kubeconfig, timeout=30)
-        try:
-            yield Cluster(kube, HarnessControl(harness), timeout=float(os.environ.get("TESSERA_E2E_TIMEOUT", "60")))
-        finally:
-            await kube.close()
+    async with open_cluster(HARNESS_NODES) as opened:
+        yield opened
 
 
 async def vendors_with_devices(cluster: Cluster) -> dict[str, set[str]]:
