@@ -82,13 +82,14 @@ def sharing_config(source: str = "FromClaim", requests: Sequence[str] = (), **pa
     return entry
 
 
-def driver_args(root: str, kubeconfig: str, devices: str = "4xH200", *extra: str) -> list[str]:
+def driver_args(root: str, kubeconfig: str, devices: str = "4xH200", *extra: str, vendor: str = "nvidia") -> list[str]:
     return [
+        "--driver", vendor,
         "--backend", "mock",
         "--mock-devices", devices,
         "--node-name", NODE,
         "--kubeconfig", kubeconfig,
-        "--plugin-dir", os.path.join(root, "plugins", DRIVER),
+        "--plugin-dir", os.path.join(root, "plugins", f"{vendor}.tessera.dev"),
         "--registry-dir", os.path.join(root, "registry"),
         "--cdi-dir", os.path.join(root, "cdi"),
         "--host-lib-dir", os.path.join(root, "lib"),
@@ -100,8 +101,8 @@ def driver_args(root: str, kubeconfig: str, devices: str = "4xH200", *extra: str
     ]  # fmt: skip
 
 
-def settings(root: str, kubeconfig: str, devices: str = "4xH200", *extra: str) -> Settings:
-    return settings_from_args(driver_args(root, kubeconfig, devices, *extra), environ={})
+def settings(root: str, kubeconfig: str, devices: str = "4xH200", *extra: str, vendor: str = "nvidia") -> Settings:
+    return settings_from_args(driver_args(root, kubeconfig, devices, *extra, vendor=vendor), environ={})
 
 
 @asynccontextmanager

@@ -14,7 +14,6 @@ import shutil
 import tempfile
 import uuid
 from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -22,14 +21,13 @@ import grpc
 import kubernetes_validate
 import pytest
 
-from dra_driver.cli import Settings, settings_from_args
-from dra_driver.daemon import Driver
+from dra_driver.cli import Settings
 from dra_driver.proto import dra_v1_pb2, dra_v1_pb2_grpc
 from e2e.apiserver import APIServer
+from tests.driver.helpers import NODE, running_driver
+from tests.driver.helpers import settings as driver_settings
 from vendors import hygon
 from vendors.common import ENFORCER_ENV
-
-NODE = "node1"
 
 
 def strict(kind: Any, obj: dict[str, Any]) -> list[tuple[str, str]]:
@@ -57,34 +55,7 @@ async def api() -> AsyncIterator[APIServer]:
 
 
 def settings(root: str, kubeconfig: str, vendor: str, devices: str) -> Settings:
-    driver = f"{vendor}.tessera.dev"
-    args = [
-        "--driver", vendor,
-        "--backend", "mock",
-        "--mock-devices", devices,
-        "--node-name", NODE,
-        "--kubeconfig", kubeconfig,
-        "--plugin-dir", os.path.join(root, "plugins", driver),
-        "--registry-dir", os.path.join(root, "registry"),
-        "--cdi-dir", os.path.join(root, "cdi"),
-        "--host-lib-dir", os.path.join(root, "lib"),
-        "--metrics-port", "0",
-        "--healthz-port", "0",
-        "--log-format", "text",
-    ]  # fmt: skip
-    return settings_from_args(args, environ={})
-
-
-@asynccontextmanager
-async def running(s: Settings) -> AsyncIterator[Driver]:
-    driver = Driver(s)
-    await driver.start()
-    try:
-        assert driver.publisher is not None
-        await asyncio.wait_for(driver.publisher.published.wait(), timeout=10)
-        yield driver
-    finally:
-        await driver.stop()
+    return driver_settings(root, kubeconfig, devices, vendor=vendor)
 
 
 def allocated_claim(
@@ -158,7 +129,7 @@ def published(api: APIServer, driver: str) -> list[dict[str, Any]]:
 
 async def test_ascend_driver_publishes_templates_and_prepares_a_vnpu(api: APIServer, root: str) -> None:
     s = settings(root, api.write_kubeconfig(f"{root}/kubeconfig"), "ascend", "2x910B3")
-    async with running(s):
+    async with running_driver(s):
         (slice_,) = published(api, "ascend.tessera.dev")
         npu = slice_["spec"]["devices"][0]
         assert npu["name"] == "npu-0" and npu["attributes"]["type"] == {"string": "910B3"}
@@ -181,7 +152,7 @@ async def test_ascend_driver_publishes_templates_and_prepares_a_vnpu(api: APISer
 
 async def test_hygon_driver_writes_the_vdev_config_into_the_claim_dir(api: APIServer, root: str) -> None:
     s = settings(root, api.write_kubeconfig(f"{root}/kubeconfig"), "hygon", "2xK100_AI")
-    async with running(s):
+    async with running_driver(s):
         (slice_,) = published(api, "hygon.tessera.dev")
         dcu = slice_["spec"]["devices"][1]
         assert dcu["name"] == "dcu-1" and dcu["attributes"]["computeUnits"] == {"int": 120}
@@ -207,7 +178,7 @@ async def test_hygon_driver_writes_the_vdev_config_into_the_claim_dir(api: APISe
 
 async def test_concurrent_hygon_prepares_never_hand_out_the_same_compute_units(api: APIServer, root: str) -> None:
     s = settings(root, api.write_kubeconfig(f"{root}/kubeconfig"), "hygon", "1xK100_AI")
-    async with running(s):
+    async with running_driver(s):
         consumed = {"memory": "4Gi", "cores": "20", "shares": "1"}
         claims = [
             allocated_claim("hygon.tessera.dev", "dcu-0", "dcu", consumed, {"memory": "4096Mi", "cores": "20"})
@@ -229,7 +200,7 @@ async def test_concurrent_hygon_prepares_never_hand_out_the_same_compute_units(a
 async def test_iluvatar_and_cambricon_drivers_prepare_their_env(api: APIServer, root: str) -> None:
     kubeconfig = api.write_kubeconfig(f"{root}/kubeconfig")
     s = settings(root, kubeconfig, "iluvatar", "1xMR-V100")
-    async with running(s) as driver:
+    async with running_driver(s) as driver:
         consumed = {"memory": "16Gi", "cores": "50", "shares": "1"}
         claim = allocated_claim("iluvatar.tessera.dev", "gpu-0", "gpu", consumed, {"memory": "16384Mi", "cores": "50"})
         api.store.put(claim)
@@ -240,7 +211,7 @@ async def test_iluvatar_and_cambricon_drivers_prepare_their_env(api: APIServer, 
         assert any(m["containerPath"] == "/etc/ld.so.preload" for m in mounts)
     root2 = os.path.join(root, "mlu")
     s2 = settings(root2, kubeconfig, "cambricon", "1xMLU370-X4")
-    async with running(s2):
+    async with running_driver(s2):
         consumed = {"memory": "4661Mi", "cores": "10", "shares": "1"}
         claim = allocated_claim("cambricon.tessera.dev", "mlu-0", "mlu", consumed, {"memory": "4661Mi", "cores": "10"})
         api.store.put(claim)
