@@ -56,7 +56,9 @@ def _uid(request: Any) -> str:
 def parse(body: bytes) -> Review:
     """The review in ``body``; :class:`ReviewError` for anything else."""
     try:
-        data = _loads(body)
+        # The standard library, not orjson: orjson reads integers beyond 64 bits as floats, which
+        # would change the user's values in what we write back.
+        data = json.loads(body)
     except (ValueError, RecursionError):
         raise ReviewError("the request body is not JSON; expected an admission.k8s.io/v1 AdmissionReview") from None
     if not isinstance(data, dict):
@@ -105,12 +107,6 @@ def parse(body: bytes) -> Review:
     if not isinstance(dry_run, bool):
         raise ReviewError(f"request.dryRun must be a boolean, got {_show(dry_run)}", uid)
     return Review(uid=uid, operation=operation, namespace=namespace, name=name, dry_run=dry_run, is_pod=is_pod, obj=obj)
-
-
-def _loads(body: bytes) -> Any:
-    # The standard library, not orjson: orjson reads integers beyond 64 bits as floats, which would
-    # change the user's values in what we write back.
-    return json.loads(body)
 
 
 def _dumps(value: Any) -> bytes:
