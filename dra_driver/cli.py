@@ -106,6 +106,13 @@ def build_parser(environ: Mapping[str, str] | None = None) -> argparse.ArgumentP
         help="seconds between full ResourceSlice checks (changes are also watched)",
     )
     add(
+        "--occupancy-interval",
+        default="1",
+        type=float,
+        help="seconds between two updates of the devices' occupancy attributes in the ResourceSlices (at most one "
+        "slice write per interval; they follow the ResourceClaims allocated from this node); 0 turns them off",
+    )
+    add(
         "--health-interval",
         default="30",
         type=float,
@@ -145,6 +152,8 @@ class Settings:
     health_interval: float
     hami_metrics: bool
     failpoint: str | None = None
+    occupancy_interval: float = 1.0
+    """Seconds between occupancy updates of the slices; 0: no occupancy attributes (and no claims watch)."""
 
     @property
     def dra_socket(self) -> str:
@@ -188,6 +197,10 @@ def settings_from_args(argv: Sequence[str] | None = None, environ: Mapping[str, 
             raise ConfigError(f"{flag} must be between 0 and 65535, got {port}")
     if ns.api_timeout <= 0 or ns.slice_resync <= 0 or ns.health_interval <= 0:
         raise ConfigError("--api-timeout, --slice-resync and --health-interval must be positive")
+    if not (ns.occupancy_interval == 0 or 0.05 <= ns.occupancy_interval <= 3600):
+        raise ConfigError(
+            f"--occupancy-interval must be 0 (off) or between 0.05 and 3600 seconds, got {ns.occupancy_interval}"
+        )
     if ns.log_format not in ("json", "text"):
         raise ConfigError(f"--log-format must be json or text, got {ns.log_format!r}")
     failpoint = env.get(FAILPOINT_ENV) or None
@@ -214,6 +227,7 @@ def settings_from_args(argv: Sequence[str] | None = None, environ: Mapping[str, 
         health_interval=ns.health_interval,
         hami_metrics=ns.hami_metrics,
         failpoint=failpoint,
+        occupancy_interval=ns.occupancy_interval,
     )
     for sock in (settings.dra_socket, settings.registration_socket):
         if len(sock.encode()) > MAX_SOCKET_PATH:

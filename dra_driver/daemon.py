@@ -29,6 +29,7 @@ from .checkpoint import Checkpoint, CheckpointError
 from .cli import Settings
 from .metrics import DriverMetrics
 from .metrics import serve as serve_metrics
+from .occupancy import OccupancyTracker
 from .prepare import Preparer
 from .slices import SlicePublisher
 
@@ -52,6 +53,7 @@ class Driver:
         self.checkpoint: Checkpoint | None = None
         self.preparer: Preparer | None = None
         self.publisher: SlicePublisher | None = None
+        self.occupancy: OccupancyTracker | None = None
         self.monitor: health.DeviceHealthMonitor | None = None
         self._dra_server: grpc.aio.Server | None = None
         self._reg_server: grpc.aio.Server | None = None
@@ -131,6 +133,17 @@ class Driver:
             resync_seconds=s.slice_resync,
         )
         self.publisher.start()
+        if s.occupancy_interval > 0:
+            self.occupancy = OccupancyTracker(
+                self.client,
+                self.names,
+                s.node_name,
+                self.devices,
+                s.split_count,
+                self.publisher.set_attributes,
+                interval=s.occupancy_interval,
+            )
+            self.occupancy.start()
 
         reg = registration.Registration(
             s.driver, s.dra_socket, [*plugin.SERVICES, health.HEALTH_SERVICE], on_registered=self._on_registered
@@ -217,6 +230,8 @@ class Driver:
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        if self.occupancy is not None:
+            await self.occupancy.stop()
         if self.publisher is not None:
             await self.publisher.stop()
         if self._live_server is not None:

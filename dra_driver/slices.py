@@ -141,10 +141,21 @@ def device_entry(device: DeviceInfo, names: VendorNames, split_count: int, *, sh
 
 
 def build_slice_specs(
-    devices: Sequence[DeviceInfo], names: VendorNames, node_name: str, split_count: int, *, shareable: bool
+    devices: Sequence[DeviceInfo],
+    names: VendorNames,
+    node_name: str,
+    split_count: int,
+    *,
+    shareable: bool,
+    attributes: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> list[dict[str, Any]]:
-    """The ``spec`` of each slice of the node's pool (without generation), at most 128 devices each."""
+    """The ``spec`` of each slice of the node's pool (without generation), at most 128 devices each;
+    ``attributes`` (device name -> typed attributes, the occupancy) are added to the devices they name."""
     entries = [device_entry(d, names, split_count, shareable=shareable) for d in sorted(devices, key=lambda d: d.index)]
+    for entry in entries:
+        extra = (attributes or {}).get(entry["name"])
+        if extra:
+            entry["attributes"].update(copy.deepcopy(dict(extra)))
     chunks = [entries[i : i + MAX_DEVICES_PER_SLICE] for i in range(0, len(entries), MAX_DEVICES_PER_SLICE)] or [[]]
     return [
         {
@@ -293,6 +304,7 @@ class SlicePublisher:
         self.published = asyncio.Event()
         """Set once the pool has been published at least once."""
         self.last_slices: list[Obj] = []
+        self._attributes: dict[str, Mapping[str, Any]] = {}
 
     # -- lifecycle ------------------------------------------------------------------------------
 
@@ -314,6 +326,21 @@ class SlicePublisher:
         """Ask for a reconcile soon (a slice changed, kubelet registered us, ...)."""
         log.debug("slice reconcile requested", extra={"node": self._node, "reason": reason})
         self._wake.set()
+
+    async def set_attributes(self, attributes: Mapping[str, Mapping[str, Any]]) -> None:
+        """Publish these extra attributes per device name (the occupancy): reconcile now and return once
+        the slices hold them (the caller paces the writes). On failure the reconcile loop retries."""
+        self._attributes = dict(attributes)
+        try:
+            await self.reconcile()
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.info(
+                "cannot publish device attributes now; the reconcile loop retries",
+                extra={"node": self._node, "error": str(exc)},
+            )
+            self.trigger("device attributes changed")
 
     # -- loops ----------------------------------------------------------------------------------
 
@@ -390,7 +417,14 @@ class SlicePublisher:
         return self._node_uid
 
     def desired_specs(self) -> list[dict[str, Any]]:
-        return build_slice_specs(self._devices, self._names, self._node, self._split, shareable=bool(self.shareable))
+        return build_slice_specs(
+            self._devices,
+            self._names,
+            self._node,
+            self._split,
+            shareable=bool(self.shareable),
+            attributes=self._attributes,
+        )
 
     async def reconcile(self) -> PublishResult:
         """Make the API server's slices of this pool equal to the desired ones; return what changed.

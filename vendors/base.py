@@ -43,6 +43,17 @@ ATTR_NUMA_NODE = "numaNode"
 ATTR_PCIE_BUS_ID = "pcieBusID"
 ATTR_DRIVER_VERSION = "driverVersion"
 
+# Occupancy attributes (ints, percent), published by the driver from the ResourceClaims allocated from
+# its pools and read by the webhook's placement selectors (binpack, spread): how much of the device is
+# held and how much of its node (the mean over the node's devices), in steps of OCCUPANCY_STEP rounded
+# up (0: nothing held); and two ranks, the share of the node's devices (deviceRank) and of the
+# driver's nodes (nodeRank) that are less occupied (0: none is, this is among the least occupied).
+ATTR_OCCUPANCY = "occupancy"
+ATTR_NODE_OCCUPANCY = "nodeOccupancy"
+ATTR_DEVICE_RANK = "deviceRank"
+ATTR_NODE_RANK = "nodeRank"
+OCCUPANCY_STEP = 10
+
 DEFAULT_SPLIT_COUNT = 10
 """Default number of shares per physical device (HAMi's deviceSplitCount)."""
 

@@ -1,0 +1,449 @@
+"""Occupancy of this node's devices, from the ResourceClaims allocated from the driver's pools.
+
+The pure half turns allocation results into three attributes per device, all percent in steps of
+:data:`OCCUPANCY_STEP`:
+
+* :data:`ATTR_OCCUPANCY`: the device's load, the largest of its consumed fractions (memory, cores,
+  shares), rounded up so that any allocation shows; an exclusive allocation (no
+  ``consumedCapacity``) is a full device; admin-access results hold nothing;
+* :data:`ATTR_NODE_OCCUPANCY`: the node's load (mean over its devices), rounded up the same way;
+* :data:`ATTR_DEVICE_RANK`: the percent of the node's devices whose load is lower than this one's,
+  rounded down (0: the device is among the node's least occupied);
+* :data:`ATTR_NODE_RANK`: the same among the driver's nodes, by node load (0: the node is among the
+  least occupied). Ranks make "spread" relative: whatever the cluster's load, the least occupied
+  nodes and devices can be asked for first.
+
+:class:`OccupancyTracker` is the I/O half: it lists and watches every ResourceClaim (there is no field
+selector for "allocated from this driver") and the driver's ResourceSlices on every node (the other
+nodes' devices, for the rank), and hands the attributes of this node's devices to the slice publisher
+when one changes, at most once per ``interval`` (:class:`Throttle`: the first change after a quiet
+interval goes out at once, later ones are coalesced to the end of the interval). An allocation is
+seen as soon as the scheduler writes it, before the kubelet prepares anything.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import time
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from fractions import Fraction
+from typing import Any
+
+from kubeapi import RESOURCE_V1, KubeClient, KubeError
+from tessera_common.quantity import QuantityError, parse_quantity
+from vendors.base import (
+    ATTR_DEVICE_RANK,
+    ATTR_NODE_OCCUPANCY,
+    ATTR_NODE_RANK,
+    ATTR_OCCUPANCY,
+    CAPACITY_CORES,
+    CAPACITY_MEMORY,
+    CAPACITY_SHARES,
+    OCCUPANCY_STEP,
+    DeviceInfo,
+    VendorNames,
+)
+
+from .slices import SLICES_PATH, memory_capacity_bytes
+
+log = logging.getLogger("dra_driver.occupancy")
+
+CLAIMS_PATH = f"{RESOURCE_V1}/resourceclaims"
+DEFAULT_INTERVAL = 1.0
+"""Seconds between two occupancy updates of the node's ResourceSlices (at most one write per interval)."""
+
+Attributes = dict[str, dict[str, dict[str, int]]]
+"""Device name -> attribute name -> typed value (``{"int": n}``), as ``spec.devices[].attributes`` holds them."""
+
+
+# --- pure ----------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Totals:
+    """What one device offers, in the units of ``consumedCapacity``."""
+
+    memory_bytes: int
+    cores: int | None
+    shares: int
+
+
+def device_totals(devices: Sequence[DeviceInfo], names: VendorNames, split_count: int) -> dict[str, Totals]:
+    """Published totals per device name (memory as the slice publishes it, cores 100, shares the split count)."""
+    return {
+        names.device_name(d.index): Totals(memory_capacity_bytes(d), 100 if d.cores_shareable else None, split_count)
+        for d in devices
+    }
+
+
+def _int(value: Any) -> int:
+    try:
+        return int(parse_quantity(str(value)))
+    except (QuantityError, ValueError, TypeError):
+        return 0
+
+
+def slice_totals(spec: Mapping[str, Any]) -> dict[str, Totals]:
+    """Totals per device of a ResourceSlice's ``spec`` (another node's, for the rank)."""
+    out: dict[str, Totals] = {}
+    for device in spec.get("devices") or []:
+        capacity = device.get("capacity") or {}
+
+        def value(name: str, cap: Mapping[str, Any] = capacity) -> Any:
+            return (cap.get(name) or {}).get("value")
+
+        out[str(device.get("name"))] = Totals(
+            _int(value(CAPACITY_MEMORY)),
+            _int(value(CAPACITY_CORES)) if value(CAPACITY_CORES) is not None else None,
+            _int(value(CAPACITY_SHARES)),
+        )
+    return out
+
+
+def driver_results(claim: Mapping[str, Any], driver: str) -> tuple[Mapping[str, Any], ...]:
+    """The allocation results of ``claim`` that name ``driver`` (none when unallocated)."""
+    allocation = (claim.get("status") or {}).get("allocation") or {}
+    results = (allocation.get("devices") or {}).get("results") or []
+    return tuple(r for r in results if isinstance(r, Mapping) and r.get("driver") == driver)
+
+
+def pool_results(claim: Mapping[str, Any], driver: str, pool: str) -> tuple[Mapping[str, Any], ...]:
+    """The allocation results of ``claim`` that name ``driver`` and ``pool``."""
+    return tuple(r for r in driver_results(claim, driver) if r.get("pool") == pool)
+
+
+def _fraction(value: Any, total: int) -> Fraction:
+    if total <= 0:
+        return Fraction(0)
+    try:
+        return Fraction(parse_quantity(str(value))) / total
+    except (QuantityError, ValueError, TypeError):
+        return Fraction(0)
+
+
+def device_loads(results: Iterable[Mapping[str, Any]], totals: Mapping[str, Totals]) -> dict[str, Fraction]:
+    """Load of every device in ``totals`` (0..1): per capacity, what the results consumed over the total;
+    the device's load is the largest of them. Results for unknown devices are ignored."""
+    used: dict[str, dict[str, Fraction]] = {name: {} for name in totals}
+    full: set[str] = set()
+    for result in results:
+        name = str(result.get("device"))
+        if name not in totals or result.get("adminAccess"):
+            continue
+        consumed = result.get("consumedCapacity")
+        if not isinstance(consumed, Mapping) or not consumed:
+            full.add(name)  # an exclusive allocation takes the whole device
+            continue
+        total = totals[name]
+        for key, value in consumed.items():
+            capacity = str(key).rpartition("/")[2]
+            if capacity == CAPACITY_MEMORY:
+                share = _fraction(value, total.memory_bytes)
+            elif capacity == CAPACITY_CORES and total.cores is not None:
+                share = _fraction(value, total.cores)
+            elif capacity == CAPACITY_SHARES:
+                share = _fraction(value, total.shares)
+            else:
+                continue
+            used[name][capacity] = used[name].get(capacity, Fraction(0)) + share
+    return {
+        name: Fraction(1) if name in full else min(Fraction(1), max(parts.values(), default=Fraction(0)))
+        for name, parts in used.items()
+    }
+
+
+def mean_load(loads: Mapping[str, Fraction]) -> Fraction:
+    return sum(loads.values(), Fraction(0)) / len(loads) if loads else Fraction(0)
+
+
+def bucket(load: Fraction) -> int:
+    """A load as a percent, rounded up to a multiple of :data:`OCCUPANCY_STEP` (0 only when nothing is held)."""
+    if load <= 0:
+        return 0
+    return min(100, math.ceil(load * 100 / OCCUPANCY_STEP) * OCCUPANCY_STEP)
+
+
+def rank(own: Fraction, loads: Iterable[Fraction]) -> int:
+    """Percent of ``loads`` (``own`` among them) lower than ``own``, rounded down (0: none is lower)."""
+    values = list(loads)
+    if not values:
+        return 0
+    return 100 * sum(1 for load in values if load < own) // len(values)
+
+
+def occupancy_attributes(loads: Mapping[str, Fraction], node_rank: int = 0) -> Attributes:
+    """The occupancy attributes of every device of one node: its bucket and rank, the node's bucket and rank."""
+    node = bucket(mean_load(loads))
+    return {
+        name: {
+            ATTR_OCCUPANCY: {"int": bucket(load)},
+            ATTR_DEVICE_RANK: {"int": rank(load, loads.values())},
+            ATTR_NODE_OCCUPANCY: {"int": node},
+            ATTR_NODE_RANK: {"int": node_rank},
+        }
+        for name, load in loads.items()
+    }
+
+
+def pool_loads(
+    results: Iterable[Mapping[str, Any]], totals: Mapping[str, Mapping[str, Totals]]
+) -> dict[str, dict[str, Fraction]]:
+    """Device loads of every pool in ``totals``, from every allocation result of the driver."""
+    by_pool: dict[str, list[Mapping[str, Any]]] = {name: [] for name in totals}
+    for result in results:
+        held = by_pool.get(str(result.get("pool")))
+        if held is not None:
+            held.append(result)
+    return {name: device_loads(by_pool[name], devices) for name, devices in totals.items()}
+
+
+def attributes_by_pool(loads: Mapping[str, Mapping[str, Fraction]]) -> dict[str, Attributes]:
+    """Every pool's attributes (each node's rank among all of them)."""
+    means = {name: mean_load(devices) for name, devices in loads.items()}
+    return {name: occupancy_attributes(devices, rank(means[name], means.values())) for name, devices in loads.items()}
+
+
+def cluster_attributes(
+    results: Iterable[Mapping[str, Any]], totals: Mapping[str, Mapping[str, Totals]], pool: str
+) -> Attributes:
+    """``pool``'s attributes given every result of the driver and every pool's totals (``pool`` included)."""
+    return attributes_by_pool(pool_loads(results, totals)).get(pool, {})
+
+
+class Throttle:
+    """At most one update per ``interval``: the first after a quiet interval at once, the rest coalesced."""
+
+    def __init__(self, interval: float) -> None:
+        self.interval = interval
+        self.last = -math.inf
+
+    def delay(self, now: float) -> float:
+        """Seconds to wait before the next update may go out."""
+        return max(0.0, self.last + self.interval - now)
+
+    def sent(self, now: float) -> None:
+        self.last = now
+
+
+# --- I/O -----------------------------------------------------------------------------------------
+
+
+class _ListWatch:
+    """A list, then a watch from its resourceVersion; lists again after an error or a 410."""
+
+    def __init__(
+        self,
+        client: KubeClient,
+        path: str,
+        node: str,
+        on_list: Callable[[list[Mapping[str, Any]]], None],
+        on_event: Callable[[str, Mapping[str, Any]], None],
+        on_forbidden: Callable[[], None],
+        **selectors: str,
+    ) -> None:
+        self._client, self._path, self._node = client, path, node
+        self._on_list, self._on_event, self._on_forbidden = on_list, on_event, on_forbidden
+        self._selectors = selectors
+        self._rv: str | None = None
+
+    async def run(self) -> None:
+        backoff = 0.5
+        need_list = True
+        while True:
+            try:
+                if need_list:
+                    answer = await self._client.list(self._path, **self._selectors)
+                    self._rv = str((answer.get("metadata") or {}).get("resourceVersion") or "") or None
+                    self._on_list(list(answer.get("items") or []))
+                    need_list = False
+                    backoff = 0.5
+                async for event in self._client.watch(
+                    self._path, resource_version=self._rv, timeout_seconds=300, **self._selectors
+                ):
+                    kind = str(event.get("type"))
+                    obj = event.get("object") or {}
+                    if kind == "ERROR":  # e.g. 410 Gone: the resourceVersion is too old
+                        need_list = True
+                        break
+                    rv = (obj.get("metadata") or {}).get("resourceVersion")
+                    if rv:
+                        self._rv = str(rv)
+                    if kind in ("ADDED", "MODIFIED", "DELETED"):
+                        self._on_event(kind, obj)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                forbidden = isinstance(exc, KubeError) and exc.status in (401, 403)
+                log.log(
+                    logging.WARNING if forbidden else logging.INFO,
+                    f"cannot watch {self._path.rsplit('/', 1)[-1]} for device occupancy; retrying"
+                    + ("; grant the driver list and watch on it" if forbidden else ""),
+                    extra={"node": self._node, "error": str(exc), "retry_in_s": backoff},
+                )
+                if forbidden:
+                    self._on_forbidden()
+                need_list = True
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 30.0)
+
+
+def _uid(obj: Mapping[str, Any]) -> str:
+    meta = obj.get("metadata") or {}
+    return str(meta.get("uid") or f"{meta.get('namespace')}/{meta.get('name')}")
+
+
+class OccupancyTracker:
+    """Watches the cluster's ResourceClaims and the driver's slices; pushes this node's occupancy
+    attributes to ``publish`` (the slice publisher's ``set_attributes``)."""
+
+    def __init__(
+        self,
+        client: KubeClient,
+        names: VendorNames,
+        node_name: str,
+        devices: Sequence[DeviceInfo],
+        split_count: int,
+        publish: Callable[[Attributes], Awaitable[None]],
+        *,
+        interval: float = DEFAULT_INTERVAL,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._client = client
+        self._driver = names.driver
+        self._node = node_name
+        self._own = device_totals(devices, names, split_count)
+        self._publish = publish
+        self._clock = clock
+        self.throttle = Throttle(interval)
+        self._results: dict[str, tuple[Mapping[str, Any], ...]] = {}
+        self._slices: dict[str, tuple[str, int, dict[str, Totals]]] = {}  # uid -> (pool, generation, totals)
+        self._dirty = asyncio.Event()
+        self._claims_seen = False
+        self._tasks: list[asyncio.Task[None]] = []
+        self.published: Attributes | None = None
+        """The attributes last handed to the publisher (``None`` before the first push)."""
+        self.pushes = 0
+        self.push_times: list[float] = []
+        """When each push was done (the slice written), by ``clock``; the last 1000."""
+
+    def start(self) -> None:
+        claims = _ListWatch(
+            self._client, CLAIMS_PATH, self._node, self._list_claims, self._claim_event, self._claims_forbidden
+        )
+        # Without the other nodes' slices the rank is computed from this node alone (0): no harm done.
+        slices = _ListWatch(
+            self._client,
+            SLICES_PATH,
+            self._node,
+            self._list_slices,
+            self._slice_event,
+            lambda: None,
+            fieldSelector=f"spec.driver={self._driver}",
+        )
+        self._tasks = [
+            asyncio.create_task(claims.run(), name="occupancy-claims"),
+            asyncio.create_task(slices.run(), name="occupancy-slices"),
+            asyncio.create_task(self._push_loop(), name="occupancy-push"),
+        ]
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tasks = []
+
+    def pool_totals(self) -> dict[str, dict[str, Totals]]:
+        """Totals of every pool of the driver (the newest generation of each), this node's from discovery."""
+        newest: dict[str, int] = {}
+        for pool, generation, _ in self._slices.values():
+            newest[pool] = max(newest.get(pool, generation), generation)
+        out: dict[str, dict[str, Totals]] = {}
+        for pool, generation, totals in self._slices.values():
+            if pool != self._node and generation == newest[pool]:
+                out.setdefault(pool, {}).update(totals)
+        out[self._node] = self._own
+        return out
+
+    def current(self) -> Attributes:
+        """The attributes the claims and slices seen so far imply for this node's devices."""
+        results = [r for rs in self._results.values() for r in rs]
+        return cluster_attributes(results, self.pool_totals(), self._node)
+
+    # -- watch callbacks ------------------------------------------------------------------------
+
+    def _list_claims(self, items: list[Mapping[str, Any]]) -> None:
+        self._results = {}
+        for claim in items:
+            self._claim_event("ADDED", claim)
+        self._claims_seen = True
+        self._dirty.set()
+
+    def _claim_event(self, kind: str, claim: Mapping[str, Any]) -> None:
+        uid = _uid(claim)
+        results = () if kind == "DELETED" else driver_results(claim, self._driver)
+        if results:
+            if self._results.get(uid) != results:
+                self._results[uid] = results
+                self._dirty.set()
+        elif self._results.pop(uid, None) is not None:
+            self._dirty.set()
+
+    def _list_slices(self, items: list[Mapping[str, Any]]) -> None:
+        self._slices = {}
+        for obj in items:
+            self._slice_event("ADDED", obj)
+        self._dirty.set()
+
+    def _slice_event(self, kind: str, obj: Mapping[str, Any]) -> None:
+        spec = obj.get("spec") or {}
+        uid = _uid(obj)
+        if kind == "DELETED" or spec.get("driver") != self._driver:
+            if self._slices.pop(uid, None) is not None:
+                self._dirty.set()
+            return
+        pool = spec.get("pool") or {}
+        entry = (str(pool.get("name")), int(pool.get("generation") or 0), slice_totals(spec))
+        if self._slices.get(uid) != entry:
+            self._slices[uid] = entry
+            self._dirty.set()
+
+    def _claims_forbidden(self) -> None:
+        # Unknown occupancy must not steer placement: drop the attributes until the watches work.
+        self._claims_seen = False
+        if self.published:
+            self.published = None
+            self._dirty.set()
+
+    # -- pushing --------------------------------------------------------------------------------
+
+    async def _push_loop(self) -> None:
+        while True:
+            await self._dirty.wait()
+            delay = self.throttle.delay(self._clock())
+            if delay > 0:
+                await asyncio.sleep(delay)
+            self._dirty.clear()
+            attributes = self.current() if self._claims_seen else {}
+            if attributes == self.published:
+                continue
+            self.published = attributes
+            self.pushes += 1
+            log.debug(
+                "device occupancy changed",
+                extra={
+                    "node": self._node,
+                    "occupancy": {n: a[ATTR_OCCUPANCY]["int"] for n, a in sorted(attributes.items())},
+                    "node_rank": next(iter(attributes.values()), {}).get(ATTR_NODE_RANK),
+                },
+            )
+            # The interval runs from the end of the write: two writes never start less than
+            # ``interval`` apart, however long one takes.
+            await self._publish(attributes)
+            self.throttle.sent(self._clock())
+            self.push_times = [*self.push_times[-999:], self._clock()]
