@@ -119,11 +119,16 @@ class CapacityMismatch(Exception):
     """Why a device cannot serve a capacity request (a reason, not an error)."""
 
 
-def consumption(requests: Mapping[str, Any] | None, driver: str, device: Mapping[str, Any]) -> dict[str, Quantity]:
+def consumption(
+    requests: Mapping[str, Any] | None,
+    driver: str,
+    device: Mapping[str, Any],
+    published: Mapping[str, Capacity] | None = None,
+) -> dict[str, Quantity]:
     """What one allocation of ``device`` for a request with these ``capacity.requests`` consumes, for
     every capacity of the device (published names); :class:`CapacityMismatch` when a requested
-    capacity is missing or breaks the device's policy."""
-    published = device_capacities(device)
+    capacity is missing or breaks the device's policy. ``published``: the device's parsed capacities."""
+    published = device_capacities(device) if published is None else published
     resolved: dict[str, Quantity] = {}
     for name, value in (requests or {}).items():
         target = resolve_name(str(name), driver, published)
@@ -140,9 +145,14 @@ def consumption(requests: Mapping[str, Any] | None, driver: str, device: Mapping
     return out
 
 
-def fits(consumed: Mapping[str, Quantity], used: Mapping[str, Quantity], device: Mapping[str, Any]) -> str | None:
+def fits(
+    consumed: Mapping[str, Quantity],
+    used: Mapping[str, Quantity],
+    device: Mapping[str, Any],
+    published: Mapping[str, Capacity] | None = None,
+) -> str | None:
     """None when ``consumed`` fits on top of ``used``; otherwise which capacity runs out."""
-    for name, capacity in device_capacities(device).items():
+    for name, capacity in (device_capacities(device) if published is None else published).items():
         total = used.get(name, Quantity(Fraction(0))).value + consumed.get(name, Quantity(Fraction(0))).value
         if total > capacity.value.value:
             left = capacity.value.value - used.get(name, Quantity(Fraction(0))).value

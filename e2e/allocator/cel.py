@@ -249,6 +249,58 @@ def compile_selector(expression: str) -> celpy.Runner:
         raise SelectorError(f"CEL compile error: {exc}") from exc
 
 
+_READ = re.compile(
+    r"""device\s*\.\s*(?:
+        (?P<field>driver|allowMultipleAllocations)\b
+      | (?P<map>attributes|capacity)\s*\[\s*(?P<q>["'])(?P<domain>[^"'\\]*)(?P=q)\s*\]
+        \s*\.\s*(?P<ident>[A-Za-z_][A-Za-z0-9_]*)\b(?!\s*\()
+    )""",
+    re.VERBOSE,
+)
+_DEVICE = re.compile(r"\bdevice\b")
+
+Read = tuple[str, str, str]
+"""What a selector reads of the device: ``("field", name, "")`` or ``(map, domain, identifier)``."""
+
+
+@lru_cache(maxsize=4096)
+def reads(expression: str) -> tuple[Read, ...] | None:
+    """Everything ``expression`` reads of the device, when that can be told from its text: each use of
+    ``device`` is ``device.driver``, ``device.allowMultipleAllocations`` or ``device.attributes|capacity
+    ["<domain>"].<identifier>`` with a literal domain. ``None`` otherwise (its verdict may depend on any
+    part of the device). Two devices that agree on what is read get the same verdict."""
+    found: list[Read] = []
+    covered = 0
+    for match in _READ.finditer(expression):
+        if match["field"]:
+            found.append(("field", match["field"], ""))
+        else:
+            found.append((match["map"], match["domain"], match["ident"]))
+        covered += 1
+    if covered != len(_DEVICE.findall(expression)):
+        return None
+    return tuple(sorted(set(found)))
+
+
+def read_values(device: Mapping[str, Any], driver: str, wanted: tuple[Read, ...]) -> tuple[Any, ...]:
+    """The parts of ``device`` that ``wanted`` names (hashable; ``None`` for an absent one)."""
+    out: list[Any] = []
+    for kind, domain, ident in wanted:
+        if kind == "field":
+            out.append(driver if domain == "driver" else bool(device.get("allowMultipleAllocations")))
+            continue
+        published = device.get(kind) or {}
+        value = published.get(f"{domain}/{ident}")
+        if value is None and domain == driver:
+            value = published.get(ident)
+        out.append(
+            None
+            if value is None
+            else tuple(sorted((k, str(v)) for k, v in dict(value).items() if k != "requestPolicy"))
+        )
+    return tuple(out)
+
+
 def evaluate(expression: str, device: ct.MapType) -> bool:
     """The selector's verdict on the device; :class:`SelectorError` on a runtime error."""
     program = compile_selector(expression)

@@ -96,10 +96,11 @@ class Candidate:
     device: Obj
     slice_spec: Obj
     order: int
+    id: DeviceID = field(init=False)
+    """(driver, pool, device name)."""
 
-    @property
-    def id(self) -> DeviceID:
-        return (self.driver, self.pool, str(self.device.get("name")))
+    def __post_init__(self) -> None:
+        self.id = (self.driver, self.pool, str(self.device.get("name")))
 
     @property
     def name(self) -> str:

@@ -2,10 +2,15 @@
 
 Filters, with kube-scheduler's words: unschedulable nodes, untolerated ``NoSchedule``/``NoExecute``
 taints, ``nodeSelector`` and required node affinity, the node selectors of claims that are already
-allocated, and allocation of the pod's unallocated claims on the node (:mod:`.allocate`). Among the
-nodes that pass, the one where ``firstAvailable`` requests got their earliest choices wins (1.35
-scoring); ties go to the node that sorts first by name (deterministic where kube-scheduler picks at
-random). A pod that fits nowhere gets a message in kube-scheduler's form, followed by why, per node.
+allocated, and allocation of the pod's unallocated claims on the node (:mod:`.allocate`).
+
+Scoring is the DynamicResources plugin's from 1.35 (KEP-4816): per node, ``8 - index`` of the
+subrequest each ``firstAvailable`` request of the claims allocated in this cycle got, summed;
+normalised as kube-scheduler's default normaliser does (``score * 100 // max``, all 0 when the max
+is 0) and weighted 1 (its default weight). No other score plugin is modelled (the harness's pods ask
+no CPU or memory). The highest score wins; ties go to the node that sorts first by name
+(deterministic, where kube-scheduler picks one of them at random: ``tie_break`` can do that). A pod
+that fits nowhere gets a message in kube-scheduler's form, followed by why, per node.
 """
 
 from __future__ import annotations
@@ -15,10 +20,13 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from .allocate import AllocatedState, NodeAllocation, allocate_on_node, tolerates
+from .allocate import NO_ROOM, AllocatedState, NodeAllocation, allocate_on_node, tolerates
 from .pools import node_selector_matches
 
 Obj = dict[str, Any]
+
+
+MAX_NODE_SCORE = 100
 
 
 @dataclass
@@ -27,6 +35,10 @@ class Decision:
     allocations: dict[str, Obj] = field(default_factory=dict)  # claim name -> status.allocation
     message: str = ""
     per_node: dict[str, str] = field(default_factory=dict)
+    scores: dict[str, int] = field(default_factory=dict)
+    """Normalised DynamicResources score of every feasible node (0..100)."""
+    evaluations: int = 0
+    """CEL selector evaluations this decision ran (memoised verdicts not counted)."""
 
     @property
     def scheduled(self) -> bool:
@@ -61,6 +73,14 @@ def node_filter(pod: Mapping[str, Any], node: Mapping[str, Any]) -> tuple[str, s
     return None
 
 
+def normalise(scores: Mapping[str, int]) -> dict[str, int]:
+    """kube-scheduler's ``DefaultNormalizeScore`` (not reversed): ``score * 100 // max``; 0 when max is 0."""
+    top = max(scores.values(), default=0)
+    if top <= 0:
+        return dict.fromkeys(scores, 0)
+    return {node: MAX_NODE_SCORE * score // top for node, score in scores.items()}
+
+
 def schedule(
     pod: Mapping[str, Any],
     nodes: Sequence[Mapping[str, Any]],
@@ -70,10 +90,17 @@ def schedule(
     other_claims: Sequence[Mapping[str, Any]],
     *,
     new_share_id: Callable[[], str] = lambda: str(uuid.uuid4()),
+    state: AllocatedState | None = None,
+    tie_break: Callable[[list[str]], str] | None = None,
 ) -> Decision:
     """Pick a node for ``pod`` whose claims are ``pod_claims`` (allocated or not); ``other_claims`` are
-    every other claim in the cluster (their allocations hold devices)."""
-    state = AllocatedState.from_claims(c for c in other_claims if (c.get("status") or {}).get("allocation"))
+    every other claim in the cluster (their allocations hold devices), or ``state`` is what they hold
+    (then ``other_claims`` is not read; ``state`` is not changed). ``tie_break`` picks among the nodes
+    with the best score (sorted by name); default: the first."""
+    if state is None:
+        state = AllocatedState.from_claims(c for c in other_claims if (c.get("status") or {}).get("allocation"))
+    elif any((c.get("status") or {}).get("allocation") for c in pod_claims):
+        state = state.copy()
     for claim in pod_claims:
         if (claim.get("status") or {}).get("allocation"):
             state.add(claim)
@@ -82,6 +109,8 @@ def schedule(
     summaries: dict[str, int] = {}
     per_node: dict[str, str] = {}
     feasible: list[NodeAllocation] = []
+    unexplained: list[Mapping[str, Any]] = []  # nodes without room, explained only if the pod fits nowhere
+    evaluations = 0
     for node in sorted(nodes, key=lambda n: str(n["metadata"]["name"])):
         name = str(node["metadata"]["name"])
         out = node_filter(pod, node)
@@ -102,22 +131,34 @@ def schedule(
         if not to_allocate:
             feasible.append(NodeAllocation(name, []))
             continue
-        result = allocate_on_node(node, to_allocate, classes, slices, state, new_share_id=new_share_id)
+        result = allocate_on_node(
+            node, to_allocate, classes, slices, state, new_share_id=new_share_id, explain_failure=False
+        )
+        evaluations += result.evaluations
         if result.ok:
             feasible.append(result)
         else:
             summaries["cannot allocate all claims"] = summaries.get("cannot allocate all claims", 0) + 1
             per_node[name] = result.reason
+            if result.reason == NO_ROOM:
+                unexplained.append(node)
     if feasible:
-        best = max(feasible, key=lambda r: r.score)  # first (by name) among the best scores
+        scores = normalise({r.node: r.score for r in feasible})
+        top = max(scores.values())
+        best_nodes = [r.node for r in feasible if scores[r.node] == top]  # sorted by name
+        chosen = tie_break(best_nodes) if tie_break is not None and len(best_nodes) > 1 else best_nodes[0]
+        best = next(r for r in feasible if r.node == chosen)
         allocations = {
             str(claim["metadata"]["name"]): allocation
             for claim, allocation in zip(to_allocate, best.allocations or [], strict=True)
         }
-        return Decision(best.node, allocations, per_node=per_node)
+        return Decision(best.node, allocations, per_node=per_node, scores=scores, evaluations=evaluations)
     if not nodes:
         return Decision(None, message="0/0 nodes are available: no nodes registered.")
+    for node in unexplained:
+        why = allocate_on_node(node, to_allocate, classes, slices, state, new_share_id=new_share_id)
+        per_node[str(node["metadata"]["name"])] = why.reason
     summary = ", ".join(f"{count} {text}" for text, count in sorted(summaries.items(), key=lambda kv: kv[0]))
     details = " ".join(f"[{node}] {why}." for node, why in per_node.items())
     message = f"0/{len(nodes)} nodes are available: {summary}. {details}".strip()
-    return Decision(None, message=message, per_node=per_node)
+    return Decision(None, message=message, per_node=per_node, evaluations=evaluations)

@@ -529,3 +529,69 @@ def test_schedule_keeps_an_allocated_claim_on_its_node() -> None:
     pod = {"metadata": {"name": "p", "namespace": "default"}, "spec": {}}
     decision = schedule(pod, [node("a"), node("b")], [shared], CLASSES, slices, [])
     assert decision.node == "b" and decision.allocations == {}
+
+
+# ------------------------------------------------------------------------------ 1.35 scoring and the memo
+def test_node_scores_are_normalised_like_kube_scheduler() -> None:
+    from e2e.allocator.schedule import normalise
+
+    assert normalise({"a": 8, "b": 7, "c": 1}) == {"a": 100, "b": 87, "c": 12}
+    assert normalise({"a": 0, "b": 0}) == {"a": 0, "b": 0}
+    h200 = type_selector(NAMES, ["H200"], negate=False)
+    request = first_available(("h200", exactly(selectors=[h200])), ("any", exactly()))
+    pod = {"metadata": {"name": "p", "namespace": "default"}, "spec": {}}
+    models = {"a-node": "A100", "b-node": "A100", "c-node": "H200"}
+    slices = [resource_slice(n, [gpu(0, model=m)]) for n, m in models.items()]
+    nodes = [node("a-node"), node("b-node"), node("c-node")]
+    decision = schedule(pod, nodes, [claim("c", request)], CLASSES, slices, [], new_share_id=share_ids())
+    assert decision.scores == {"a-node": 87, "b-node": 87, "c-node": 100} and decision.node == "c-node"
+    # equal scores: the first by name, or whatever tie_break picks among them (kube-scheduler: at random)
+    slices[2] = resource_slice("c-node", [gpu(0, model="A100")])
+    assert schedule(pod, nodes, [claim("c", request)], CLASSES, slices, []).node == "a-node"
+    picked: list[list[str]] = []
+    d = schedule(pod, nodes, [claim("c", request)], CLASSES, slices, [], tie_break=lambda n: picked.append(n) or n[-1])
+    assert picked == [["a-node", "b-node", "c-node"]] and d.node == "c-node"
+
+
+def test_state_can_be_given_and_released() -> None:
+    pod = {"metadata": {"name": "p", "namespace": "default"}, "spec": {}}
+    slices = [resource_slice("node-1", [gpu(0, mem_gib=80)])]
+    big = claim("big", req("r", exactly(capacity={"memory": "60Gi"})))
+    first = schedule(pod, [node()], [big], CLASSES, slices, [], new_share_id=share_ids())
+    held = allocated(big, first.allocations["big"])
+    state = AllocatedState.from_claims([held])
+    again = claim("again", req("r", exactly(capacity={"memory": "60Gi"})))
+    assert schedule(pod, [node()], [again], CLASSES, slices, [], state=state).node is None
+    state.remove(held)
+    assert schedule(pod, [node()], [again], CLASSES, slices, [], state=state).node == "node-1"
+
+
+def test_memoised_verdicts_follow_the_values_a_selector_reads() -> None:
+    from e2e.allocator.cel import reads
+
+    expression = f'has(device.attributes["{DRIVER}"].occupancy) && device.attributes["{DRIVER}"].occupancy >= 50'
+    assert reads(expression) == (("attributes", DRIVER, "occupancy"),)
+    assert reads(f'device.attributes["{DRIVER}"].exists(k, k == "x")') is None  # reads the whole map
+    assert reads(f'"x" in device.attributes["{DRIVER}"]') is None
+    busy, idle = gpu(0), gpu(0)
+    busy["attributes"]["occupancy"] = {"int": 60}
+    idle["attributes"]["occupancy"] = {"int": 0}
+    c = claim("c", req("r", exactly(selectors=[expression])))
+    for _ in range(2):  # the second round is answered from the memo
+        assert alloc([c], [resource_slice("node-1", [busy])]).ok
+        assert not alloc([c], [resource_slice("node-1", [idle])]).ok
+    whole_map = f'device.attributes["{DRIVER}"].exists(k, k == "occupancy")'
+    other = gpu(0)
+    assert alloc([claim("c", req("r", exactly(selectors=[whole_map])))], [resource_slice("node-1", [busy])]).ok
+    assert not alloc([claim("c", req("r", exactly(selectors=[whole_map])))], [resource_slice("node-1", [other])]).ok
+
+
+def test_a_selector_error_on_a_device_never_reached_does_not_fail() -> None:
+    """Upstream evaluates devices lazily in order: a later device's CEL error does not matter once one fits."""
+    good, bad = gpu(0), gpu(1)
+    del bad["attributes"]["numaNode"]
+    selector = f'device.attributes["{DRIVER}"].numaNode == 0'
+    c = claim("c", req("r", exactly(selectors=[selector])))
+    assert alloc([c], [resource_slice("node-1", [good, bad])]).ok
+    out = alloc([c], [resource_slice("node-1", [bad, good])])
+    assert not out.ok and "CEL runtime error" in out.reason
