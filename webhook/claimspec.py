@@ -1,12 +1,14 @@
-"""Device asks -> one ResourceClaimTemplate (DESIGN §3-4), pure.
+"""Device asks -> one ResourceClaimTemplate, pure.
 
 One template per pod; one request per (container, vendor) that asks; named by a hash of its content
 so identical pods share it. Capacity requests name ``memory`` only when the container gave a size
 (the driver's default is the whole device) and ``cores`` only when it asked for cores (default 1).
+Scheduling policies become ``firstAvailable`` alternatives (:mod:`.placement`).
 """
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import re
 from collections.abc import Mapping, Sequence
@@ -16,10 +18,10 @@ from typing import Any
 import orjson
 
 from vendors.base import (
+    ATTR_NUMA_NODE,
     ATTR_TYPE,
     CAPACITY_CORES,
     CAPACITY_MEMORY,
-    DOMAIN,
     MIB,
     ConversionError,
     CoreLimitPolicy,
@@ -30,15 +32,13 @@ from vendors.base import (
 )
 
 from .inventory import Inventory, Model
+from .placement import NO_POLICIES, Policies, alternatives
 
 TEMPLATE_PREFIX = "tessera-"
 HASH_LENGTH = 20
 TEMPLATE_NAME_RE = re.compile(rf"^{TEMPLATE_PREFIX}[0-9a-f]{{{HASH_LENGTH}}}$")
 MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
 MANAGED_BY = "tessera-webhook"
-
-NODE_POLICY_ANNOTATION = f"{DOMAIN}/node-scheduler-policy"
-GPU_POLICY_ANNOTATION = f"{DOMAIN}/gpu-scheduler-policy"
 
 # Limits of resource.k8s.io/v1 (ResourceClaimSpec validation).
 MAX_REQUESTS = 32
@@ -155,26 +155,76 @@ def _percent_models(want: Want, inventory: Inventory | None) -> list[Model]:
     return models
 
 
-def device_request(want: Want, inventory: Inventory | None) -> dict[str, Any]:
-    """The DeviceRequest for one want (``exactly``, or ``firstAvailable`` for a memory percentage)."""
+def _whole(ask: DeviceAsk) -> bool:
+    """True when the ask needs an idle device: all of its memory (none named) or all of its cores."""
+    return (ask.memory_mib is None and ask.memory_percent is None) or ask.cores == 100
+
+
+def _unique(name: str, taken: set[str]) -> str:
+    out, n = name, 2
+    while out in taken:
+        suffix = f"-{n}"
+        out = name[: DNS_LABEL_MAX - len(suffix)].rstrip("-") + suffix
+        n += 1
+    taken.add(out)
+    return out
+
+
+def device_request(
+    want: Want, inventory: Inventory | None, policies: Policies = NO_POLICIES, notes: list[str] | None = None
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """The DeviceRequest for one want, and the claim constraints it adds: ``exactly``, or
+    ``firstAvailable`` with one subrequest per device model (memory percentage) and per placement
+    alternative (:mod:`.placement`), tier major. ``notes`` gets a line when the models leave no room
+    for every placement alternative."""
     ask, names = want.ask, want.names
-    selectors = list(want.selectors)
-    if ask.models:
-        selectors.append(_model_selector(names, ask.models))
+    choices: list[tuple[str | None, list[str], dict[str, Any]]]
     if ask.memory_percent is None:
-        body = _exact(names, ask.count, selectors, _capacity(ask.memory_mib, ask.cores))
-        return {"name": want.request, "exactly": body}
-    subrequests = []
+        selectors = list(want.selectors)
+        if ask.models:
+            selectors.append(_model_selector(names, ask.models))
+        choices = [(None, selectors, _capacity(ask.memory_mib, ask.cores))]
+    else:
+        choices = [
+            (
+                model.model,
+                [*want.selectors, _model_selector(names, [model.model])],
+                _capacity(percent_share_mib(model, ask.memory_percent), ask.cores),
+            )
+            for model in _percent_models(want, inventory)
+        ]
+    alts = alternatives(policies, whole=_whole(ask), count=ask.count, budget=MAX_SUBREQUESTS // len(choices))
+    if notes is not None and len(choices) > 1:
+        wanted = len(alternatives(policies, whole=_whole(ask), count=ask.count))
+        if len(alts) < wanted:
+            notes.append(
+                f"container {want.container!r}: its memory percentage needs one alternative per device model "
+                f"({len(choices)}), so only {len(alts) - 1} of the {wanted - 1} placement preferences fit the "
+                f"{MAX_SUBREQUESTS} alternatives a request may have"
+                + ("; the scheduling policy has no effect on it" if len(alts) == 1 else "")
+            )
+    if len(choices) == 1 and len(alts) == 1:
+        _, selectors, capacity = choices[0]
+        body = _exact(names, ask.count, [*selectors, *alts[0].selectors(names.driver)], capacity)
+        return {"name": want.request, "exactly": body}, []
     taken: set[str] = set()
-    for model in _percent_models(want, inventory):
-        sub = _exact(
-            names,
-            ask.count,
-            [*want.selectors, _model_selector(names, [model.model])],
-            _capacity(percent_share_mib(model, ask.memory_percent), ask.cores),
-        )
-        subrequests.append({"name": model_label(model.model, taken), **sub})
-    return {"name": want.request, "firstAvailable": subrequests}
+    labels = [model_label(model, taken) if model else None for model, _, _ in choices]
+    subrequests: list[dict[str, Any]] = []
+    constraints: list[dict[str, Any]] = []
+    for i, alt in enumerate(alts):
+        last = i == len(alts) - 1
+        for (_, selectors, capacity), label in zip(choices, labels, strict=True):
+            if label is None:
+                name = _unique("any" if last else f"tier-{i + 1}", taken)
+            else:
+                name = label if last else _unique(f"{label[: DNS_LABEL_MAX - 8]}-tier-{i + 1}", taken)
+            sub = _exact(names, ask.count, [*selectors, *alt.selectors(names.driver)], copy.deepcopy(capacity))
+            subrequests.append({"name": name, **sub})
+            if alt.same_numa:
+                constraints.append(
+                    {"requests": [f"{want.request}/{name}"], "matchAttribute": names.qualified(ATTR_NUMA_NODE)}
+                )
+    return {"name": want.request, "firstAvailable": subrequests}, constraints
 
 
 def build_template(
@@ -183,15 +233,21 @@ def build_template(
     namespace: str,
     core_policy: CoreLimitPolicy,
     inventory: Inventory | None,
-    claim_annotations: Mapping[str, str],
+    policies: Policies = NO_POLICIES,
+    notes: list[str] | None = None,
 ) -> dict[str, Any]:
-    """The ResourceClaimTemplate for a pod's wants (at least one)."""
+    """The ResourceClaimTemplate for a pod's wants (at least one), placed by ``policies``; ``notes``
+    collects what the user should know about the policies (see :func:`device_request`)."""
     if len(wants) > MAX_REQUESTS:
         raise ConversionError(
             f"{len(wants)} containers ask for devices; one claim holds at most {MAX_REQUESTS} requests"
         )
-    requests = [device_request(w, inventory) for w in wants]
+    requests: list[dict[str, Any]] = []
     constraints: list[dict[str, Any]] = []
+    for w in wants:
+        request, extra = device_request(w, inventory, policies, notes)
+        requests.append(request)
+        constraints.extend(extra)
     configs: dict[tuple[str, int | None], dict[str, Any]] = {}
     for w in wants:
         if w.ask.count > 1:
@@ -207,13 +263,15 @@ def build_template(
     if len(constraints) > MAX_CONSTRAINTS:
         raise ConversionError(
             f"the pod needs {len(constraints)} device constraints (one per container with several devices, "
-            f"plus NUMA binding); a claim holds at most {MAX_CONSTRAINTS}: split the pod"
+            f"plus NUMA binding and the numa policy's alternatives); a claim holds at most {MAX_CONSTRAINTS}: "
+            "split the pod"
         )
     devices: dict[str, Any] = {"requests": requests}
     if constraints:
         devices["constraints"] = constraints
     devices["config"] = list(configs.values())
     claim_meta: dict[str, Any] = {"labels": {MANAGED_BY_LABEL: MANAGED_BY}}
+    claim_annotations = policies.annotations()
     if claim_annotations:
         claim_meta["annotations"] = dict(sorted(claim_annotations.items()))
     spec = {"metadata": claim_meta, "spec": {"devices": devices}}

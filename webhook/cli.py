@@ -23,10 +23,11 @@ import jsonpatch
 import yaml
 
 import vendors as vendor_registry
-from vendors.base import CORE_LIMIT_POLICIES, AdmissionVendor
+from vendors.base import CORE_LIMIT_POLICIES, AdmissionVendor, ConversionError
 
 from .convert import Converter
 from .inventory import Inventory, InventoryError, load_file, parse_documents
+from .placement import Policies, parse_gpu_policy, parse_node_policy
 
 EXIT_OK = 0
 EXIT_BAD_INPUT = 2
@@ -127,6 +128,30 @@ def _common(opt: Any) -> None:
         choices=list(CORE_LIMIT_POLICIES),
         help="GPU core limit policy written into each claim's SharingConfig (default %(default)s)",
     )
+    opt(
+        "--node-scheduler-policy",
+        "",
+        help="cluster default for pods without hami.io/node-scheduler-policy: binpack or spread (default: none, "
+        "kube-scheduler's first fit)",
+    )
+    opt(
+        "--gpu-scheduler-policy",
+        "",
+        help="cluster default for pods without hami.io/gpu-scheduler-policy: binpack, spread, mutex, numa, "
+        "topology-aware or a comma chain such as binpack,numa (default: none, first fit)",
+    )
+
+
+def make_converter(args: argparse.Namespace) -> Converter:
+    """The converter the flags describe; :class:`UsageError` for a bad vendor list or default policy."""
+    try:
+        policies = Policies(
+            parse_node_policy(args.node_scheduler_policy or "", "--node-scheduler-policy"),
+            parse_gpu_policy(args.gpu_scheduler_policy or "", "--gpu-scheduler-policy"),
+        )
+    except ConversionError as exc:
+        raise UsageError(str(exc)) from None
+    return Converter(enabled_vendors(args.vendors), core_policy=args.core_policy, policies=policies)
 
 
 def enabled_vendors(spec: str | None) -> list[AdmissionVendor]:
@@ -192,7 +217,7 @@ async def _fetch_inventory(kubeconfig: str) -> Inventory:
 def run_convert(args: argparse.Namespace, out: Any = None, err: Any = None) -> int:
     out = out or sys.stdout
     err = err or sys.stderr
-    converter = Converter(enabled_vendors(args.vendors), core_policy=args.core_policy)
+    converter = make_converter(args)
     inventory: Inventory | None = None
     try:
         if args.inventory:

@@ -33,6 +33,8 @@ from vendors.base import (
 
 from .claimspec import TEMPLATE_NAME_RE, Want, build_template, is_dns_label
 from .inventory import Inventory
+from .placement import NO_POLICIES, Policies, policies_for
+from .placement import notes as policy_notes
 
 CLAIM_NAME = "tessera"
 """Name of the pod's claim entry (``spec.resourceClaims[].name``); suffixed when already taken."""
@@ -42,10 +44,6 @@ CONVERTED_ANNOTATION = f"{DOMAIN}/converted"
 """Pod annotation: JSON record of what was converted, per container (resources and env removed)."""
 _DOMAIN_PREFIX = f"{DOMAIN}/"
 
-NODE_POLICY_KEY = "hami.io/node-scheduler-policy"
-GPU_POLICY_KEY = "hami.io/gpu-scheduler-policy"
-NODE_POLICIES = ("binpack", "spread")
-GPU_POLICIES = ("binpack", "spread", "topology-aware", "mutex", "numa")
 LD_PRELOAD = "LD_PRELOAD"
 HAMI_SCHEDULER_NAMES = frozenset({"hami-scheduler"})
 """Scheduler names of HAMi's extender, dropped from converted pods (other schedulers are left alone)."""
@@ -102,14 +100,22 @@ class _Edit:
 class Converter:
     """Conversion with a fixed set of enabled vendors and core policy; safe to share, holds no pod state."""
 
-    def __init__(self, vendors: Sequence[AdmissionVendor], *, core_policy: CoreLimitPolicy = "default") -> None:
+    def __init__(
+        self,
+        vendors: Sequence[AdmissionVendor],
+        *,
+        core_policy: CoreLimitPolicy = "default",
+        policies: Policies = NO_POLICIES,
+    ) -> None:
         self.vendors: dict[str, AdmissionVendor] = {v.names.vendor: v for v in vendors}
         self.core_policy: CoreLimitPolicy = core_policy
+        self.policies = policies
+        """The cluster's default scheduling policies; the pod's HAMi annotations override each."""
         self._matching = {n: v for n, v in self.vendors.items() if isinstance(v, AttributeMatchingVendor)}
         self._classified: dict[str, str | None] = {}
         # Memos of pure steps, for the many pods that share a shape (the replicas of one workload).
         self._selectors: dict[tuple[str, tuple[tuple[str, str], ...]], tuple[tuple[str, ...], tuple[str, ...]]] = {}
-        self._templates: dict[tuple[Any, ...], dict[str, Any]] = {}
+        self._templates: dict[tuple[Any, ...], tuple[dict[str, Any], tuple[str, ...]]] = {}
         self.memo_size = MEMO_SIZE
 
     def _classify(self, resource: str) -> str | None:
@@ -261,7 +267,10 @@ class Converter:
         if wants:
             if not namespace:
                 raise ConversionError("the pod has no namespace; the claim template is created in the pod's namespace")
-            template = self._template(wants, namespace, inventory, _policies(annotations))
+            policies = policies_for(annotations, self.policies)
+            notes.extend(policy_notes(policies))
+            template, placement_notes = self._template(wants, namespace, inventory, policies)
+            notes.extend(placement_notes)
             claim = _claim_name({n for e in claim_entries if isinstance(n := e.get("name"), str)})
             entry = {"name": claim, "resourceClaimTemplateName": template["metadata"]["name"]}
             if "resourceClaims" in spec and isinstance(spec["resourceClaims"], list):
@@ -270,7 +279,7 @@ class Converter:
                 patch.append({"op": "add", "path": "/spec/resourceClaims", "value": [entry]})
         for edit in edits:
             patch.extend(_container_patch(edit, claim))
-        if template is not None and spec.get("schedulerName") in HAMI_SCHEDULER_NAMES:
+        if template is not None and _str(spec.get("schedulerName")) in HAMI_SCHEDULER_NAMES:
             # HAMi pods name HAMi's scheduler extender; under DRA kube-scheduler allocates the devices.
             patch.append({"op": "remove", "path": "/spec/schedulerName"})
             notes.append(f"spec.schedulerName {spec['schedulerName']!r} removed: kube-scheduler allocates DRA claims")
@@ -299,25 +308,29 @@ class Converter:
         return terms
 
     def _template(
-        self, wants: list[Want], namespace: str, inventory: Inventory | None, policies: dict[str, str]
-    ) -> dict[str, Any]:
-        """:func:`build_template`, memoised on its inputs (the result is shared: treat it as read-only)."""
+        self, wants: list[Want], namespace: str, inventory: Inventory | None, policies: Policies
+    ) -> tuple[dict[str, Any], tuple[str, ...]]:
+        """:func:`build_template` and its notes, memoised on its inputs (the result is shared: treat it
+        as read-only)."""
         percent = any(w.ask.memory_percent is not None for w in wants)
-        key = (tuple(wants), namespace, tuple(policies.items()), inventory if percent else None)
-        template = self._templates.get(key)
-        if template is None:
+        key = (tuple(wants), namespace, policies, inventory if percent else None)
+        found = self._templates.get(key)
+        if found is None:
+            notes: list[str] = []
             template = build_template(
                 wants,
                 namespace=namespace,
                 core_policy=self.core_policy,
                 inventory=inventory,
-                claim_annotations=policies,
+                policies=policies,
+                notes=notes,
             )
+            found = (template, tuple(notes))
             if self.memo_size:
                 if len(self._templates) >= self.memo_size:
                     self._templates.clear()
-                self._templates[key] = template
-        return template
+                self._templates[key] = found
+        return found
 
     def _vendor_resources(self, container: Mapping[str, Any], name: str, seen: set[str]) -> dict[str, set[str]]:
         """Names of vendor resources in the container, by vendor; refuses disabled vendors and unknown names."""
@@ -514,30 +527,6 @@ def _check_memory(wants: Sequence[Want], inventory: Inventory | None) -> list[st
                 f"({largest.model or largest.name}); ask for at most that"
             )
     return notes
-
-
-def _policies(annotations: Mapping[str, str]) -> dict[str, str]:
-    """HAMi's scheduling-policy annotations, validated, as our claim annotations."""
-    out: dict[str, str] = {}
-    node = annotations.get(NODE_POLICY_KEY)
-    if node is not None:
-        value = node.strip()
-        if value not in NODE_POLICIES:
-            raise ConversionError(
-                f"annotation {NODE_POLICY_KEY} must be one of {', '.join(NODE_POLICIES)}, got {_short(node)}"
-            )
-        out[f"{DOMAIN}/node-scheduler-policy"] = value
-    gpu = annotations.get(GPU_POLICY_KEY)
-    if gpu is not None:
-        chain = [p.strip() for p in gpu.split(",")]
-        bad = [p for p in chain if p not in GPU_POLICIES]
-        if bad or not chain:
-            raise ConversionError(
-                f"annotation {GPU_POLICY_KEY} must be one of {', '.join(GPU_POLICIES)} or a comma list of them, "
-                f"got {_short(gpu)}"
-            )
-        out[f"{DOMAIN}/gpu-scheduler-policy"] = ",".join(chain)
-    return out
 
 
 def _claim_name(taken: set[str]) -> str:

@@ -166,3 +166,27 @@ async def test_kubeconfig_reads_the_inventory_from_the_cluster(tmp_path):
     out, err = await asyncio.wait_for(proc.communicate(yaml.safe_dump(pod).encode()), 60)
     assert proc.returncode == EXIT_BAD_INPUT
     assert f"127.0.0.1:{port}" in err.decode() and len(err.decode().strip().splitlines()) == 1
+
+
+def test_cluster_default_policies_from_flags(tmp_path):
+    limits = {"nvidia.com/gpumem": 1024}
+    pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p"},
+           "spec": {"containers": [{"name": "c", "image": "x", "resources": {"limits": limits}}]}}  # fmt: skip
+    text = yaml.safe_dump(pod)
+    plain = docs(run("-f", "-", stdin=text).stdout)[1]
+    assert "exactly" in plain["spec"]["spec"]["devices"]["requests"][0]
+    proc = run("-f", "-", "--node-scheduler-policy", "binpack", "--gpu-scheduler-policy", "spread", stdin=text)
+    assert proc.returncode == EXIT_OK, proc.stderr
+    template = docs(proc.stdout)[1]
+    validate(template)
+    assert "firstAvailable" in template["spec"]["spec"]["devices"]["requests"][0]
+    assert template["spec"]["metadata"]["annotations"] == {
+        "tessera.dev/gpu-scheduler-policy": "spread",
+        "tessera.dev/node-scheduler-policy": "binpack",
+    }
+    # the pod's annotation wins over the default
+    pod["metadata"]["annotations"] = {"hami.io/node-scheduler-policy": "spread"}
+    overridden = docs(run("-f", "-", "--node-scheduler-policy", "binpack", stdin=yaml.safe_dump(pod)).stdout)[1]
+    assert overridden["spec"]["metadata"]["annotations"] == {"tessera.dev/node-scheduler-policy": "spread"}
+    bad = run("-f", "-", "--gpu-scheduler-policy", "closest", stdin=text)
+    assert bad.returncode == EXIT_BAD_INPUT and "--gpu-scheduler-policy" in bad.stderr and not bad.stdout

@@ -137,7 +137,13 @@ def test_policy_annotations_are_recorded_on_the_claim(converter: Converter, inve
         "tessera.dev/gpu-scheduler-policy": "binpack",
         "tessera.dev/node-scheduler-policy": "spread",
     }
-    assert request["exactly"]["capacity"] == {"requests": {"memory": "4096Mi"}}  # no cores asked: none named
+    # node spread, GPU binpack: the least occupied nodes first, the busiest card on them; then any card
+    subs = request["firstAvailable"]
+    assert 2 < len(subs) <= 8 and subs[-1]["name"] == "any" and "selectors" not in subs[-1]
+    first = [s["cel"]["expression"] for s in subs[0]["selectors"]]
+    assert any(".nodeRank" in e for e in first) and any(".occupancy >=" in e for e in first)
+    for sub in subs:
+        assert sub["capacity"] == {"requests": {"memory": "4096Mi"}}  # no cores asked: none named
 
 
 def test_volcano_names_convert_like_nvidia(converter: Converter, inventory: Inventory):
