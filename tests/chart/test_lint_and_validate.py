@@ -71,6 +71,9 @@ def test_kubernetes_validate_has_the_target_versions() -> None:
         ({"driver.kubeletDir": "var/lib/kubelet"}, "kubeletDir"),
         ({"webhook.image.digest": "latest"}, "digest"),
         ({"webhook.replicas": "0"}, "replicas"),
+        ({"webhook.defaultSchedulerPolicy.nodeSchedulerPolicy": "mutex"}, "nodeSchedulerPolicy"),
+        ({"webhook.defaultSchedulerPolicy.gpuSchedulerPolicy": "closest"}, "gpuSchedulerPolicy"),
+        ({"driver.occupancyIntervalSeconds": "0.01"}, "occupancyIntervalSeconds"),
     ],
 )
 def test_schema_rejects_bad_values(helm_home: Path, sets: dict[str, str], message: str) -> None:
@@ -92,6 +95,26 @@ def test_mock_backend_for_test_clusters(helm_home: Path) -> None:
     assert env["TESSERA_BACKEND"]["value"] == "mock"
     assert env["TESSERA_MOCK_DEVICES"]["value"] == "2xH100"
     assert "NVIDIA_VISIBLE_DEVICES" not in env  # the runtime injection env belongs to the real backend
+
+
+def test_scheduling_defaults_and_occupancy_reach_the_processes(helm_home: Path) -> None:
+    """The values become the env the webhook and the driver read (``--foo-bar`` reads ``TESSERA_FOO_BAR``)."""
+    objs = helm.render(helm_home)
+    webhook = helm.env_of(helm.pod_spec(helm.one(objs, "Deployment"))["containers"][0])
+    driver = helm.env_of(helm.pod_spec(helm.one(objs, "DaemonSet"))["containers"][0])
+    assert webhook["TESSERA_NODE_SCHEDULER_POLICY"]["value"] == webhook["TESSERA_GPU_SCHEDULER_POLICY"]["value"] == ""
+    assert driver["TESSERA_OCCUPANCY_INTERVAL"]["value"] == "1"
+    values = helm_home / "scheduling-values.yaml"
+    values.write_text(
+        "webhook: {defaultSchedulerPolicy: {nodeSchedulerPolicy: binpack, gpuSchedulerPolicy: 'spread,numa'}}\n"
+        "driver: {occupancyIntervalSeconds: 0.5}\n"
+    )
+    objs = helm.render(helm_home, values=[values])
+    webhook = helm.env_of(helm.pod_spec(helm.one(objs, "Deployment"))["containers"][0])
+    driver = helm.env_of(helm.pod_spec(helm.one(objs, "DaemonSet"))["containers"][0])
+    assert webhook["TESSERA_NODE_SCHEDULER_POLICY"]["value"] == "binpack"
+    assert webhook["TESSERA_GPU_SCHEDULER_POLICY"]["value"] == "spread,numa"
+    assert driver["TESSERA_OCCUPANCY_INTERVAL"]["value"] == "0.5"
 
 
 def test_a_vendor_is_a_values_entry(helm_home: Path) -> None:

@@ -69,6 +69,14 @@ def accesses(api: APIServer) -> set[Access]:
     return out
 
 
+async def _pushed(driver: Driver) -> None:
+    """Until the occupancy tracker has listed, watched and published (its watches are then open)."""
+    for _ in range(400):
+        if driver.occupancy is not None and driver.occupancy.published is not None:
+            return
+        await asyncio.sleep(0.05)
+
+
 def _not_granted(used: Iterable[Access], role: helm.Obj) -> list[Access]:
     return sorted(set(used) - granted(role))
 
@@ -115,12 +123,15 @@ async def test_driver_requests_are_granted(helm_home: Path, short_dir: Path) -> 
         try:
             assert driver.publisher is not None
             await asyncio.wait_for(driver.publisher.published.wait(), timeout=20)
+            assert driver.occupancy is not None
+            await asyncio.wait_for(_pushed(driver), timeout=20)
             slices = api.store.list("resourceslices")
             assert slices and all(s["spec"]["nodeName"] == "node-1" for s in slices)
         finally:
             await driver.stop()
         used = accesses(api)
     assert ("resource.k8s.io", "resourceslices", "create") in used
+    assert ("resource.k8s.io", "resourceclaims", "list") in used, "the occupancy tracker (its watch ends with the test)"
     assert ("", "nodes", "get") in used
     assert ("", "nodes/status", "update") in used, "the sharing condition on the Node"
     assert not _not_granted(used, helm.one(objs, "ClusterRole", "tessera-driver")), used

@@ -13,7 +13,7 @@ from vendors.base import OPT_OUT_KEY, OPT_OUT_VALUE
 from . import helm
 
 DRIVER_RULES = [
-    {"apiGroups": ["resource.k8s.io"], "resources": ["resourceclaims"], "verbs": ["get"]},
+    {"apiGroups": ["resource.k8s.io"], "resources": ["resourceclaims"], "verbs": ["get", "list", "watch"]},
     {"apiGroups": ["resource.k8s.io"], "resources": ["resourceslices"],
      "verbs": ["list", "watch", "create", "update", "delete"]},
     {"apiGroups": [""], "resources": ["nodes"], "verbs": ["get"]},
