@@ -108,6 +108,8 @@ class ClaimEntry:
     """Vendor files written into the claim directory (host path -> content), restored with the spec."""
     pods: tuple[str, ...] = ()
     """Pods the claim was reserved for when it was prepared (``status.reservedFor``), for the metrics."""
+    containers: Mapping[str, str] = field(default_factory=dict)
+    """Request -> the container it belongs to (:func:`claimstatus.container_names`), for the metrics."""
 
     @property
     def completed(self) -> bool:
@@ -125,6 +127,7 @@ class ClaimEntry:
             "cdiSpec": dict(self.cdi_spec),
             "files": dict(self.files),
             "pods": list(self.pods),
+            "containers": dict(self.containers),
         }
 
     @classmethod
@@ -143,6 +146,7 @@ class ClaimEntry:
             cdi_spec=dict(data.get("cdiSpec") or {}),
             files={str(k): str(v) for k, v in (data.get("files") or {}).items()},
             pods=tuple(str(p) for p in data.get("pods") or ()),
+            containers={str(k): str(v) for k, v in (data.get("containers") or {}).items()},
         )
 
 

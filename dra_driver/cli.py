@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import vendors
 from vendors.base import DEFAULT_SPLIT_COUNT
 
+from . import faults
 from .prepare import FAILPOINTS
 
 ENV_PREFIX = "TESSERA_"
@@ -111,6 +112,28 @@ def build_parser(environ: Mapping[str, str] | None = None) -> argparse.ArgumentP
         type=float,
         help="seconds between device health checks streamed to the kubelet",
     )
+    add(
+        "--mock-faults",
+        help="fault control file of the mock backend (lines '<device> <fault> [<xid>]', e.g. 'gpu-1 xid 79'); "
+        "default <plugin-dir>/mock-faults",
+    )
+    add(
+        "--unhealthy-taint",
+        default=faults.NO_SCHEDULE,
+        choices=list(faults.EFFECTS),
+        help="taint effect on an unhealthy device in the ResourceSlice (XID, ECC, vendor tool); off: no taint",
+    )
+    add(
+        "--device-lost-taint",
+        default=faults.NO_EXECUTE,
+        choices=list(faults.EFFECTS),
+        help="taint effect on a lost device (fallen off the bus, gone from discovery); off: no taint",
+    )
+    add(
+        "--ignored-xids",
+        default="",
+        help="XIDs that leave a GPU healthy besides the application errors 13,31,43,45,68 (comma list)",
+    )
     hami = _env(env, "--hami-metrics")
     p.add_argument(
         "--hami-metrics",
@@ -145,6 +168,11 @@ class Settings:
     health_interval: float
     hami_metrics: bool
     failpoint: str | None = None
+    mock_faults: str = ""
+    """The mock backend's fault control file."""
+    unhealthy_taint: str = faults.NO_SCHEDULE
+    device_lost_taint: str = faults.NO_EXECUTE
+    ignored_xids: frozenset[int] = frozenset()
 
     @property
     def dra_socket(self) -> str:
@@ -190,9 +218,17 @@ def settings_from_args(argv: Sequence[str] | None = None, environ: Mapping[str, 
         raise ConfigError("--api-timeout, --slice-resync and --health-interval must be positive")
     if ns.log_format not in ("json", "text"):
         raise ConfigError(f"--log-format must be json or text, got {ns.log_format!r}")
+    for flag, effect in (("--unhealthy-taint", ns.unhealthy_taint), ("--device-lost-taint", ns.device_lost_taint)):
+        if effect not in faults.EFFECTS:
+            raise ConfigError(f"{flag} must be one of {', '.join(faults.EFFECTS)}, got {effect!r}")
+    try:
+        ignored_xids = faults.parse_xids(ns.ignored_xids or "")
+    except ValueError as exc:
+        raise ConfigError(f"--ignored-xids: {exc}") from None
     failpoint = env.get(FAILPOINT_ENV) or None
     if failpoint is not None and failpoint not in FAILPOINTS:
         raise ConfigError(f"{FAILPOINT_ENV}={failpoint!r}: known steps are {', '.join(FAILPOINTS)}")
+    plugin_dir = os.path.abspath(ns.plugin_dir or f"/var/lib/kubelet/plugins/{names.driver}")
     settings = Settings(
         driver=names.driver,
         vendor=names.vendor,
@@ -200,7 +236,7 @@ def settings_from_args(argv: Sequence[str] | None = None, environ: Mapping[str, 
         mock_devices=ns.mock_devices,
         node_name=ns.node_name,
         kubeconfig=ns.kubeconfig or None,
-        plugin_dir=os.path.abspath(ns.plugin_dir or f"/var/lib/kubelet/plugins/{names.driver}"),
+        plugin_dir=plugin_dir,
         registry_dir=os.path.abspath(ns.registry_dir),
         cdi_dir=os.path.abspath(ns.cdi_dir),
         host_lib_dir=os.path.abspath(ns.host_lib_dir),
@@ -214,6 +250,10 @@ def settings_from_args(argv: Sequence[str] | None = None, environ: Mapping[str, 
         health_interval=ns.health_interval,
         hami_metrics=ns.hami_metrics,
         failpoint=failpoint,
+        mock_faults=os.path.abspath(ns.mock_faults or os.path.join(plugin_dir, "mock-faults")),
+        unhealthy_taint=ns.unhealthy_taint,
+        device_lost_taint=ns.device_lost_taint,
+        ignored_xids=ignored_xids,
     )
     for sock in (settings.dra_socket, settings.registration_socket):
         if len(sock.encode()) > MAX_SOCKET_PATH:

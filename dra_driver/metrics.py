@@ -1,10 +1,11 @@
 """Prometheus metrics of the driver, on ``--metrics-port`` (``/metrics``).
 
-Tessera's own names start with ``tessera_dra_`` (the driver and its devices) and
+Tessera's own names start with ``tessera_dra_`` (the driver, its devices' allocation and health),
 ``tessera_container_`` (each prepared container, from libvgpu's shared regions; see
-:mod:`container_metrics`). With ``--hami-metrics`` the per-device allocation figures are also
-exported under HAMi's scheduler names (``hami_gpu_memory_allocated_bytes`` and friends) and the
-per-container figures under HAMi's vGPU monitor names (``hami_vgpu_memory_used_bytes`` and friends),
+:mod:`container_metrics`) and ``tessera_device_`` (the devices' host figures, :mod:`telemetry`).
+With ``--hami-metrics`` the per-device allocation figures are also exported under HAMi's scheduler
+names (``hami_gpu_memory_allocated_bytes`` and friends) and the per-container and host figures under
+HAMi's vGPU monitor names (``hami_vgpu_memory_used_bytes``, ``hami_host_gpu_*`` and friends),
 const label ``zone="vGPU"``, so existing HAMi dashboards keep working. Device and container figures
 are computed at scrape time; a scrape renders in a worker thread (it reads the region files).
 """
@@ -24,6 +25,7 @@ from prometheus_client.registry import Collector
 from vendors.base import MIB, DeviceInfo, VendorNames
 
 from .container_metrics import ContainerCollector, RegionSource, SourceProvider
+from .telemetry import Telemetry
 
 log = logging.getLogger("dra_driver.metrics")
 
@@ -41,6 +43,18 @@ class DeviceUsage:
 
 UsageProvider = Callable[[], Mapping[str, DeviceUsage]]
 """Device name -> usage, computed from the checkpoint at scrape time."""
+
+
+@dataclass(frozen=True)
+class DeviceHealthFigures:
+    """One device's health for the metrics: healthy or not, and its current faults by kind."""
+
+    healthy: bool
+    faults: Mapping[str, int]
+
+
+HealthProvider = Callable[[], Mapping[str, DeviceHealthFigures]]
+"""Device name -> health, from the device health monitor."""
 
 
 class _DeviceCollector(Collector):
@@ -77,6 +91,28 @@ class _DeviceCollector(Collector):
         for model, count in sorted(by_model.items()):
             devices.add_metric([model], float(count))
         yield from (devices, total, mem, cores, shares)
+        health = owner.health_provider() if owner.health_provider else {}
+        if health:
+            healthy = GaugeMetricFamily(
+                "tessera_dra_device_healthy",
+                "1 while the device is healthy; 0 while it has a fault or its health is unknown.",
+                labels=labels,
+            )
+            faults = GaugeMetricFamily(
+                "tessera_dra_device_faults",
+                "Current faults of the device by kind (xid, ecc, device-lost, vendor-tool).",
+                labels=[*labels, "kind"],
+            )
+            for d in owner.devices:
+                name = owner.names.device_name(d.index)
+                h = health.get(name)
+                if h is None:
+                    continue
+                values = [name, d.uuid, str(d.index), d.model]
+                healthy.add_metric(values, 1.0 if h.healthy else 0.0)
+                for kind, count in sorted(h.faults.items()):
+                    faults.add_metric([*values, kind], float(count))
+            yield from (healthy, faults)
         if not owner.hami:
             return
         hami_labels = ["node", "device_uuid", "device_index", "device_type", "zone"]
@@ -123,6 +159,10 @@ class DriverMetrics:
         self.usage_provider: UsageProvider | None = None
         self.region_provider: SourceProvider | None = None
         """The region files of prepared containers (set by the preparer, from the checkpoint)."""
+        self.health_provider: HealthProvider | None = None
+        """Each device's health (set by the driver, from the device health monitor)."""
+        self.telemetry: Telemetry | None = None
+        """The backend's own device figures (NVML); ``None``: summed from the containers' regions."""
         r = self.registry
         self.prepares = Counter(
             "tessera_dra_prepares", "Claims prepared, by result (ok, error).", ["result"], registry=r
@@ -167,7 +207,16 @@ class DriverMetrics:
         )
         self.prepared_claims = Gauge("tessera_dra_prepared_claims", "Claims in the checkpoint.", registry=r)
         self.registry.register(_DeviceCollector(self))
-        self.registry.register(ContainerCollector(names, self._region_sources, lambda: self.devices, hami=hami))
+        self.registry.register(
+            ContainerCollector(
+                names,
+                self._region_sources,
+                lambda: self.devices,
+                hami=hami,
+                node=node,
+                device_figures=lambda: self.telemetry,
+            )
+        )
 
     def _region_sources(self) -> list[RegionSource]:
         return list(self.region_provider()) if self.region_provider else []

@@ -26,10 +26,11 @@ from kubeapi import KubeClient, KubeError, namespaced_path
 from tessera_common import files as fsutil
 from vendors.base import DeviceInfo, NodeLayout, NodeVendor
 
-from . import cdi
+from . import cdi, claimstatus
 from .checkpoint import COMPLETED, STARTED, Checkpoint, ClaimEntry, DeviceHold, PreparedDevice
 from .claims import ClaimError, ClaimPlan, ClaimRef, plan_claim, reserved_pods
 from .container_metrics import RegionSource, region_sources
+from .events import WARNING, EventRecorder
 from .metrics import DeviceUsage, DriverMetrics
 
 log = logging.getLogger("dra_driver.prepare")
@@ -87,7 +88,13 @@ class Preparer:
         metrics: DriverMetrics,
         api_timeout: float = 10.0,
         failpoint: str | None = None,
+        status_writer: claimstatus.ClaimStatusWriter | None = None,
+        events: EventRecorder | None = None,
+        known_vendors: Sequence[str] = (),
     ) -> None:
+        """``status_writer``: writes ``status.devices`` of each claim prepared (or failed); ``events``:
+        Events on the pods of a claim whose prepare failed; ``known_vendors``: vendor short names, to
+        tell a ``<container>-<vendor>`` request from a container of that name."""
         self.vendor = vendor
         self.names = vendor.names
         self.node = node_name
@@ -99,6 +106,9 @@ class Preparer:
         self.metrics = metrics
         self.api_timeout = api_timeout
         self.failpoint = failpoint
+        self.status_writer = status_writer
+        self.events = events
+        self.known_vendors = tuple(known_vendors) or (vendor.names.vendor,)
         self._locks = _KeyedLocks()
         metrics.usage_provider = self.usage
         metrics.region_provider = self.region_sources
@@ -132,7 +142,7 @@ class Preparer:
 
     def region_sources(self) -> list[RegionSource]:
         """The shared-region files of the prepared containers (for the per-container metrics)."""
-        return [source for uid, entry in self.checkpoint.items() for source in region_sources(uid, entry)]
+        return [source for uid, entry in self.checkpoint.items() for source in region_sources(uid, entry, self.devices)]
 
     async def restore(self) -> None:
         """At start-up: put back CDI specs, claim directories and vendor files of completed claims that
@@ -182,7 +192,34 @@ class Preparer:
                     await self._restore_files(entry)
                 return entry.devices
             claim = await self.read_claim(ref)
-            return await self.prepare_claim(claim, ref)
+            try:
+                devices = await self.prepare_claim(claim, ref)
+            except ClaimError as exc:
+                await self._report_failure(claim, ref, exc)
+                raise
+            self._report_ready(claim, ref)
+            return devices
+
+    def _report_ready(self, claim: Mapping[str, object], ref: ClaimRef) -> None:
+        """Write ``status.devices`` (Ready, the limits applied) in the background."""
+        entry = self.checkpoint.get(ref.uid)
+        if self.status_writer is None or entry is None:
+            return
+        plan = plan_claim(claim, ref, self.names, self.node, self.devices)
+        ours = claimstatus.ready_statuses(plan, self.names, entry.cdi_spec, entry.containers, time.time())
+        self.status_writer.schedule(ref, ours, claim)
+
+    async def _report_failure(self, claim: Mapping[str, object], ref: ClaimRef, exc: ClaimError) -> None:
+        """A prepare that failed after the claim was read: ``Ready=False`` with the reason on each of our
+        devices of the claim, and a Warning Event on the pods it is reserved for."""
+        if self.status_writer is not None:
+            ours = claimstatus.failed_statuses(claim, self.names, self.node, exc.reason, str(exc), time.time())
+            if ours:
+                self.status_writer.schedule(ref, ours, claim)
+        if self.events is not None:
+            pods = reserved_pod_refs(claim, ref.namespace)
+            message = f"{self.names.driver} on node {self.node} cannot prepare ResourceClaim {ref}: {exc}"
+            await self.events.pods(pods, WARNING, "PrepareFailed", message)
 
     async def read_claim(self, ref: ClaimRef) -> Mapping[str, object]:
         if self.client is None:
@@ -224,6 +261,7 @@ class Preparer:
             cdi_spec=spec,
             files=files,
             pods=reserved_pods(claim),
+            containers=claimstatus.container_names(claim, self.names, self.known_vendors),
         )
         completed = dataclasses.replace(started, state=COMPLETED)
         self.checkpoint.put(ref.uid, started)
@@ -435,6 +473,17 @@ class Preparer:
     @staticmethod
     def _ctx(namespace: str, name: str, uid: str) -> dict[str, str]:
         return {"claim": f"{namespace}/{name}", "uid": uid}
+
+
+def reserved_pod_refs(claim: Mapping[str, object], namespace: str) -> dict[tuple[str, str], str]:
+    """``{(namespace, pod name): uid}`` of the pods a claim is reserved for."""
+    status = claim.get("status")
+    refs = status.get("reservedFor") if isinstance(status, Mapping) else None
+    out: dict[tuple[str, str], str] = {}
+    for r in refs if isinstance(refs, list) else []:
+        if isinstance(r, Mapping) and r.get("resource") == "pods" and not r.get("apiGroup") and r.get("name"):
+            out[(namespace, str(r["name"]))] = str(r.get("uid") or "")
+    return out
 
 
 def _write_files(files: Mapping[str, str]) -> None:

@@ -341,6 +341,20 @@ class NodeVendor(Protocol):
         ...
 
 
+@runtime_checkable
+class HealthReportingVendor(Protocol):
+    """Optional node-side extension: the vendor tool's own view of each device's health.
+
+    The driver polls it every health interval; a device with a problem is reported unhealthy to the
+    kubelet and tainted in the ResourceSlice.
+    """
+
+    def device_health(self) -> dict[str, str]:
+        """Device UUID (as :meth:`NodeVendor.discover` reports it) -> what the tool says is wrong, ``""``
+        when healthy. Raises :class:`DiscoveryError` when the tool cannot be run or read."""
+        ...
+
+
 # --- helpers shared by vendor modules (pure) -----------------------------------------------------
 
 _INT_RE = re.compile(r"^\s*\+?(\d+)\s*$")

@@ -7,12 +7,16 @@ them apart.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 
-from vendors.base import DeviceInfo, DiscoveryError, NodeVendor
+from vendors.base import DeviceInfo, DiscoveryError, HealthReportingVendor, NodeVendor
 
+from ..health import HealthSource, MockFaultSource, VendorToolHealthSource
+from ..telemetry import Telemetry
 from . import mock
 
 MOCK = "mock"
+NVML = "nvml"
 
 
 class BackendError(RuntimeError):
@@ -48,3 +52,33 @@ async def discover(vendor: NodeVendor, backend: str, *, node_name: str, mock_dev
             raise BackendError(f"two devices report the same UUID {d.uuid}; discovery output is unusable")
         seen.add(d.uuid)
     return devices
+
+
+def health_sources(
+    vendor: NodeVendor,
+    backend: str,
+    devices: Sequence[DeviceInfo],
+    *,
+    mock_faults: str,
+    ignored_xids: frozenset[int] = frozenset(),
+) -> list[HealthSource]:
+    """What reports device faults besides discovery: the mock backend's control file, NVML's events,
+    or the vendor tool's health where it has one."""
+    if backend == MOCK:
+        return [MockFaultSource(mock_faults, devices, vendor.names)]
+    if backend == NVML:
+        from .nvml import NvmlHealthSource
+
+        return [NvmlHealthSource(devices, ignored_xids=ignored_xids)]
+    if isinstance(vendor, HealthReportingVendor):
+        return [VendorToolHealthSource(vendor)]
+    return []
+
+
+def telemetry(backend: str) -> Telemetry | None:
+    """The backend's own device figures (NVML); ``None``: sum the containers' regions instead."""
+    if backend == NVML:
+        from .nvml import NvmlTelemetry
+
+        return NvmlTelemetry()
+    return None
