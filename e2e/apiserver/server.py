@@ -117,7 +117,13 @@ class APIServer:
         self.validator: Validator | None = validator or (SchemaValidator() if validate else None)
         self.webhooks = WebhookAdmission(self)
         self.admission: Admission | None = admission or (self.webhooks if webhooks else None)
-        self.feature_gates: dict[str, bool] = {"DRAConsumableCapacity": True, **(feature_gates or {})}
+        self.feature_gates: dict[str, bool] = {
+            "DRAConsumableCapacity": True,
+            "DRADeviceTaints": True,
+            "DRAResourceClaimDeviceStatus": True,
+            "ResourceHealthStatus": True,
+            **(feature_gates or {}),
+        }
         self.bookmark_interval = bookmark_interval
         self.requests: deque[RequestRecord] = deque(maxlen=request_log)
         self._runner: web.AppRunner | None = None
@@ -667,6 +673,7 @@ class APIServer:
         )
         new = admitted if admitted is not None else new
         stored = strategy.prepare_for_update(skind, new, old, sub)
+        strategy.claim_status_update(skind, stored, old, self.feature_gates)
         stored["metadata"]["resourceVersion"] = old["metadata"]["resourceVersion"]
         stored.setdefault("apiVersion", skind.api_version)
         stored.setdefault("kind", skind.kind)

@@ -63,6 +63,8 @@ DRIVER = "nvidia.tessera.dev"
 INVENTORY_REFRESH_SECONDS = 1.0
 """How often the harness's webhook reads the ResourceSlices (the chart's default is 30 s): pods asking
 a percentage of a device's memory convert soon after a node publishes its devices."""
+HEALTH_INTERVAL_SECONDS = 1.0
+"""The drivers check device health every second (faults injected into the mock backend show at once)."""
 
 FAKE_CUDA_VENDORS: Mapping[str, str] = {"nvidia": "NVIDIA_VISIBLE_DEVICES", "iluvatar": "IX_VISIBLE_DEVICES"}
 """Vendors whose workloads use the CUDA driver API (NVIDIA; Iluvatar CoreX implements it), with the
@@ -124,6 +126,8 @@ class Node:
     kubelet: Kubelet | None = None
     driver: Child | None = None
     fake_gpus: str = ""
+    metrics_port: int = 0
+    """The driver's ``/metrics`` port (the same across driver restarts)."""
 
     @property
     def name(self) -> str:
@@ -155,6 +159,11 @@ class Node:
     @property
     def host_lib_dir(self) -> str:
         return self.path("tessera")
+
+    @property
+    def mock_faults(self) -> str:
+        """The mock backend's fault control file (the driver's default, ``<plugin-dir>/mock-faults``)."""
+        return os.path.join(self.plugin_dir, "mock-faults")
 
 
 def free_port() -> int:
@@ -459,7 +468,7 @@ class Harness:
         if spec.name in self.nodes:
             raise HarnessError(f"the harness already has a node named {spec.name}")
         spec = self._resolved(spec)
-        node = Node(spec, os.path.join(self.state, "nodes", spec.name))
+        node = Node(spec, os.path.join(self.state, "nodes", spec.name), metrics_port=free_port())
         self.nodes[spec.name] = node
         for directory in (node.registry_dir, node.plugin_dir, node.cdi_dir, node.host_lib_dir):
             os.makedirs(directory, exist_ok=True)
@@ -538,9 +547,13 @@ class Harness:
                 "--host-lib-dir",
                 node.host_lib_dir,
                 "--metrics-port",
-                "0",
+                str(node.metrics_port),
+                "--listen-address",
+                "127.0.0.1",
                 "--healthz-port",
                 "0",
+                "--health-interval",
+                str(HEALTH_INTERVAL_SECONDS),
                 "--log-format",
                 "text",
             ],

@@ -10,6 +10,8 @@
   pod status, and serves logs at ``/containerLogs/<ns>/<pod>/<container>`` for ``pods/log``.
 * A pod that finishes or is deleted has its processes stopped (SIGTERM, SIGKILL after the grace
   period) and its claims unprepared; a deleted pod is then removed (``gracePeriodSeconds: 0``).
+* Watches each plugin's device health (``NodeWatchResources``) and writes it into the status of the
+  pods that use the devices (``containerStatuses[].allocatedResourcesStatus``, :mod:`.health`).
 """
 
 from __future__ import annotations
@@ -29,7 +31,8 @@ from e2e.controllers.informer import Informer, cancel_all, key_of
 from kubeapi import KubeClient, KubeError, cluster_path, namespaced_path
 
 from . import cdi, runtime
-from .plugins import ClaimRef, PluginError, PluginWatcher, PreparedDevice
+from . import health as device_health
+from .plugins import ClaimRef, Plugin, PluginError, PluginWatcher, PreparedDevice
 
 log = logging.getLogger("e2e.kubelet")
 
@@ -89,6 +92,17 @@ class PodWorker:
             cond["message"] = message
         self.conditions[kind] = cond
 
+    def _with_health(self, container: Obj, status: Obj) -> Obj:
+        """``status`` plus the container's ``allocatedResourcesStatus`` (once its claims are prepared)."""
+        prepared = {name: claim.devices for name, claim in self.claims.items()}
+        entries = device_health.allocated_resources_status(container, prepared, self.kubelet.health)
+        if not entries:
+            return status
+        return {**status, "allocatedResourcesStatus": entries}
+
+    def uses(self, keys: set[device_health.DeviceKey]) -> bool:
+        return any(device_health.uses_any(c.devices, keys) for c in self.claims.values())
+
     async def push_status(self) -> None:
         spec = self.pod.get("spec") or {}
         status: Obj = {
@@ -100,13 +114,14 @@ class PodWorker:
             "startTime": self.start_time,
             "conditions": list(self.conditions.values()),
             "containerStatuses": [
-                self.statuses.get(c["name"], self._waiting(c, "ContainerCreating"))
+                self._with_health(c, self.statuses.get(c["name"], self._waiting(c, "ContainerCreating")))
                 for c in spec.get("containers") or []
             ],
         }
         if spec.get("initContainers"):
             status["initContainerStatuses"] = [
-                self.init_statuses.get(c["name"], self._waiting(c, "PodInitializing")) for c in spec["initContainers"]
+                self._with_health(c, self.init_statuses.get(c["name"], self._waiting(c, "PodInitializing")))
+                for c in spec["initContainers"]
             ]
         try:
             await self.kubelet.kube.request(
@@ -508,6 +523,8 @@ class Kubelet:
         self.labels = dict(labels or {})
         self.prepare_timeout = prepare_timeout
         self.plugins = PluginWatcher(registry_dir)
+        self.health = device_health.HealthCache()
+        self._health_watchers: dict[str, tuple[Plugin, asyncio.Task[None]]] = {}
         self.workers: dict[str, PodWorker] = {}  # pod uid -> worker
         self.pods = Informer(
             kube,
@@ -661,6 +678,45 @@ class Kubelet:
                 )
             log.info("pod %s/%s: stopped, resources unprepared, deleted", worker.ns, worker.name)
 
+    # ------------------------------------------------------------------ device health
+    async def _health_loop(self) -> None:
+        """One ``NodeWatchResources`` stream per registered plugin, restarted when the plugin is."""
+        try:
+            while True:
+                for name, plugin in list(self.plugins.plugins.items()):
+                    current = self._health_watchers.get(name)
+                    if current is not None and current[0] is plugin and not current[1].done():
+                        continue
+                    if current is not None:
+                        current[1].cancel()
+                    task = asyncio.get_running_loop().create_task(self._watch_health(plugin))
+                    self._health_watchers[name] = (plugin, task)
+                for name in [n for n in self._health_watchers if n not in self.plugins.plugins]:
+                    _, task = self._health_watchers.pop(name)
+                    task.cancel()
+                    await self._health_changed(self.health.clear(name))
+                await asyncio.sleep(0.2)
+        finally:
+            await cancel_all([task for _, task in self._health_watchers.values()])
+
+    async def _watch_health(self, plugin: Plugin) -> None:
+        try:
+            async for reports in plugin.watch_health():
+                await self._health_changed(self.health.update(plugin.name, reports))
+        except PluginError as exc:
+            log.info("device health of %s not watched: %s", plugin.name, exc)
+        current = self._health_watchers.get(plugin.name)
+        if current is not None and current[0] is plugin:
+            await self._health_changed(self.health.clear(plugin.name))
+        await asyncio.sleep(1.0)  # then the loop starts a new stream if the plugin is still registered
+
+    async def _health_changed(self, keys: set[device_health.DeviceKey]) -> None:
+        if not keys:
+            return
+        for worker in list(self.workers.values()):
+            if worker.uses(keys):
+                await worker.push_status()
+
     async def _heartbeat(self) -> None:
         while True:
             await asyncio.sleep(10)
@@ -691,6 +747,7 @@ class Kubelet:
             asyncio.create_task(self.plugins.run()),
             asyncio.create_task(self.pods.run()),
             asyncio.create_task(self._heartbeat()),
+            asyncio.create_task(self._health_loop()),
         ]
         await self.pods.synced.wait()
 
