@@ -108,7 +108,7 @@ def build_parser(environ: Mapping[str, str] | None = None) -> argparse.ArgumentP
     )
     add(
         "--health-interval",
-        default="30",
+        default="10",
         type=float,
         help="seconds between device health checks streamed to the kubelet",
     )

@@ -71,8 +71,8 @@ class Fault:
 
     @property
     def label(self) -> str:
-        """The taint value: ``xid-<n>`` for an XID, else the kind."""
-        return f"{XID}-{self.xid}" if self.kind == XID and self.xid is not None else self.kind
+        """The taint value: ``xid-<n>`` for a fault an XID reported, else the kind."""
+        return f"{XID}-{self.xid}" if self.xid is not None else self.kind
 
 
 def parse_xids(text: str) -> frozenset[int]:

@@ -21,9 +21,9 @@ import pytest
 from dra_driver import cdi
 from dra_driver.checkpoint import COMPLETED, STARTED, ClaimEntry, DeviceHold, PreparedDevice
 from dra_driver.container_metrics import ContainerDevice, RegionSource, region_sources
-from vendors.base import DeviceInfo
 from e2e.apiserver import APIServer
 from vendors import nvidia
+from vendors.base import DeviceInfo
 
 from .helpers import claim, request, result, running_driver, settings, sharing_config
 from .kubelet import Claim, Kubelet
