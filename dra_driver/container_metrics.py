@@ -294,7 +294,7 @@ def _claim(source: RegionSource) -> str:
 def _read(source: RegionSource) -> tuple[str, regions.Region | None]:
     """Read one region; never raises (a scrape must not fail on one container's file)."""
     try:
-        return "ok", regions.read_region(source.path)
+        return "ok", regions.read_region(source.path, processes=False)
     except regions.RegionError as exc:
         state = "missing" if not os.path.exists(source.path) else "invalid"
         log.debug(
