@@ -101,5 +101,3 @@ def reserved(claim_obj: Obj, *pods: Obj) -> Obj:
         {"resource": "pods", "name": p["metadata"]["name"], "uid": p["metadata"]["uid"]} for p in pods
     ]
     return claim_obj
-
-

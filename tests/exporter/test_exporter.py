@@ -32,7 +32,9 @@ async def put(kube: KubeClient, collection: str, obj: dict[str, Any]) -> dict[st
     status = obj.pop("status", None)
     created = await kube.create(collection, obj)
     if status is not None:
-        created = await kube.replace(f"{collection}/{created['metadata']['name']}/status", {**created, "status": status})
+        created = await kube.replace(
+            f"{collection}/{created['metadata']['name']}/status", {**created, "status": status}
+        )
     return created
 
 
@@ -94,8 +96,8 @@ async def shared_card(kube: KubeClient) -> tuple[list[dict[str, Any]], dict[str,
 
 
 async def test_two_pods_sharing_a_card(tmp_path: Path) -> None:
-    async with cluster(tmp_path) as (api, kube), exporter_at(kube) as (exporter, url):
-        sl, a, b = await shared_card(kube)
+    async with cluster(tmp_path) as (_api, kube), exporter_at(kube) as (_exporter, url):
+        sl, _a, _b = await shared_card(kube)
         uuid = device_uuid(sl, "gpu-0")
         card = {"node": NODE, "device_uuid": uuid, "device_index": "0", "device_type": "H200", "zone": "vGPU"}
 
@@ -131,8 +133,8 @@ async def test_two_pods_sharing_a_card(tmp_path: Path) -> None:
 
 
 async def test_a_deleted_pods_series_are_gone_in_the_next_scrape(tmp_path: Path) -> None:
-    async with cluster(tmp_path) as (api, kube), exporter_at(kube) as (exporter, url):
-        sl, a, b = await shared_card(kube)
+    async with cluster(tmp_path) as (_api, kube), exporter_at(kube) as (_exporter, url):
+        sl, _a, _b = await shared_card(kube)
         await until(lambda: _has(url, "hami_vgpu_memory_allocated_bytes", pod="b"))
         # as when the pod goes: kubelet is done with it, the claim is released and deleted
         await kube.delete(f"{CLAIMS}/claim-a")
@@ -148,7 +150,7 @@ async def test_a_deleted_pods_series_are_gone_in_the_next_scrape(tmp_path: Path)
 
 async def test_a_pending_pods_reason_is_exported(tmp_path: Path) -> None:
     message = '0/1 nodes are available: 1 cannot allocate all claims. resourceclaim "big-gpu" does not fit\nagain'
-    async with cluster(tmp_path) as (api, kube), exporter_at(kube) as (exporter, url):
+    async with cluster(tmp_path) as (_api, kube), exporter_at(kube) as (_exporter, url):
         for s in slices(NODE, "1xH200"):
             await kube.create(SLICES, s)
         p = pod("big", {"main": [("gpu", "")]}, claims={"gpu": "big-gpu"}, unschedulable=message)
@@ -164,9 +166,11 @@ async def test_a_pending_pods_reason_is_exported(tmp_path: Path) -> None:
 
 
 async def test_exposition_parses_and_follows_the_conventions(tmp_path: Path) -> None:
-    async with cluster(tmp_path) as (api, kube), exporter_at(kube) as (exporter, url):
-        sl, a, b = await shared_card(kube)
-        sl[0]["spec"]["devices"][1]["taints"] = [{"key": "tessera.dev/unhealthy", "value": "xid-79", "effect": "NoSchedule"}]
+    async with cluster(tmp_path) as (_api, kube), exporter_at(kube) as (_exporter, url):
+        sl, _a, _b = await shared_card(kube)
+        sl[0]["spec"]["devices"][1]["taints"] = [
+            {"key": "tessera.dev/unhealthy", "value": "xid-79", "effect": "NoSchedule"}
+        ]
         current = await kube.get(f"{SLICES}/{sl[0]['metadata']['name']}")
         await kube.replace(f"{SLICES}/{sl[0]['metadata']['name']}", {**current, "spec": sl[0]["spec"]})
         text = await until(lambda: _has(url, "tessera_cluster_device_taint_info", device_index="1"))

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +18,9 @@ from kubeapi.informer import Informer
 
 PODS = "/api/v1/namespaces/default/pods"
 CONFIGMAPS = "/api/v1/namespaces/default/configmaps"
+
+
+SECRET = {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "s"}}
 
 
 def configmap(name: str, value: str = "1") -> dict[str, Any]:
@@ -77,7 +80,12 @@ async def test_list_then_watch_every_change_without_polling(tmp_path: Path) -> N
             await kube.merge_patch(f"{CONFIGMAPS}/a", {"data": {"v": "2"}})
             await kube.delete(f"{CONFIGMAPS}/b")
             await seen.until(4)
-            assert seen.events == [("ADDED", "a", "1"), ("ADDED", "b", "1"), ("MODIFIED", "a", "2"), ("DELETED", "b", "1")]
+            assert seen.events == [
+                ("ADDED", "a", "1"),
+                ("ADDED", "b", "1"),
+                ("MODIFIED", "a", "2"),
+                ("DELETED", "b", "1"),
+            ]
             assert set(informer.cache) == {("default", "a")}
             assert informer.events == 3 and informer.lists == 1
     # the server logs a watch when it ends (here: when it stops)
@@ -86,16 +94,23 @@ async def test_list_then_watch_every_change_without_polling(tmp_path: Path) -> N
     assert watch.query["allowWatchBookmarks"] == "true" and watch.query["resourceVersion"]
 
 
+async def eventually(check: Callable[[], bool], timeout: float = 5.0) -> None:
+    for _ in range(int(timeout / 0.02)):
+        if check():
+            return
+        await asyncio.sleep(0.02)
+    raise AssertionError("timed out")
+
+
 async def test_bookmarks_advance_the_resource_version_of_a_quiet_watch(tmp_path: Path) -> None:
-    async with server(tmp_path, bookmark_interval=0.1) as (api, kube):
-        async with running(Informer(kube, CONFIGMAPS, name="cm")) as informer:
-            start = int(informer.resource_version or 0)
-            await kube.create("/api/v1/namespaces/default/secrets", {"apiVersion": "v1", "kind": "Secret",
-                                                                     "metadata": {"name": "s"}})  # fmt: skip
-            async with asyncio.timeout(5):
-                while int(informer.resource_version or 0) <= start:
-                    await asyncio.sleep(0.05)
-            assert informer.events == 0  # bookmarks are not events
+    async with (
+        server(tmp_path, bookmark_interval=0.1) as (_api, kube),
+        running(Informer(kube, CONFIGMAPS, name="cm")) as informer,
+    ):
+        start = int(informer.resource_version or 0)
+        await kube.create("/api/v1/namespaces/default/secrets", SECRET)
+        await eventually(lambda: int(informer.resource_version or 0) > start)
+        assert informer.events == 0  # bookmarks are not events
 
 
 async def test_a_watch_too_old_lists_again_and_reports_what_it_missed(tmp_path: Path) -> None:
@@ -116,13 +131,17 @@ async def test_a_watch_too_old_lists_again_and_reports_what_it_missed(tmp_path: 
                 await kube.create("/api/v1/namespaces/default/secrets", {"apiVersion": "v1", "kind": "Secret",
                                                                          "metadata": {"name": f"s{i}"}})  # fmt: skip
             await seen.until(6)
-            assert sorted(seen.events[3:]) == [("ADDED", "new", "1"), ("DELETED", "drop", "1"), ("MODIFIED", "change", "2")]
+            assert sorted(seen.events[3:]) == [
+                ("ADDED", "new", "1"),
+                ("DELETED", "drop", "1"),
+                ("MODIFIED", "change", "2"),
+            ]
             assert set(informer.cache) == {("default", "keep"), ("default", "change"), ("default", "new")}
             assert informer.lists == 2 and informer.events == 0
 
 
 async def test_gone_in_the_stream_lists_again(tmp_path: Path) -> None:
-    async with server(tmp_path, store=Store(history=3), bookmark_interval=3600) as (api, kube):
+    async with server(tmp_path, store=Store(history=3), bookmark_interval=3600) as (_api, kube):
         await kube.create(CONFIGMAPS, configmap("a"))
         informer = Informer(kube, CONFIGMAPS, name="cm")
         informer.resource_version = "1"  # as if resuming a watch long after
@@ -147,16 +166,14 @@ async def test_selectors_and_transform_apply_to_list_and_watch(tmp_path: Path, s
     async with server(tmp_path) as (api, kube):
         seen: list[dict[str, Any]] = []
         informer = Informer(
-            kube, PODS, name="pods", handler=lambda k, o, _: seen.append(o), transform=lambda o: {"metadata": o["metadata"]},
-            fieldSelector=selector,
+            kube, PODS, name="pods", handler=lambda k, o, _: seen.append(o),
+            transform=lambda o: {"metadata": o["metadata"]}, fieldSelector=selector,
         )  # fmt: skip
         pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p"},
                "spec": {"containers": [{"name": "c", "image": "busybox:1.36"}]}}  # fmt: skip
         async with running(informer):
             await kube.create(PODS, pod)
-            async with asyncio.timeout(5):
-                while not seen:
-                    await asyncio.sleep(0.02)
+            await eventually(lambda: bool(seen))
         assert set(seen[0]) == {"metadata"}
     queries = [r.query for r in api.requests if r.path == PODS and r.method == "GET"]
     assert len(queries) == 2 and all(q.get("fieldSelector") == selector for q in queries)

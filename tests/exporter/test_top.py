@@ -38,7 +38,9 @@ def rows(text: str, *header: str) -> list[dict[str, str]]:
 
 def known_state() -> tuple[ClusterState, str]:
     sl = slices(NODE, "2xH200")
-    sl[0]["spec"]["devices"][1]["taints"] = [{"key": "tessera.dev/unhealthy", "value": "xid-79", "effect": "NoSchedule"}]
+    sl[0]["spec"]["devices"][1]["taints"] = [
+        {"key": "tessera.dev/unhealthy", "value": "xid-79", "effect": "NoSchedule"}
+    ]
     a = pod("a", {"main": [("gpu", "")]}, claims={"gpu": "claim-a"}, node=NODE)
     b = pod("b", {"main": [("gpu", "")]}, claims={"gpu": "claim-b"}, node=NODE)
     waiting = pod("w", {"main": [("gpu", "")]}, claims={"gpu": "claim-w"}, unschedulable="0/1 nodes are available")
@@ -74,7 +76,12 @@ def test_tables_of_a_known_cluster() -> None:
         ("b", "main", "claim-b", "20.0Gi", "1"),
     ]
     (pending,) = rows(text, "NAMESPACE", "POD")
-    assert pending == {"NAMESPACE": "default", "POD": "w", "REASON": "Unschedulable", "MESSAGE": "0/1 nodes are available"}
+    assert pending == {
+        "NAMESPACE": "default",
+        "POD": "w",
+        "REASON": "Unschedulable",
+        "MESSAGE": "0/1 nodes are available",
+    }
 
 
 def test_node_filter_and_an_empty_cluster() -> None:
@@ -96,7 +103,7 @@ async def test_the_command_against_an_api_server(tmp_path: Path) -> None:
         kubeconfig = api.write_kubeconfig(tmp_path / "kubeconfig")
         kube = await KubeClient.connect(kubeconfig, timeout=5)
         try:
-            sl, a, b = await shared_card(kube)
+            _sl, _a, _b = await shared_card(kube)
             proc = await _top(kubeconfig=kubeconfig)
             out, err = await asyncio.wait_for(proc.communicate(), 30)
             assert proc.returncode == 0, err.decode()
