@@ -177,7 +177,7 @@ def test_isolation_install_command(objs: list[helm.Obj]) -> None:
 def test_webhook_env_is_what_the_webhook_parses(objs: list[helm.Obj]) -> None:
     from webhook import cli as webhook_cli
 
-    deployment = helm.one(objs, "Deployment")
+    deployment = helm.one(objs, "Deployment", "tessera-webhook")
     (container,) = helm.pod_spec(deployment)["containers"]
     assert container["command"] == ["python", "-m", "webhook", "serve"]
     env = _literal_env(container)
@@ -208,7 +208,7 @@ def test_webhook_paths_are_the_servers_routes(default_objs: list[helm.Obj]) -> N
     routes = {(r.method, r.resource.canonical) for r in app.router.routes() if r.resource is not None}
     hook = helm.one(default_objs, "MutatingWebhookConfiguration")["webhooks"][0]
     assert ("POST", hook["clientConfig"]["service"]["path"]) in routes
-    container = helm.pod_spec(helm.one(default_objs, "Deployment"))["containers"][0]
+    container = helm.pod_spec(helm.one(default_objs, "Deployment", "tessera-webhook"))["containers"][0]
     for probe in ("livenessProbe", "readinessProbe"):
         assert ("GET", container[probe]["httpGet"]["path"]) in routes
 

@@ -3,18 +3,28 @@ use claims, claims reserved for them (tests/driver/helpers builds the allocation
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
+from pathlib import Path
 from typing import Any
+
+import aiohttp
+from aiohttp import web
 
 from dra_driver.backends.mock import discover
 from dra_driver.slices import build_slice_specs
+from e2e.apiserver import APIServer
+from kubeapi import KubeClient
+from tessera_exporter.exporter import Exporter
 from tests.driver.helpers import claim, request, result
 from vendors import node_vendor
 
 Obj = dict[str, Any]
 DRIVER = "nvidia.tessera.dev"
 GIB = 1024**3
+TAINT = {"key": "tessera.dev/unhealthy", "value": "xid-79", "effect": "NoSchedule"}
 
 __all__ = ["DRIVER", "claim", "pod", "request", "reserved", "result", "slices"]
 
@@ -101,3 +111,78 @@ def reserved(claim_obj: Obj, *pods: Obj) -> Obj:
         {"resource": "pods", "name": p["metadata"]["name"], "uid": p["metadata"]["uid"]} for p in pods
     ]
     return claim_obj
+
+
+NODE = "node1"
+NS = "default"
+CLAIMS = f"/apis/resource.k8s.io/v1/namespaces/{NS}/resourceclaims"
+PODS = f"/api/v1/namespaces/{NS}/pods"
+SLICES = "/apis/resource.k8s.io/v1/resourceslices"
+
+
+async def put(kube: KubeClient, collection: str, obj: Obj) -> Obj:
+    """Create ``obj``, then write its status as its controller would (create ignores status)."""
+    status = obj.pop("status", None)
+    created = await kube.create(collection, obj)
+    if status is not None:
+        created = await kube.replace(
+            f"{collection}/{created['metadata']['name']}/status", {**created, "status": status}
+        )
+    return created
+
+
+@contextlib.asynccontextmanager
+async def cluster(tmp_path: Path) -> AsyncIterator[tuple[APIServer, KubeClient]]:
+    async with APIServer.running() as api:
+        kube = await KubeClient.connect(api.write_kubeconfig(tmp_path / "kubeconfig"), timeout=5)
+        try:
+            yield api, kube
+        finally:
+            await kube.close()
+
+
+@contextlib.asynccontextmanager
+async def exporter_at(kube: KubeClient) -> AsyncIterator[tuple[Exporter, str]]:
+    exporter = Exporter(kube)
+    runner = web.AppRunner(exporter.app())
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    await exporter.start()
+    try:
+        yield exporter, f"http://127.0.0.1:{port}"
+    finally:
+        await exporter.stop()
+        await runner.cleanup()
+
+
+async def scrape(url: str) -> str:
+    async with aiohttp.ClientSession() as http, http.get(f"{url}/metrics") as resp:
+        assert resp.status == 200
+        assert resp.headers["Content-Type"].startswith("text/plain; version=")
+        return await resp.text()
+
+
+async def until(check: Any, timeout: float = 5.0) -> Any:
+    async with asyncio.timeout(timeout):
+        while True:
+            got = await check()
+            if got:
+                return got
+            await asyncio.sleep(0.02)
+
+
+async def shared_card(kube: KubeClient) -> tuple[list[Obj], Obj, Obj]:
+    """Two pods on node1's gpu-0: a (40 GiB, 30 % of the cores), b (20 GiB, no core limit asked)."""
+    sl = slices(NODE, "2xH200")
+    for s in sl:
+        await kube.create(SLICES, s)
+    pods = {}
+    for name, memory, cores in (("a", "40Gi", "30"), ("b", "20Gi", "1")):
+        p = await put(kube, PODS, pod(name, {"main": [("gpu", "")]}, claims={"gpu": f"claim-{name}"}, node=NODE,
+                                      phase="Running"))  # fmt: skip
+        c = claim(f"claim-{name}", [result("gpu-0", pool=NODE, memory=memory, cores=cores)], [request()])
+        await put(kube, CLAIMS, reserved(c, p))
+        pods[name] = p
+    return sl, pods["a"], pods["b"]

@@ -4,95 +4,33 @@ reason, readiness, and an exposition that parses and follows the naming conventi
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
 
 import aiohttp
-from aiohttp import web
 
-from e2e.apiserver import APIServer
-from kubeapi import KubeClient
-from tessera_exporter.exporter import Exporter
+from kubeapi import KubeClient, KubeError
 
 from . import promtext
-from .helpers import GIB, claim, device_uuid, pod, request, reserved, result, slices
-
-NODE = "node1"
-NS = "default"
-CLAIMS = f"/apis/resource.k8s.io/v1/namespaces/{NS}/resourceclaims"
-PODS = f"/api/v1/namespaces/{NS}/pods"
-SLICES = "/apis/resource.k8s.io/v1/resourceslices"
-
-
-async def put(kube: KubeClient, collection: str, obj: dict[str, Any]) -> dict[str, Any]:
-    """Create ``obj``, then write its status as its controller would (create ignores status)."""
-    status = obj.pop("status", None)
-    created = await kube.create(collection, obj)
-    if status is not None:
-        created = await kube.replace(
-            f"{collection}/{created['metadata']['name']}/status", {**created, "status": status}
-        )
-    return created
-
-
-@contextlib.asynccontextmanager
-async def cluster(tmp_path: Path) -> AsyncIterator[tuple[APIServer, KubeClient]]:
-    async with APIServer.running() as api:
-        kube = await KubeClient.connect(api.write_kubeconfig(tmp_path / "kubeconfig"), timeout=5)
-        try:
-            yield api, kube
-        finally:
-            await kube.close()
-
-
-@contextlib.asynccontextmanager
-async def exporter_at(kube: KubeClient) -> AsyncIterator[tuple[Exporter, str]]:
-    exporter = Exporter(kube)
-    runner = web.AppRunner(exporter.app())
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    await exporter.start()
-    try:
-        yield exporter, f"http://127.0.0.1:{port}"
-    finally:
-        await exporter.stop()
-        await runner.cleanup()
-
-
-async def scrape(url: str) -> str:
-    async with aiohttp.ClientSession() as http, http.get(f"{url}/metrics") as resp:
-        assert resp.status == 200
-        assert resp.headers["Content-Type"].startswith("text/plain; version=")
-        return await resp.text()
-
-
-async def until(check: Any, timeout: float = 5.0) -> Any:
-    async with asyncio.timeout(timeout):
-        while True:
-            got = await check()
-            if got:
-                return got
-            await asyncio.sleep(0.02)
-
-
-async def shared_card(kube: KubeClient) -> tuple[list[dict[str, Any]], dict[str, Any], dict[str, Any]]:
-    """Two pods on node1's gpu-0: a (40 GiB, 30 % of the cores), b (20 GiB, no core limit asked)."""
-    sl = slices(NODE, "2xH200")
-    for s in sl:
-        await kube.create(SLICES, s)
-    pods = {}
-    for name, memory, cores in (("a", "40Gi", "30"), ("b", "20Gi", "1")):
-        p = await put(kube, PODS, pod(name, {"main": [("gpu", "")]}, claims={"gpu": f"claim-{name}"}, node=NODE,
-                                      phase="Running"))  # fmt: skip
-        c = claim(f"claim-{name}", [result("gpu-0", pool=NODE, memory=memory, cores=cores)], [request()])
-        await put(kube, CLAIMS, reserved(c, p))
-        pods[name] = p
-    return sl, pods["a"], pods["b"]
+from .helpers import (
+    CLAIMS,
+    GIB,
+    NODE,
+    NS,
+    PODS,
+    SLICES,
+    TAINT,
+    claim,
+    cluster,
+    device_uuid,
+    exporter_at,
+    pod,
+    put,
+    request,
+    scrape,
+    shared_card,
+    slices,
+    until,
+)  # fmt: skip
 
 
 async def test_two_pods_sharing_a_card(tmp_path: Path) -> None:
@@ -168,9 +106,7 @@ async def test_a_pending_pods_reason_is_exported(tmp_path: Path) -> None:
 async def test_exposition_parses_and_follows_the_conventions(tmp_path: Path) -> None:
     async with cluster(tmp_path) as (_api, kube), exporter_at(kube) as (_exporter, url):
         sl, _a, _b = await shared_card(kube)
-        sl[0]["spec"]["devices"][1]["taints"] = [
-            {"key": "tessera.dev/unhealthy", "value": "xid-79", "effect": "NoSchedule"}
-        ]
+        sl[0]["spec"]["devices"][1]["taints"] = [TAINT]
         current = await kube.get(f"{SLICES}/{sl[0]['metadata']['name']}")
         await kube.replace(f"{SLICES}/{sl[0]['metadata']['name']}", {**current, "spec": sl[0]["spec"]})
         text = await until(lambda: _has(url, "tessera_cluster_device_taint_info", device_index="1"))
@@ -220,8 +156,6 @@ async def _has(url: str, name: str, **labels: str) -> str | None:
 
 
 async def _gone(kube: KubeClient, path: str) -> bool:
-    from kubeapi import KubeError
-
     try:
         await kube.get(path)
     except KubeError as exc:

@@ -14,8 +14,22 @@ from kubeapi import KubeClient
 from tessera_exporter.model import ClusterState
 from tessera_exporter.top import render
 
-from .helpers import claim, device_uuid, pod, request, reserved, result, slices
-from .test_exporter import CLAIMS, NODE, PODS, SLICES, put, shared_card
+from .helpers import (
+    CLAIMS,
+    NODE,
+    PODS,
+    SLICES,
+    TAINT,
+    claim,
+    device_uuid,
+    pod,
+    put,
+    request,
+    reserved,
+    result,
+    shared_card,
+    slices,
+)
 
 
 def rows(text: str, *header: str) -> list[dict[str, str]]:
@@ -38,9 +52,7 @@ def rows(text: str, *header: str) -> list[dict[str, str]]:
 
 def known_state() -> tuple[ClusterState, str]:
     sl = slices(NODE, "2xH200")
-    sl[0]["spec"]["devices"][1]["taints"] = [
-        {"key": "tessera.dev/unhealthy", "value": "xid-79", "effect": "NoSchedule"}
-    ]
+    sl[0]["spec"]["devices"][1]["taints"] = [TAINT]
     a = pod("a", {"main": [("gpu", "")]}, claims={"gpu": "claim-a"}, node=NODE)
     b = pod("b", {"main": [("gpu", "")]}, claims={"gpu": "claim-b"}, node=NODE)
     waiting = pod("w", {"main": [("gpu", "")]}, claims={"gpu": "claim-w"}, unschedulable="0/1 nodes are available")
