@@ -218,3 +218,28 @@ def test_dockerfiles_exist_for_the_chart_images() -> None:
         assert (helm.REPO / "docker" / f"{name}.Dockerfile").is_file()
     assert VALUES["webhook"]["image"]["repository"].endswith("/webhook")
     assert VALUES["driver"]["image"]["repository"].endswith("/driver")
+
+
+def test_exporter_env_and_probes_are_what_the_exporter_serves(objs: list[helm.Obj]) -> None:
+    from tessera_exporter import cli as exporter_cli
+    from tessera_exporter.exporter import Exporter
+
+    deployment = helm.one(objs, "Deployment", "tessera-exporter")
+    assert deployment["spec"]["replicas"] == 1  # two would export every series twice
+    (container,) = helm.pod_spec(deployment)["containers"]
+    assert container["command"] == ["python", "-m", "tessera_exporter", "exporter"]
+    assert container["image"].split("@")[0].split(":")[0].endswith("/webhook")  # the image that carries it
+    argv = ["exporter"]
+    for name, value in _literal_env(container).items():
+        assert name.startswith("TESSERA_"), name
+        argv += ["--" + name.removeprefix("TESSERA_").lower().replace("_", "-"), value]
+    args = exporter_cli.build_parser().parse_args(argv)
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    assert args.port == ports["metrics"]
+    app = Exporter(kube=None).app()  # type: ignore[arg-type]
+    routes = {(r.method, r.resource.canonical) for r in app.router.routes() if r.resource is not None}
+    for probe in ("livenessProbe", "readinessProbe"):
+        assert container[probe]["httpGet"]["port"] == "metrics"
+        assert ("GET", container[probe]["httpGet"]["path"]) in routes
+    service = helm.one(objs, "Service", "tessera-exporter")
+    assert service["spec"]["ports"][0]["targetPort"] == "metrics"
