@@ -4,9 +4,10 @@
 Every change arrives as a watch event (list, then watch from the list's resourceVersion with
 bookmarks; list again on 410 Gone): nothing is polled, and a scrape reflects every event received
 before it. ``/readyz`` answers 200 once every watched resource has been listed; ``/healthz`` while the
-event loop runs. Collectors are kept in one registry: a feature with figures of its own (quota, for
-instance) adds its collector with :meth:`Exporter.add_collector` and, if it needs another resource,
-an informer with :meth:`Exporter.watch`.
+event loop runs. Besides the cluster's figures (:mod:`tessera_exporter.metrics`), collectors are kept
+in one ``prometheus_client`` registry: a feature with figures of its own (quota, for instance) adds
+its collector with :meth:`Exporter.add_collector` and, if it needs another resource, an informer
+with :meth:`Exporter.watch` (its handler may update :attr:`Exporter.state` or its own records).
 """
 
 from __future__ import annotations
@@ -14,16 +15,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from kubeapi import RESOURCE_V1, KubeClient
 from kubeapi.informer import Handler, Informer, Transform
 
-from .collectors import ClusterCollector, HamiCollector, InformerCollector
+from .metrics import Renderer
 from .model import ClusterState, reduce_pod
 
 log = logging.getLogger("tessera.exporter")
@@ -46,8 +48,7 @@ class Exporter:
         self.watch("resourceslices", SLICES, self.state.on_slice)
         self.watch("resourceclaims", CLAIMS, self.state.on_claim)
         self.watch("pods", PODS, self.state.on_pod, transform=reduce_pod, fieldSelector=LIVE_PODS)
-        self.add_collector(HamiCollector(self.state.view))
-        self.add_collector(ClusterCollector(self.state.view))
+        self.renderer = Renderer()
         self.add_collector(InformerCollector(self._informer_items))
 
     def _informer_items(self) -> Iterator[tuple[str, Informer]]:
@@ -93,7 +94,8 @@ class Exporter:
         self._tasks = []
 
     def render(self) -> bytes:
-        return generate_latest(self.registry)
+        """The cluster's figures (:mod:`tessera_exporter.metrics`), then every registered collector's."""
+        return self.renderer.render(self.state.view()).encode() + generate_latest(self.registry)
 
     def app(self) -> web.Application:
         app = web.Application()
@@ -114,3 +116,33 @@ class Exporter:
             return web.Response(text="ok\n")
         waiting = sorted(r for r, i in self.informers.items() if not i.synced.is_set())
         return web.Response(status=503, text=f"not listed yet: {', '.join(waiting)}\n")
+
+
+class InformerCollector(Collector):
+    """The exporter's own health: per watched resource, whether it is synced, how many objects it
+    holds, how many watch events and lists it has seen."""
+
+    def __init__(self, informers: Callable[[], Iterable[tuple[str, Informer]]]) -> None:
+        self._informers = informers
+
+    def collect(self) -> Iterator[Metric]:
+        synced = GaugeMetricFamily(
+            "tessera_cluster_exporter_synced", "1 once the resource's first list is done.", labels=["resource"]
+        )
+        objects = GaugeMetricFamily(
+            "tessera_cluster_exporter_objects", "Objects of the resource in the watch cache.", labels=["resource"]
+        )
+        events = CounterMetricFamily(
+            "tessera_cluster_exporter_watch_events", "Watch events applied.", labels=["resource"]
+        )
+        lists = CounterMetricFamily(
+            "tessera_cluster_exporter_lists",
+            "Lists of the resource (1 at start; more after 410 Gone or a lost connection).",
+            labels=["resource"],
+        )
+        for resource, informer in self._informers():
+            synced.add_metric([resource], 1.0 if informer.synced.is_set() else 0.0)
+            objects.add_metric([resource], float(len(informer.cache)))
+            events.add_metric([resource], float(informer.events))
+            lists.add_metric([resource], float(informer.lists))
+        yield from (synced, objects, events, lists)

@@ -22,10 +22,11 @@ and claim names, the scheduler's message quoting them) is carried as data only.
 
 from __future__ import annotations
 
+import functools
 import logging
 import re
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 import vendors
@@ -457,13 +458,18 @@ class PendingClaim:
 
 @dataclass(frozen=True)
 class ClusterView:
+    """Devices sorted by node and name; shares (also each device's holders) in no order (see
+    :func:`share_order`); pending pods and claims by namespace and name."""
+
     devices: tuple[DeviceView, ...] = ()
     shares: tuple[Share, ...] = ()
     pending_pods: tuple[PendingPod, ...] = ()
     pending_claims: tuple[PendingClaim, ...] = ()
 
 
+@functools.lru_cache(maxsize=4096)
 def _natural(text: str) -> tuple[Any, ...]:
+    """``gpu-10`` after ``gpu-9``."""
     return tuple(int(p) if p.isdigit() else p for p in re.split(r"(\d+)", text))
 
 
@@ -483,6 +489,7 @@ class ClusterState:
     version: int = 0
     _view: ClusterView | None = None
     _view_version: int = -1
+    _memo: dict[Key, _ClaimShares] = field(default_factory=dict)
 
     def on_slice(self, kind: str, obj: Obj, old: Obj | None = None) -> None:
         name = _text(_meta(obj).get("name"))
@@ -528,7 +535,7 @@ class ClusterState:
 
     def view(self) -> ClusterView:
         if self._view is None or self._view_version != self.version:
-            self._view = compute_view(self.slices.values(), self.claims.values(), self.pods)
+            self._view = compute_view(self.slices.values(), self.claims.values(), self.pods, self._memo)
             self._view_version = self.version
         return self._view
 
@@ -542,6 +549,13 @@ def current_devices(slices: Iterable[SliceRecord]) -> dict[DeviceKey, Device]:
     return {d.key: d for s in records if s.generation == newest[(s.driver, s.pool)] for d in s.devices}
 
 
+def _with(share: Share, **changes: str) -> Share:
+    """``share`` with other holder fields (``dataclasses.replace`` costs ten times more)."""
+    fields = dict(share.__dict__)
+    fields.update(changes)
+    return Share(**fields)
+
+
 def _holders(claim: ClaimRecord, result: Result, base: Share, pods: Mapping[Key, PodRecord]) -> list[Share]:
     """``base`` once per container holding it: the claim's reserving pods, their containers naming
     the claim (and this result's request, or no request: all of the claim)."""
@@ -550,7 +564,7 @@ def _holders(claim: ClaimRecord, result: Result, base: Share, pods: Mapping[Key,
     out = []
     for ref in claim.reserved_for:
         pod = pods.get((claim.namespace, ref.name))
-        held = replace(base, pod=ref.name, pod_uid=ref.uid)
+        held = _with(base, pod=ref.name, pod_uid=ref.uid)
         if pod is None or (ref.uid and pod.uid and pod.uid != ref.uid):
             out.append(held)
             continue
@@ -563,13 +577,67 @@ def _holders(claim: ClaimRecord, result: Result, base: Share, pods: Mapping[Key,
         if not containers:
             out.append(held)
         for c in containers:
-            out.append(replace(held, container=c.name, container_index=c.index))
+            out.append(_with(held, container=c.name, container_index=c.index))
     return out
 
 
+@dataclass(frozen=True)
+class _ClaimShares:
+    """What one claim holds, and the records it was computed from (reused while they are the same
+    objects: records are replaced, never changed, when their object changes)."""
+
+    inputs: tuple[ClaimRecord, tuple[Device | None, ...], tuple[PodRecord | None, ...]]
+    results: tuple[tuple[DeviceKey, int, int, tuple[Share, ...]], ...]
+
+
+def _same(a: tuple[Any, ...], b: tuple[Any, ...]) -> bool:
+    """Element-wise identity, one level into tuples."""
+    if len(a) != len(b):
+        return False
+    for x, y in zip(a, b, strict=True):
+        if isinstance(x, tuple) and isinstance(y, tuple):
+            if len(x) != len(y) or any(i is not j for i, j in zip(x, y, strict=True)):
+                return False
+        elif x is not y:
+            return False
+    return True
+
+
+def _claim_shares(
+    claim: ClaimRecord, devices: tuple[Device | None, ...], pods: Mapping[Key, PodRecord]
+) -> tuple[tuple[DeviceKey, int, int, tuple[Share, ...]], ...]:
+    out = []
+    for result, device in zip(claim.results, devices, strict=True):
+        if result.whole:
+            used_memory = (device.memory or 0) if device else 0
+            used_cores = (device.cores or 0) if device else 0
+        else:
+            used_memory, used_cores = result.memory or 0, result.cores or 0
+        base = Share(
+            namespace=claim.namespace,
+            claim=claim.name,
+            request=result.request,
+            share_id=result.share_id,
+            driver=result.driver,
+            pool=result.pool,
+            device=result.device,
+            node=device.node if device else "",
+            device_uuid=device.uuid if device else "",
+            memory=used_memory,
+            cores=used_cores,
+        )
+        out.append((result.device_key, used_memory, used_cores, tuple(_holders(claim, result, base, pods))))
+    return tuple(out)
+
+
 def compute_view(
-    slices: Iterable[SliceRecord], claims: Iterable[ClaimRecord], pods: Mapping[Key, PodRecord]
+    slices: Iterable[SliceRecord],
+    claims: Iterable[ClaimRecord],
+    pods: Mapping[Key, PodRecord],
+    memo: dict[Key, _ClaimShares] | None = None,
 ) -> ClusterView:
+    """The view; with ``memo`` (kept by the caller between calls) the shares of a claim whose records
+    did not change are reused instead of computed again."""
     devices = current_devices(slices)
     memory: dict[DeviceKey, int] = {}
     cores: dict[DeviceKey, int] = {}
@@ -578,34 +646,27 @@ def compute_view(
     shares: list[Share] = []
     pending_claims: list[PendingClaim] = []
     claim_list = list(claims)
+    fresh: dict[Key, _ClaimShares] = {}
     for claim in claim_list:
-        for result in claim.results:
-            device = devices.get(result.device_key)
-            if result.whole:
-                used_memory = (device.memory or 0) if device else 0
-                used_cores = (device.cores or 0) if device else 0
-            else:
-                used_memory, used_cores = result.memory or 0, result.cores or 0
-            key = result.device_key
+        key_of_claim = (claim.namespace, claim.name)
+        inputs = (
+            claim,
+            tuple(devices.get(r.device_key) for r in claim.results),
+            tuple(pods.get((claim.namespace, ref.name)) for ref in claim.reserved_for),
+        )
+        cached = memo.get(key_of_claim) if memo is not None else None
+        if cached is None or not _same(cached.inputs, inputs):
+            cached = _ClaimShares(inputs, _claim_shares(claim, inputs[1], pods))
+        fresh[key_of_claim] = cached
+        for key, used_memory, used_cores, held in cached.results:
             memory[key] = memory.get(key, 0) + used_memory
             cores[key] = cores.get(key, 0) + used_cores
             count[key] = count.get(key, 0) + 1
-            base = Share(
-                namespace=claim.namespace,
-                claim=claim.name,
-                request=result.request,
-                share_id=result.share_id,
-                driver=result.driver,
-                pool=result.pool,
-                device=result.device,
-                node=device.node if device else "",
-                device_uuid=device.uuid if device else "",
-                memory=used_memory,
-                cores=used_cores,
-            )
-            held = _holders(claim, result, base, pods)
             shares.extend(held)
             holders.setdefault(key, []).extend(held)
+    if memo is not None:
+        memo.clear()
+        memo.update(fresh)
     pending_pods: list[PendingPod] = []
     waiting: dict[Key, list[PodRecord]] = {}
     used: set[Key] = set()
@@ -646,18 +707,20 @@ def compute_view(
                 memory_allocated=memory.get(key, 0),
                 cores_allocated=cores.get(key, 0),
                 shares_allocated=count.get(key, 0),
-                holders=tuple(sorted(holders.get(key, ()), key=_share_order)),
+                holders=tuple(holders.get(key, ())),
             )
         )
     device_views.sort(key=lambda v: (v.device.node, v.device.driver, v.device.pool, _natural(v.device.name)))
     return ClusterView(
         devices=tuple(device_views),
-        shares=tuple(sorted(shares, key=_share_order)),
+        shares=tuple(shares),
         pending_pods=tuple(sorted(pending_pods, key=lambda p: (p.namespace, p.name))),
         pending_claims=tuple(sorted(pending_claims, key=lambda c: (c.namespace, c.name, c.pod))),
     )
 
 
-def _share_order(share: Share) -> tuple[Any, ...]:
+def share_order(share: Share) -> tuple[Any, ...]:
+    """Shares by node, device, namespace, pod and container (the view leaves them unsorted: a scrape
+    does not need an order, ``tessera top`` does)."""
     return (share.node, share.driver, share.pool, _natural(share.device), share.namespace, share.pod,
             share.container_index, share.claim, share.request)  # fmt: skip

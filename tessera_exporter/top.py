@@ -23,7 +23,7 @@ from kubeapi import KubeClient
 from kubeapi.informer import Informer
 
 from .exporter import CLAIMS, LIVE_PODS, PODS, SLICES
-from .model import ClusterState, ClusterView, DeviceView, Obj, reduce_pod
+from .model import ClusterState, ClusterView, DeviceView, Obj, reduce_pod, share_order
 
 GIB = 1024**3
 HEALTHY = "ok"
@@ -89,7 +89,7 @@ def render(view: ClusterView, *, node: str | None = None) -> str:
             )
         )
     out += table(DEVICE_HEADER, rows) if rows else ["no devices published by Tessera's drivers"]
-    shares = [s for s in view.shares if node is None or s.node == node]
+    shares = sorted((s for s in view.shares if node is None or s.node == node), key=share_order)
     if shares:
         out.append("")
         out += table(

@@ -182,3 +182,30 @@ def test_malformed_fields_are_skipped_not_fatal() -> None:
     view = state(*sl, c, {"kind": "Pod", "metadata": {"name": "x"}, "spec": "nonsense"}).view()
     (card,) = view.devices
     assert card.device.memory is None and card.memory_allocated == GIB and card.cores_allocated == 0
+
+
+def test_unchanged_claims_are_not_computed_again_and_changes_are_seen() -> None:
+    """The view keeps the shares of a claim whose records are the same objects; a new version of the
+    claim, of a pod holding it or of its device's slice is computed again."""
+    sl = slices(NODE, "2xH200")
+    a = pod("a", {"main": [("gpu", "")]}, claims={"gpu": "claim-a"}, node=NODE)
+    b = pod("b", {"main": [("gpu", "")]}, claims={"gpu": "claim-b"}, node=NODE)
+    ca = reserved(claim("claim-a", [result("gpu-0", pool=NODE, memory="4Gi")]), a)
+    cb = reserved(claim("claim-b", [result("gpu-1", pool=NODE, memory="2Gi")]), b)
+    s = state(*sl, a, b, ca, cb)
+
+    def by_pod() -> dict[str, object]:
+        return {x.pod: x for x in s.view().shares}
+
+    first = by_pod()
+    ca["status"]["allocation"]["devices"]["results"][0]["consumedCapacity"]["memory"] = "8Gi"
+    s.on_claim("MODIFIED", ca)
+    second = by_pod()
+    assert second["b"] is first["b"] and second["a"].memory == 8 * GIB  # type: ignore[attr-defined]
+    b["spec"]["containers"][0]["name"] = "renamed"
+    s.on_pod("MODIFIED", b)
+    assert by_pod()["b"].container == "renamed"  # type: ignore[attr-defined]
+    sl[0]["spec"]["devices"][1]["attributes"]["uuid"] = {"string": "GPU-new"}
+    s.on_slice("MODIFIED", sl[0])
+    assert by_pod()["b"].device_uuid == "GPU-new"  # type: ignore[attr-defined]
+    assert by_pod()["a"].device_uuid == device_uuid(sl, "gpu-0")  # type: ignore[attr-defined]
