@@ -24,7 +24,7 @@ from vendors import node_vendor
 Obj = dict[str, Any]
 DRIVER = "nvidia.tessera.dev"
 GIB = 1024**3
-TAINT = {"key": "tessera.dev/unhealthy", "value": "xid-79", "effect": "NoSchedule"}
+TAINT = {"key": "nvidia.tessera.dev/unhealthy", "value": "xid-79", "effect": "NoSchedule"}
 
 __all__ = ["DRIVER", "claim", "pod", "request", "reserved", "result", "slices"]
 

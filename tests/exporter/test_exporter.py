@@ -113,7 +113,7 @@ async def test_exposition_parses_and_follows_the_conventions(tmp_path: Path) -> 
         promtext.check_exposition(text)
         (taint,) = promtext.series(text, "tessera_cluster_device_taint_info")
         assert (taint.labels["key"], taint.labels["value"], taint.labels["effect"]) == (
-            "tessera.dev/unhealthy", "xid-79", "NoSchedule")  # fmt: skip
+            "nvidia.tessera.dev/unhealthy", "xid-79", "NoSchedule")  # fmt: skip
         assert promtext.value(text, "tessera_cluster_exporter_synced", resource="pods") == 1
         assert promtext.value(text, "tessera_cluster_exporter_lists_total", resource="resourceclaims") == 1
 

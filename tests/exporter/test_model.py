@@ -142,12 +142,12 @@ def test_deleted_objects_leave_the_view() -> None:
 def test_device_taints_are_read_from_the_slice() -> None:
     sl = slices(NODE, "2xH200")
     sl[0]["spec"]["devices"][1]["taints"] = [
-        {"key": "tessera.dev/unhealthy", "value": "xid-79", "effect": "NoExecute"},
+        {"key": "nvidia.tessera.dev/unhealthy", "value": "xid-79", "effect": "NoExecute"},
         {"key": "example.com/maintenance", "effect": "NoSchedule"},
     ]
     view = state(*sl).view()
     assert [str(t) for t in view.devices[1].device.taints] == [
-        "tessera.dev/unhealthy=xid-79:NoExecute",
+        "nvidia.tessera.dev/unhealthy=xid-79:NoExecute",
         "example.com/maintenance:NoSchedule",
     ]
     assert not view.devices[0].device.taints

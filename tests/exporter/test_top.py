@@ -80,7 +80,7 @@ def test_tables_of_a_known_cluster() -> None:
     }  # fmt: skip
     total = float(card["MEMORY"].split("/")[1].removesuffix("Gi"))
     assert card["MEM%"] == f"{round(100 * 60 / total)}%"
-    assert tainted["HEALTH"] == "tessera.dev/unhealthy=xid-79:NoSchedule"
+    assert tainted["HEALTH"] == "nvidia.tessera.dev/unhealthy=xid-79:NoSchedule"
     assert (tainted["SHARES"], tainted["CORES"], tainted["PODS"]) == ("0/10", "0/100", "-")
     shares = rows(text, "NODE", "DEVICE", "NAMESPACE")
     assert [(s["POD"], s["CONTAINER"], s["CLAIM"], s["MEMORY"], s["CORES"]) for s in shares] == [
