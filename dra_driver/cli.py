@@ -12,6 +12,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import vendors
+from tessera_common.flags import parse_bool
 from vendors.base import (
     CORE_LIMIT_POLICIES,
     DEFAULT_CDI_DIR,
@@ -28,8 +29,6 @@ from .prepare import FAILPOINTS
 ENV_PREFIX = "TESSERA_"
 FAILPOINT_ENV = "TESSERA_FAILPOINT"
 MAX_SOCKET_PATH = 107
-_TRUE = {"1", "true", "yes", "on"}
-_FALSE = {"0", "false", "no", "off", ""}
 
 
 class ConfigError(ValueError):
@@ -50,12 +49,10 @@ def _env(environ: Mapping[str, str], flag: str, *aliases: str) -> str | None:
 def _bool(value: str | None, flag: str) -> bool:
     if value is None:
         return False
-    text = value.strip().lower()
-    if text in _TRUE:
-        return True
-    if text in _FALSE:
-        return False
-    raise ConfigError(f"{env_name(flag)}={value!r}: expected true or false")
+    try:
+        return parse_bool(value)
+    except ValueError:
+        raise ConfigError(f"{env_name(flag)}={value!r}: expected true or false") from None
 
 
 def build_parser(environ: Mapping[str, str] | None = None) -> argparse.ArgumentParser:

@@ -79,4 +79,3 @@ def format_binary(value: int) -> str:
 def format_decimal(value: int) -> str:
     """A whole number in plain decimal form (``100``)."""
     return str(int(value))
-
