@@ -4,6 +4,7 @@ over real HTTPS as AdmissionReviews shaped as kube-apiserver sends them (CREATE 
 
 from __future__ import annotations
 
+import base64
 import copy
 import uuid
 from typing import Any
@@ -272,3 +273,52 @@ def test_host_paths_are_compared_as_the_node_resolves_them() -> None:
     assert safety.overlaps("/var/run", "/var/run/cdi") and safety.overlaps("/run/cdi/x.json", "/var/run/cdi")
     assert not safety.overlaps("/usr/local/tessera-old", "/usr/local/tessera")
     assert not safety.overlaps("/var/lib/kubelet/pods", "/var/lib/kubelet/plugins_registry")
+
+
+# --- through the API server, with the chart's own webhook configuration ---------------------------------
+
+
+async def test_kubectl_debug_and_the_opt_out_through_the_chart_configuration(hardened: Stack) -> None:
+    """The chart's MutatingWebhookConfiguration in the API server stand-in: the opt-out label does not
+    keep a pod from the webhook, and `kubectl debug` (a PATCH of pods/<name>/ephemeralcontainers)
+    reaches it and is refused for a pod holding shares."""
+    from e2e.cluster.harness import render_chart
+    from kubeapi import KubeClient, KubeError
+
+    (config,) = [d for d in render_chart() if d.get("kind") == "MutatingWebhookConfiguration"]
+    for hook in config["webhooks"]:
+        hook["clientConfig"] = {
+            "url": hardened.url + "/mutate",
+            "caBundle": base64.b64encode(hardened.ca.cert_pem.bytes()).decode(),
+        }
+    client = await KubeClient.connect(hardened.kubeconfig)
+    try:
+        await client.create("/apis/admissionregistration.k8s.io/v1/mutatingwebhookconfigurations", config)
+        pods = "/api/v1/namespaces/default/pods"
+        labelled = make_pod(container("main", limits={"nvidia.com/gpu": 1}), name="labelled",
+                            labels={"tessera.dev/webhook": "ignore"})  # fmt: skip
+        created = await client.create(pods, labelled)
+        assert created["spec"]["resourceClaims"], "the label is not honoured in this namespace"
+        with pytest.raises(KubeError) as refused:
+            await client.create(pods, _with(gpu_pod("admin"), "containers:0", **_caps("SYS_ADMIN")))
+        assert refused.value.status == 400 and "SYS_ADMIN" in refused.value.reason
+        debug = {"spec": {"ephemeralContainers": [debug_container()]}}
+        with pytest.raises(KubeError) as debugging:
+            await client.request(
+                "PATCH", f"{pods}/labelled/ephemeralcontainers", body=debug,
+                content_type="application/strategic-merge-patch+json",
+            )  # fmt: skip
+        assert (
+            debugging.value.status == 400 and "cannot be added: the pod holds device shares" in debugging.value.reason
+        )
+        stored = hardened.api.store.get("pods", "default", "labelled")
+        assert "ephemeralContainers" not in stored["spec"]
+        # A pod without shares can be debugged.
+        await client.create(pods, make_pod(container("main"), name="plain"))
+        await client.request(
+            "PATCH", f"{pods}/plain/ephemeralcontainers", body=debug,
+            content_type="application/strategic-merge-patch+json",
+        )  # fmt: skip
+        assert hardened.api.store.get("pods", "default", "plain")["spec"]["ephemeralContainers"]
+    finally:
+        await client.close()
