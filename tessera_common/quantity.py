@@ -79,3 +79,4 @@ def format_binary(value: int) -> str:
 def format_decimal(value: int) -> str:
     """A whole number in plain decimal form (``100``)."""
     return str(int(value))
+

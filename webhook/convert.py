@@ -134,10 +134,6 @@ class Converter:
         self._templates: dict[tuple[Any, ...], dict[str, Any]] = {}
         self.memo_size = MEMO_SIZE
 
-    @property
-    def core_policy(self) -> str:
-        return self.policy.core_limit_policy
-
     def _classify(self, resource: str) -> str | None:
         vendor = self._classified.get(resource, "")
         if vendor == "":
