@@ -238,8 +238,8 @@ def test_the_webhook_protects_exactly_the_drivers_host_directories(all_objs: lis
     for ds in helm.find(all_objs, "DaemonSet"):
         s = driver_cli.settings_from_args([], {**_literal_env(_driver_container(ds)), "NODE_NAME": "n"})
         mounted |= {s.plugin_dir, s.registry_dir, s.cdi_dir, s.host_lib_dir}
-        volumes = {v["name"]: v for v in helm.pod_spec(ds)["volumes"]}
-        host = {v["hostPath"]["path"] for v in volumes.values() if "hostPath" in v and not v["name"].startswith("backend")}
+        volumes = [v for v in helm.pod_spec(ds)["volumes"] if "hostPath" in v]
+        host = {v["hostPath"]["path"] for v in volumes if not v["name"].startswith("backend-path-")}
         assert host == {s.plugin_dir, s.registry_dir, s.cdi_dir, s.host_lib_dir}
     assert set(converter.host_dirs) == mounted
 
