@@ -204,7 +204,7 @@ def test_webhook_env_is_what_the_webhook_parses(objs: list[helm.Obj]) -> None:
 def _webhook_converter(objs: list[helm.Obj]) -> Any:
     from webhook import cli as webhook_cli
 
-    (container,) = helm.pod_spec(helm.one(objs, "Deployment"))["containers"]
+    (container,) = helm.pod_spec(helm.one(objs, "Deployment", "tessera-webhook"))["containers"]
     argv = ["serve"]
     for name, value in _literal_env(container).items():
         if name not in WEBHOOK_SETTINGS:

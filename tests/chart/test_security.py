@@ -81,7 +81,8 @@ def test_no_label_keeps_a_pod_from_the_webhook(objs: list[helm.Obj]) -> None:
 
 def test_opt_out_namespaces_reach_the_webhook(default_objs: list[helm.Obj], all_objs: list[helm.Obj]) -> None:
     def env(objs: list[helm.Obj]) -> dict[str, Any]:
-        return {e["name"]: e.get("value") for e in helm.pod_spec(helm.one(objs, "Deployment"))["containers"][0]["env"]}
+        container = helm.pod_spec(helm.one(objs, "Deployment", "tessera-webhook"))["containers"][0]
+        return {e["name"]: e.get("value") for e in container["env"]}
 
     assert env(default_objs)["TESSERA_OPT_OUT_NAMESPACES"] == ""  # honoured nowhere unless the admin lists some
     assert env(all_objs)["TESSERA_OPT_OUT_NAMESPACES"] == "legacy-gpu,team-b"
