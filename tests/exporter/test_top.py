@@ -152,3 +152,13 @@ async def test_a_bad_context_is_one_clear_line(tmp_path: Path) -> None:
         out, err = await asyncio.wait_for(proc.communicate(), 30)
         assert proc.returncode == 2 and not out
         assert err.decode().count("\n") == 1 and "nope" in err.decode() and "Traceback" not in err.decode()
+
+
+def test_the_tessera_command_is_installed() -> None:
+    """``tessera top`` is the distribution's console script (pyproject [project.scripts])."""
+    from importlib.metadata import entry_points
+
+    from tessera_exporter import cli
+
+    (script,) = [e for e in entry_points(group="console_scripts") if e.name == "tessera"]
+    assert script.load() is cli.main
