@@ -120,6 +120,7 @@ class Driver:
             status_writer=self.status_writer,
             events=self.events,
             known_vendors=[n.vendor for n in vendors.all_names()],
+            policy=s.policy,
         )
         await self.preparer.restore()
 

@@ -24,7 +24,7 @@ from contextlib import asynccontextmanager
 
 from kubeapi import KubeClient, KubeError, namespaced_path
 from tessera_common import files as fsutil
-from vendors.base import DeviceInfo, NodeLayout, NodeVendor
+from vendors.base import DeviceInfo, NodeLayout, NodeVendor, SharingPolicy
 
 from . import cdi, claimstatus
 from .checkpoint import COMPLETED, STARTED, Checkpoint, ClaimEntry, DeviceHold, PreparedDevice
@@ -91,11 +91,13 @@ class Preparer:
         status_writer: claimstatus.ClaimStatusWriter | None = None,
         events: EventRecorder | None = None,
         known_vendors: Sequence[str] = (),
+        policy: SharingPolicy | None = None,
     ) -> None:
         """``status_writer``: writes ``status.devices`` of each claim prepared (or failed); ``events``:
         Events on the pods of a claim whose prepare failed; ``known_vendors``: vendor short names, to
         tell a ``<container>-<vendor>`` request from a container of that name."""
         self.vendor = vendor
+        self.policy = policy or SharingPolicy()
         self.names = vendor.names
         self.node = node_name
         self.devices = {vendor.names.device_name(d.index): d for d in devices}
@@ -205,7 +207,7 @@ class Preparer:
         entry = self.checkpoint.get(ref.uid)
         if self.status_writer is None or entry is None:
             return
-        plan = plan_claim(claim, ref, self.names, self.node, self.devices)
+        plan = plan_claim(claim, ref, self.names, self.node, self.devices, self.policy)
         ours = claimstatus.ready_statuses(plan, self.names, entry.cdi_spec, entry.containers, time.time())
         self.status_writer.schedule(ref, ours, claim)
 
@@ -240,7 +242,7 @@ class Preparer:
 
     async def prepare_claim(self, claim: Mapping[str, object], ref: ClaimRef) -> tuple[PreparedDevice, ...]:
         """Prepare a claim already read from the API server (the caller holds the claim's lock)."""
-        plan = plan_claim(claim, ref, self.names, self.node, self.devices)
+        plan = plan_claim(claim, ref, self.names, self.node, self.devices, self.policy)
         entry = self.checkpoint.get(ref.uid)
         if entry is not None:
             # A previous attempt died half-way (or its files went missing): undo, then redo.

@@ -52,6 +52,10 @@ class ClusterControl(Protocol):
         lines as ``gpu-1 xid 79`` (see the driver docs)."""
         ...
 
+    async def exporter_metrics(self) -> str:
+        """One scrape of the cluster exporter's ``/metrics``."""
+        ...
+
 
 def cdi_spec_name(driver: str, claim_uid: str) -> str:
     return f"k8s.{driver}-claim_{claim_uid}.json"
@@ -101,6 +105,9 @@ class HarnessControl:
         path = self.harness.nodes[node].mock_faults
         text = "".join(f"{line}\n" for line in lines)
         await asyncio.to_thread(_write_atomic, path, text)
+
+    async def exporter_metrics(self) -> str:
+        return await self.harness.exporter_metrics()
 
 
 def _read_json(path: str) -> dict[str, Any] | None:
@@ -305,6 +312,10 @@ class KindControl:
         )
         if await proc.wait() != 0:
             raise RuntimeError(f"cannot write {path} on {node}")
+
+    async def exporter_metrics(self) -> str:
+        # through the API server's service proxy, as a user with access to the namespace would
+        return await self.kube.text(f"/api/v1/namespaces/{NAMESPACE}/services/tessera-exporter:metrics/proxy/metrics")
 
     async def host_files(self, node: str, directory: str) -> dict[str, str]:
         out = {}
