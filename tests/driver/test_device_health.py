@@ -116,8 +116,14 @@ async def test_taint_effects_are_configurable(api: APIServer, root: str, kubecon
     async with running_driver(s) as driver:
         write_text(s.mock_faults, "gpu-0 xid 62\ngpu-1 lost\n")
         assert driver.monitor is not None
-        statuses = await driver.monitor.check()
-        assert [x.health for x in statuses] == [hpb.UNHEALTHY, hpb.UNHEALTHY], "unhealthy, taint or not"
+        driver.check_health_soon()  # what SIGUSR1 does: no wait for the next interval
+        monitor = driver.monitor
+        statuses = await until(
+            lambda: all(x.health == hpb.UNHEALTHY for x in monitor.statuses) and monitor.statuses,
+            "the check",
+            timeout=3.0,  # well before the next periodic check (10 s)
+        )
+        assert len(statuses) == 2, "unhealthy, taint or not"
         devices = await until(lambda: (d := slice_devices(api))["gpu-1"].get("taints") and d, "the taint")
         assert "taints" not in devices["gpu-0"]
         assert [t["effect"] for t in devices["gpu-1"]["taints"]] == ["NoSchedule"]
