@@ -56,3 +56,62 @@ def ref_name(schema: Any) -> str | None:
         if isinstance(ref, str) and ref.startswith(REF_PREFIX):
             return ref[len(REF_PREFIX) :]
     return None
+
+
+def _resolve(node: Any, defs: dict[str, Any]) -> Any:
+    name = ref_name(node)
+    return defs.get(name) if name else node
+
+
+def unknown_fields(kind: Kind, obj: Any, version: str = KUBERNETES_VERSION) -> list[str]:
+    """Paths of the fields of ``obj`` its kind's schema does not declare (``spec.containers[0].foo``),
+    as kube-apiserver's strict decoding names them."""
+    name = definition_name(kind, version)
+    if name is None:
+        return []
+    defs = definitions(version)
+    out: list[str] = []
+
+    def walk(value: Any, node: Any, path: str) -> None:
+        node = _resolve(node, defs)
+        if not isinstance(node, dict) or node.get("x-kubernetes-preserve-unknown-fields"):
+            return
+        if isinstance(value, dict):
+            props = node.get("properties")
+            extra = node.get("additionalProperties")
+            for key, sub in value.items():
+                where = f"{path}.{key}" if path else str(key)
+                if props is not None and key in props:
+                    walk(sub, props[key], where)
+                elif isinstance(extra, dict):
+                    walk(sub, extra, where)
+                elif props is not None and extra is None:
+                    out.append(where)
+        elif isinstance(value, list) and isinstance(node.get("items"), dict):
+            for i, item in enumerate(value):
+                walk(item, node["items"], f"{path}[{i}]")
+
+    walk(obj, {"$ref": REF_PREFIX + name}, "")
+    return out
+
+
+def drop_fields(obj: Any, paths: list[str]) -> None:
+    """Remove the fields :func:`unknown_fields` named (kube-apiserver's decoder drops them)."""
+    for path in paths:
+        parent: Any = obj
+        parts = _split(path)
+        for part in parts[:-1]:
+            parent = parent[part]
+        del parent[parts[-1]]
+
+
+def _split(path: str) -> list[str | int]:
+    out: list[str | int] = []
+    for piece in path.split("."):
+        name, _, rest = piece.partition("[")
+        out.append(name)
+        while rest:
+            index, _, rest = rest.partition("]")
+            out.append(int(index))
+            rest = rest.lstrip("[")
+    return out
