@@ -25,7 +25,7 @@ from typing import Any
 import yaml
 from aiohttp import ClientSession, ClientTimeout, web
 
-from . import events, kinds, openapi, patching, quantities, strategy, streams, tables
+from . import events, kinds, managed, openapi, patching, protobuf, quantities, strategy, streams, tables
 from .admission import WebhookAdmission
 from .errors import APIError, already_exists, bad_request, conflict, invalid, not_found
 from .faults import Faults
@@ -74,15 +74,19 @@ class Decoding:
 
     validation: str = "Warn"
     warnings: list[str] = field(default_factory=list)
+    manager: str = ""
+    """The field manager of the write (``fieldManager``, else the User-Agent's product)."""
+    force: bool = False
+    """``force=true`` on an apply: take the fields other managers own."""
 
     @classmethod
-    def of(cls, query: Mapping[str, str]) -> Decoding:
+    def of(cls, query: Mapping[str, str], user_agent: str = "") -> Decoding:
         value = query.get("fieldValidation") or "Warn"
         if value not in ("Ignore", "Warn", "Strict"):
             raise bad_request(
                 f"fieldValidation parameter unsupported: {value}. Supported values are: Ignore, Warn, Strict"
             )
-        return cls(value)
+        return cls(value, manager=managed.manager_of(query, user_agent), force=_parse_bool(query.get("force")))
 
 
 @dataclass
@@ -362,7 +366,7 @@ class APIServer:
                         f"(post {kind.plural}) without a namespace",
                     )
                 body = await _read_body(request)
-                decoding = Decoding.of(query)
+                decoding = Decoding.of(query, request.headers.get("User-Agent", ""))
                 created = await self.create(
                     kind, namespace, body, dry_run=dry_run, user=_user(request), decoding=decoding
                 )
@@ -392,7 +396,7 @@ class APIServer:
             return web.json_response(_view(kind, obj))
         if method == "PUT":
             replacement = await _read_body(request)
-            decoding = Decoding.of(query)
+            decoding = Decoding.of(query, request.headers.get("User-Agent", ""))
             updated = await self.update(
                 kind, namespace, name, replacement, sub, dry_run=dry_run, user=_user(request), decoding=decoding
             )
@@ -410,7 +414,7 @@ class APIServer:
             patch = yaml.safe_load(raw) if patch_type == "apply" else json.loads(raw or b"null")
             if patch_type == "apply" and not query.get("fieldManager"):
                 raise APIError(400, "PATCH with application/apply-patch+yaml requires the fieldManager parameter")
-            decoding = Decoding.of(query)
+            decoding = Decoding.of(query, request.headers.get("User-Agent", ""))
             patched, created_now = await self.patch(
                 kind, namespace, name, patch_type, patch, sub, dry_run=dry_run, user=_user(request), decoding=decoding
             )
@@ -624,11 +628,8 @@ class APIServer:
                 else f"the kind in the data ({obj_kind}) does not match the expected kind ({kind.kind})"
             )
         obj = copy.deepcopy(body)
-        if kind.group == "events.k8s.io":
-            obj = events.to_core(obj)
         if not isinstance(obj.get("metadata", {}), dict):
             raise bad_request("metadata must be an object")
-        obj.setdefault("metadata", {})
         unknown = unknown_fields(kind, obj)
         if unknown and decoding is not None and decoding.validation == "Strict":
             listed = ", ".join(f'unknown field "{f}"' for f in unknown)
@@ -639,6 +640,9 @@ class APIServer:
         drop_fields(obj, unknown)
         if decoding is not None and decoding.validation == "Warn":
             decoding.warnings.extend(f'unknown field "{f}"' for f in unknown)
+        if kind.group == "events.k8s.io":
+            obj = events.to_core(obj)
+        obj.setdefault("metadata", {})
         quantities.canonicalize(self._storage_kind(kind), obj)
         return obj
 
@@ -668,7 +672,9 @@ class APIServer:
         dry_run: bool = False,
         user: str = "tessera-e2e",
         decoding: Decoding | None = None,
+        applied: Obj | None = None,
     ) -> Obj:
+        """``applied``: the configuration of a server-side apply that creates the object."""
         obj = self._decode(kind, body, decoding)
         skind = self._storage_kind(kind)
         meta = obj["metadata"]
@@ -701,6 +707,14 @@ class APIServer:
             meta["name"] = candidate
         fill_system_metadata(obj)
         strategy.prepare_for_create(skind, obj)
+        if decoding is not None and decoding.manager:
+            now = now_rfc3339()
+            if applied is not None:
+                meta["managedFields"] = managed.apply(skind, None, applied, decoding.manager, force=False, now=now)[
+                    "metadata"
+                ].get("managedFields", [])
+            else:
+                managed.record_update(skind, None, obj, decoding.manager, now)
         self._validate(skind, obj, None)
         if self.store.raw(skind.bucket, namespace, meta["name"]) is not None:
             raise already_exists(kind, meta["name"])
@@ -733,7 +747,9 @@ class APIServer:
                     "the namespace of the provided object does not match the namespace sent on the request"
                 )
             meta["namespace"] = namespace
-        return await self._update(kind, skind, namespace, name, new, sub, dry_run=dry_run, user=user)
+        return await self._update(
+            kind, skind, namespace, name, new, sub, dry_run=dry_run, user=user, decoding=decoding
+        )
 
     async def _update(
         self,
@@ -746,7 +762,10 @@ class APIServer:
         *,
         dry_run: bool,
         user: str,
+        decoding: Decoding | None = None,
+        applied: bool = False,
     ) -> Obj:
+        """``applied``: ``new`` comes from a server-side apply and carries its managedFields already."""
         old = self.store.raw(skind.bucket, namespace, name)
         if old is None:
             raise not_found(kind, name)
@@ -765,9 +784,16 @@ class APIServer:
         stored["metadata"]["resourceVersion"] = old["metadata"]["resourceVersion"]
         stored.setdefault("apiVersion", skind.api_version)
         stored.setdefault("kind", skind.kind)
+        if not applied:  # managedFields are the server's: what the client sent back is not taken
+            if old["metadata"].get("managedFields"):
+                stored["metadata"]["managedFields"] = copy.deepcopy(old["metadata"]["managedFields"])
+            else:
+                stored["metadata"].pop("managedFields", None)
         self._validate(skind, stored, old)
-        if stored == old:
+        if _without_managed(stored) == _without_managed(old):
             return _view(kind, old)  # a no-op write: no new resourceVersion, no event, as in kube-apiserver
+        if decoding is not None and decoding.manager and not applied:
+            managed.record_update(skind, old, stored, decoding.manager, now_rfc3339(), sub)
         if dry_run:
             return _view(kind, stored)
         result = self.store.commit_update(skind, stored, old)
@@ -796,15 +822,27 @@ class APIServer:
         skind = self._storage_kind(kind)
         self._check_namespace(skind, namespace, creating=False)
         old = self.store.raw(skind.bucket, namespace, name)
+        server_side_apply = patch_type == "apply" and sub is None
+        config = self._apply_config(kind, name, patch, decoding) if server_side_apply else None
         if old is None:
-            if patch_type == "apply" and sub is None:
-                if isinstance(patch, dict):
-                    patch.setdefault("metadata", {}).setdefault("name", name)
-                created = await self.create(kind, namespace, patch, dry_run=dry_run, user=user, decoding=decoding)
+            if config is not None:
+                created = await self.create(
+                    kind,
+                    namespace,
+                    copy.deepcopy(config),
+                    dry_run=dry_run,
+                    user=user,
+                    decoding=decoding,
+                    applied=config,
+                )
                 return created, True
             raise not_found(kind, name)
         current = _view(kind, old)
-        if patch_type == "apply":
+        if config is not None:
+            manager = decoding.manager if decoding is not None and decoding.manager else "unknown"
+            force = decoding.force if decoding is not None else False
+            patched = managed.apply(kind, current, config, manager, force=force, now=now_rfc3339())
+        elif patch_type == "apply":  # an apply to a subresource: merged as a strategic merge patch
             if not isinstance(patch, dict):
                 raise bad_request("apply patch must be an object")
             patched = patching.strategic_merge_patch(current, patch)
@@ -815,7 +853,36 @@ class APIServer:
         new = self._decode(kind, patched, decoding)
         if new["metadata"].get("name") != name:
             raise bad_request("a patch may not change metadata.name")
-        return await self._update(kind, skind, namespace, name, new, sub, dry_run=dry_run, user=user), False
+        updated = await self._update(
+            kind, skind, namespace, name, new, sub, dry_run=dry_run, user=user, decoding=decoding,
+            applied=config is not None,
+        )  # fmt: skip
+        return updated, False
+
+    def _apply_config(self, kind: Kind, name: str, patch: Any, decoding: Decoding | None) -> Obj:
+        """The configuration of a server-side apply, checked as kube-apiserver checks it."""
+        if not isinstance(patch, dict):
+            raise bad_request("error decoding YAML: the apply configuration must be an object")
+        if (patch.get("apiVersion"), patch.get("kind")) != (kind.api_version, kind.kind):
+            raise bad_request(
+                f"the apply configuration must set apiVersion: {kind.api_version} and kind: {kind.kind} "
+                f"(got {patch.get('apiVersion')!r}, {patch.get('kind')!r})"
+            )
+        config = copy.deepcopy(patch)
+        meta = config.setdefault("metadata", {})
+        if not isinstance(meta, dict):
+            raise bad_request("metadata must be an object")
+        if meta.setdefault("name", name) != name:
+            raise bad_request(f"the name of the object ({meta['name']}) does not match the name on the URL ({name})")
+        unknown = unknown_fields(kind, config)
+        if unknown and (decoding is None or decoding.validation != "Ignore"):
+            fields = ", ".join(f".{f}: field not declared in schema" for f in unknown)
+            raise bad_request(
+                f"failed to create typed patch object ({kind.api_version}, Kind={kind.kind}) {name}: {fields}"
+            )
+        drop_fields(config, unknown)
+        quantities.canonicalize(self._storage_kind(kind), config)
+        return config
 
     async def delete(
         self,
@@ -1082,6 +1149,10 @@ def _with_warnings(response: web.Response, decoding: Decoding) -> web.Response:
     return response
 
 
+def _without_managed(obj: Obj) -> Obj:
+    return {**obj, "metadata": {k: v for k, v in obj["metadata"].items() if k != "managedFields"}}
+
+
 def _status_response(exc: APIError) -> web.Response:
     headers = {"Retry-After": str(exc.retry_after)} if exc.retry_after is not None else None
     return web.json_response(exc.status(), status=exc.code, headers=headers)
@@ -1092,6 +1163,8 @@ async def _read_body(request: web.Request) -> Any:
     if not raw.strip():
         raise bad_request("the request has no body")
     content_type = request.headers.get("Content-Type", "application/json").split(";")[0].strip().lower()
+    if content_type == protobuf.CONTENT_TYPE:
+        return protobuf.decode(raw)
     if content_type in ("application/yaml", "application/x-yaml"):
         return yaml.safe_load(raw)
     return json.loads(raw)

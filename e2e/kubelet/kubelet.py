@@ -100,7 +100,9 @@ class PodWorker:
             "podIP": "127.0.0.1",
             "podIPs": [{"ip": "127.0.0.1"}],
             "startTime": self.start_time,
-            "conditions": list(self.conditions.values()),
+            # a condition's reason and message are cleared when it no longer has them (the real kubelet's
+            # status patch sends null for them too; a strategic merge would otherwise keep the old ones)
+            "conditions": [{"reason": None, "message": None, **c} for c in self.conditions.values()],
             "containerStatuses": [
                 self.statuses.get(c["name"], self._waiting(c, "ContainerCreating"))
                 for c in spec.get("containers") or []
@@ -194,8 +196,9 @@ class PodWorker:
             not (self.pod.get("spec") or {}).get("initContainers"),
             None if not (self.pod.get("spec") or {}).get("initContainers") else "ContainersNotInitialized",
         )
-        self._condition("Ready", False, "ContainersNotReady")
-        self._condition("ContainersReady", False, "ContainersNotReady")
+        names = " ".join(c["name"] for c in (self.pod.get("spec") or {}).get("containers") or [])
+        self._condition("Ready", False, "ContainersNotReady", f"containers with unready status: [{names}]")
+        self._condition("ContainersReady", False, "ContainersNotReady", f"containers with unready status: [{names}]")
         await self.push_status()
         await self.prepare()
         self._condition("PodReadyToStartContainers", True)

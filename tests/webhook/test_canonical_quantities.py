@@ -22,6 +22,7 @@ from e2e.apiserver import kinds, quantities
 from tessera_common.quantity import parse_quantity
 from webhook.convert import CONVERTED_ANNOTATION, Converter, Result
 from webhook.inventory import Inventory
+from webhook.templates import contains
 
 from .conftest import INVENTORY, container, make_pod, seed_pods, vendor_slices
 
@@ -181,3 +182,19 @@ def test_any_spelling_sent_canonically_converts_as_the_plain_number(
     sent = as_sent(spelled)
     assert_same(converter.convert(plain, "default", inventory), converter.convert(sent, "default", inventory))
     assert_same(converter.convert(plain, "default", inventory), converter.convert(as_sent(plain), "default", inventory))
+
+
+def test_a_template_read_back_in_canonical_form_is_recognised_as_ours(
+    converter: Converter, inventory: Inventory
+) -> None:
+    # The API server keeps 10240Mi as 10Gi: a template that exists already (a webhook restart, another
+    # replica) must still be seen to hold our content, or every such pod would be refused.
+    result = converter.convert(SEEDS["gpu-pod12"], "default", inventory)
+    assert result.template is not None
+    stored = copy.deepcopy(result.template)
+    quantities.canonicalize(kinds.kind_for_plural("resourceclaimtemplates"), stored)
+    capacity = stored["spec"]["spec"]["devices"]["requests"][0]["exactly"]["capacity"]["requests"]
+    assert capacity["memory"] == "10Gi"
+    assert contains(result.template["spec"], stored["spec"])
+    capacity["memory"] = "11Gi"
+    assert not contains(result.template["spec"], stored["spec"])
