@@ -654,10 +654,10 @@ class APIServer:
             return ctx.obj
         return await self.admission(ctx)
 
-    def _validate(self, kind: Kind, obj: Obj, old: Obj | None) -> None:
+    def _validate(self, kind: Kind, obj: Obj, old: Obj | None, subresource: str | None = None) -> None:
         errors: list[tuple[str, str]] = []
         if old is not None:
-            errors.extend(strategy.check_update(kind, obj, old))
+            errors.extend(strategy.check_update(kind, obj, old, subresource))
         if self.validator is not None:
             errors.extend(self.validator(kind, obj))
         if errors:
@@ -789,7 +789,7 @@ class APIServer:
                 stored["metadata"]["managedFields"] = copy.deepcopy(old["metadata"]["managedFields"])
             else:
                 stored["metadata"].pop("managedFields", None)
-        self._validate(skind, stored, old)
+        self._validate(skind, stored, old, sub)
         if _without_managed(stored) == _without_managed(old):
             return _view(kind, old)  # a no-op write: no new resourceVersion, no event, as in kube-apiserver
         if decoding is not None and decoding.manager and not applied:
@@ -1255,6 +1255,7 @@ def _resource_list(group: str, version: str) -> Obj:
                 "binding": ["create"],
                 "log": ["get"],
                 "exec": ["create", "get"],
+                "ephemeralcontainers": ["get", "patch", "update"],
                 "finalize": ["update"],
             }[sub]
             sub_kind = {"binding": "Binding", "log": "Pod", "exec": "PodExecOptions"}.get(sub, k.kind)
