@@ -449,8 +449,11 @@ class Harness:
                 await asyncio.sleep(0.1)
 
     async def stop_webhook(self) -> None:
+        """Stop the webhook; its Service then has no endpoint, as when a cluster's webhook pods are gone."""
         if self.webhook is not None:
             await self.webhook.stop()
+        if (NAMESPACE, WEBHOOK_SERVICE) in self.api.webhooks.services:
+            self.api.webhooks.services[(NAMESPACE, WEBHOOK_SERVICE)] = None
 
     # ------------------------------------------------------------------ nodes
     async def add_node(self, spec: NodeSpec) -> Node:

@@ -54,7 +54,7 @@ def test_the_tree_matches_the_toolkit(tmp_path: Path) -> None:
     done = abi_check(ISOLATION, tmp_path)
     assert done.returncode == 0, done.stdout + done.stderr
     assert re.search(r"abi-check: \d+ CUDA layouts and constants of include/cuabi.h equal the toolkit's", done.stdout)
-    assert re.search(r"the wrappers of libvgpu and the \d+ entry points of the fake driver have the toolkit's", done.stdout)
+    assert re.search(r"the wrappers of libvgpu and the \d+ entry points of the fake driver have", done.stdout)
     if _nvml_include():
         assert "NVML layouts and constants of include/cuabi.h equal" in done.stdout
 
@@ -91,7 +91,7 @@ def test_the_tree_matches_the_toolkit(tmp_path: Path) -> None:
             "cuMemFree_v2",
         ),
         # a constant of our own header
-        ("include/cuabi.h", "CUDA_ERROR_NOT_PERMITTED = 800,", "CUDA_ERROR_NOT_PERMITTED = 801,", "CUDA_ERROR_NOT_PERMITTED"),
+        ("include/cuabi.h", "CUDA_ERROR_NOT_PERMITTED = 800,", "CUDA_ERROR_NOT_PERMITTED = 801,", "NOT_PERMITTED"),
         # a struct layout of our own header
         (
             "include/cuabi.h",
