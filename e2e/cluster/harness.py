@@ -31,7 +31,7 @@ import socket
 import ssl
 import subprocess
 import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -264,7 +264,10 @@ class Harness:
         child_log_level: str = "info",
         keep_state: bool = False,
         inventory_refresh: float = INVENTORY_REFRESH_SECONDS,
+        progress: Callable[[str], None] | None = None,
     ) -> None:
+        """``progress``: called with one line per start-up step (``python -m e2e.cluster up`` prints them)."""
+        self.progress = progress or (lambda line: log.info("%s", line))
         self.node_specs = list(nodes)
         names = [n.name for n in self.node_specs]
         if len(set(names)) != len(names):
@@ -308,12 +311,14 @@ class Harness:
         os.makedirs(os.path.join(self.state, "logs"), exist_ok=True)
         await self.api.start()
         self.api.write_kubeconfig(self.kubeconfig)
+        self.progress(f"API server stand-in on {self.api.url}")
         self.kube = await KubeClient.connect(self.kubeconfig, timeout=15)
         await self.kube.create(
             cluster_path("v1", "namespaces"), {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NAMESPACE}}
         )
         self.chart = await asyncio.to_thread(render_chart)
         self.node_specs = [self._resolved(spec) for spec in self.node_specs]  # errors before anything starts
+        self.progress("chart rendered with helm")
         for doc in self.chart:
             if doc.get("kind") == "DeviceClass":
                 await self.apply(doc)
@@ -341,29 +346,40 @@ class Harness:
         except BaseExceptionGroup as failed:
             raise failed.exceptions[0] from None
         if self.with_webhook:
-            await self.wait_webhook_inventory()
+            devices = await self.wait_webhook_inventory()
+            self.progress(f"the webhook sees the {devices} published devices")
 
     async def stop(self) -> None:
-        for node in list(self.nodes.values()):
-            if node.kubelet is not None:
-                with contextlib.suppress(Exception):
-                    await node.kubelet.stop()
-        for node in self.nodes.values():
-            if node.driver is not None:
-                await node.driver.stop()
-        if self.webhook is not None:
-            await self.webhook.stop()
-        await cancel_all(self._tasks)
-        if self.kube is not None:
-            for node in self.nodes.values():
+        """Stop everything this harness started, whatever state it is in (a start-up interrupted at any
+        step included): the kubelets' containers, the drivers, the webhook, then the state directory.
+        Each step runs even when one before it failed."""
+        try:
+            for node in list(self.nodes.values()):
                 if node.kubelet is not None:
                     with contextlib.suppress(Exception):
-                        await node.kubelet.kube.close()
-            await self.kube.close()
-            self.kube = None
-        await self.api.stop()
-        if self.remove_state:
-            await asyncio.to_thread(shutil.rmtree, self.state, True)
+                        await node.kubelet.stop()
+            for node in list(self.nodes.values()):
+                if node.driver is not None:
+                    with contextlib.suppress(Exception):
+                        await node.driver.stop()
+            if self.webhook is not None:
+                with contextlib.suppress(Exception):
+                    await self.webhook.stop()
+            with contextlib.suppress(Exception):
+                await cancel_all(self._tasks)
+            if self.kube is not None:
+                for node in self.nodes.values():
+                    if node.kubelet is not None:
+                        with contextlib.suppress(Exception):
+                            await node.kubelet.kube.close()
+                with contextlib.suppress(Exception):
+                    await self.kube.close()
+                self.kube = None
+            with contextlib.suppress(Exception):
+                await self.api.stop()
+        finally:
+            if self.remove_state:
+                await asyncio.to_thread(shutil.rmtree, self.state, True)
 
     # ------------------------------------------------------------------ webhook
     async def start_webhook(self) -> None:
@@ -416,7 +432,7 @@ class Harness:
                 if asyncio.get_running_loop().time() > deadline:
                     raise HarnessError(f"the webhook did not become ready within 60s; see {self.webhook.log_path}")
                 await asyncio.sleep(0.1)
-        log.info("webhook ready on https://127.0.0.1:%d", self.webhook_port)
+        self.progress(f"webhook ready on https://127.0.0.1:{self.webhook_port} (python -m webhook serve)")
         if self.nodes:
             await self.wait_webhook_inventory()
 
@@ -568,7 +584,11 @@ class Harness:
                 )
             ).get("items") or []
             if registered and slices:
-                log.info("%s driver on %s registered, %d slice(s) published", node.vendor, node_name, len(slices))
+                devices = sum(len((s.get("spec") or {}).get("devices") or []) for s in slices)
+                self.progress(
+                    f"node {node_name}: {node.vendor} driver registered, "
+                    f"{devices} devices ({node.spec.devices}) published"
+                )
                 return
             if asyncio.get_running_loop().time() > deadline:
                 raise HarnessError(

@@ -266,6 +266,8 @@ class PodWorker:
             await self.push_status()
             raise PodFailed("RunContainerError", f"container {name}: cannot start {argv[0]}: {exc}") from exc
         self.processes[name] = proc
+        if self.stopping.is_set():  # stopped while it was being started: it must not outlive the pod
+            await proc.stop(0)
         table[name] = self._running(container, proc)
         if not init and all(
             n in self.statuses and "running" in self.statuses[n]["state"]
