@@ -1,4 +1,5 @@
-"""Per-container metrics from libvgpu's shared regions, read at scrape time (DESIGN §2 step 6).
+"""Per-container metrics from libvgpu's shared regions, read at scrape time (the node exporter's
+side of the path of one pod, docs/architecture.md).
 
 Every container that got a share writes one region file (``CUDA_DEVICE_MEMORY_SHARED_CACHE``, in
 its claim directory ``<host-lib-dir>/claims/<uid>/``): per device the bytes its processes hold, the

@@ -1,4 +1,5 @@
-"""NodePrepareResources and NodeUnprepareResources: the orchestration (DESIGN §2 steps 4 and 7).
+"""NodePrepareResources and NodeUnprepareResources: the orchestration (steps 6 and 10 of the path
+of one pod, docs/architecture.md).
 
 Per claim: answer from the checkpoint if it is already prepared; else GET the claim, plan it
 (:mod:`claims`), refuse devices prepared for another claim unless both allocations are shares,

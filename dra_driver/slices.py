@@ -1,4 +1,4 @@
-"""ResourceSlices: what the scheduler learns about this node's devices (DESIGN §3).
+"""ResourceSlices: what the scheduler learns about this node's devices (docs/driver.md, ResourceSlices).
 
 The pure half builds the slices (one pool per node, named after the node) and compares them with
 what the API server holds; :class:`SlicePublisher` is the I/O half: it publishes, repairs slices
@@ -108,7 +108,7 @@ def memory_capacity_bytes(device: DeviceInfo) -> int:
 
 
 def device_entry(device: DeviceInfo, names: VendorNames, split_count: int, *, shareable: bool) -> dict[str, Any]:
-    """One ``spec.devices[]`` entry. Shareable: consumable memory, cores and shares (DESIGN §3);
+    """One ``spec.devices[]`` entry. Shareable: consumable memory, cores and shares (docs/driver.md);
     otherwise the same capacities without request policies (whole-device mode).
 
     Memory is a range in 1 MiB steps, or the vendor's fixed amounts (``memory_valid_mib``, e.g. Ascend
