@@ -25,7 +25,7 @@ from contextlib import asynccontextmanager
 
 from kubeapi import KubeClient, KubeError, namespaced_path
 from tessera_common import files as fsutil
-from vendors.base import DeviceInfo, NodeLayout, NodeVendor
+from vendors.base import DeviceInfo, NodeLayout, NodeVendor, SharingPolicy
 
 from . import cdi
 from .checkpoint import COMPLETED, STARTED, Checkpoint, ClaimEntry, DeviceHold, PreparedDevice
@@ -88,8 +88,10 @@ class Preparer:
         metrics: DriverMetrics,
         api_timeout: float = 10.0,
         failpoint: str | None = None,
+        policy: SharingPolicy | None = None,
     ) -> None:
         self.vendor = vendor
+        self.policy = policy or SharingPolicy()
         self.names = vendor.names
         self.node = node_name
         self.devices = {vendor.names.device_name(d.index): d for d in devices}
@@ -204,7 +206,7 @@ class Preparer:
 
     async def prepare_claim(self, claim: Mapping[str, object], ref: ClaimRef) -> tuple[PreparedDevice, ...]:
         """Prepare a claim already read from the API server (the caller holds the claim's lock)."""
-        plan = plan_claim(claim, ref, self.names, self.node, self.devices)
+        plan = plan_claim(claim, ref, self.names, self.node, self.devices, self.policy)
         entry = self.checkpoint.get(ref.uid)
         if entry is not None:
             # A previous attempt died half-way (or its files went missing): undo, then redo.

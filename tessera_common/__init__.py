@@ -3,4 +3,5 @@
 * :mod:`tessera_common.files`: durable, atomic file writes (temp file, fsync, rename, fsync dir).
 * :mod:`tessera_common.quantity`: Kubernetes quantities, parsed exactly and bounded, and formatted.
 * :mod:`tessera_common.logfmt`: one structured log line per event, JSON or ``key=value`` text.
+* :mod:`tessera_common.flags`: booleans and comma lists given as text (flags, env vars).
 """

@@ -64,7 +64,11 @@ def test_kubernetes_validate_has_the_target_versions() -> None:
     [
         ({"webhook.bogus": "1"}, "additional properties 'bogus' not allowed"),
         ({"webhook.timeoutSeconds": "60"}, "timeoutSeconds"),
-        ({"webhook.corePolicy": "sometimes"}, "corePolicy"),
+        ({"policy.coreLimitPolicy": "sometimes"}, "coreLimitPolicy"),
+        ({"policy.coreLimitPolicy": "disable"}, "policy.allowCoreLimitDisable is false"),
+        ({"policy.allowHighPriority": "maybe"}, "allowHighPriority"),
+        ({"webhook.corePolicy": "force"}, "additional properties 'corePolicy' not allowed"),
+        ({"webhook.optOutNamespaces[0]": "Not_A_Namespace"}, "optOutNamespaces"),
         ({"logFormat": "xml"}, "logFormat"),
         ({"vendors.nvidia.backend": ""}, "backend"),
         ({"vendors.nvidia.enabeld": "true"}, "additional properties 'enabeld' not allowed"),

@@ -75,17 +75,23 @@ def pod(
     *,
     containers: list[Obj] | None = None,
     init: list[Obj] | None = None,
+    ephemeral: list[Obj] | None = None,
     annotations: dict[str, str] | None = None,
+    labels: dict[str, str] | None = None,
     claims: list[Obj] | None = None,
 ) -> Obj:
     spec: Obj = {"containers": containers or [{"name": "main", "image": "busybox:1.36"}]}
     if init:
         spec["initContainers"] = init
+    if ephemeral:
+        spec["ephemeralContainers"] = ephemeral
     if claims:
         spec["resourceClaims"] = claims
     meta: Obj = {"name": "p", "namespace": "default"}
     if annotations:
         meta["annotations"] = annotations
+    if labels:
+        meta["labels"] = labels
     return {"apiVersion": "v1", "kind": "Pod", "metadata": meta, "spec": spec}
 
 
@@ -149,6 +155,13 @@ def test_claims_reach_the_webhook(conditions: list[Obj]) -> None:
     with_ref = {"name": "main", "image": "busybox:1.36", "resources": {"claims": [{"name": "gpu"}]}}
     assert sent(conditions, pod(containers=[with_ref], claims=claims))
     assert sent(conditions, pod(containers=[with_ref]))  # the webhook reads container claims too
+    assert sent(conditions, pod(ephemeral=[{**with_ref, "name": "debug"}]))
+    # kubectl debug on a pod holding a claim: the UPDATE of pods/ephemeralcontainers is sent
+    debugged = pod(claims=claims, ephemeral=[{"name": "debug", "image": "busybox:1.36"}])
+    request = {"operation": "UPDATE", "subResource": "ephemeralcontainers", "namespace": "default", "name": "p"}
+    verdict = matchconditions.evaluate(conditions, {"object": debugged, "oldObject": pod(claims=claims),
+                                                    "request": request})  # fmt: skip
+    assert verdict.call and not verdict.errors
 
 
 def test_plain_and_odd_pods_pass_without_an_error(conditions: list[Obj]) -> None:
@@ -190,15 +203,25 @@ def pods(draw: st.DrawFn) -> Obj:
         return out
 
     claims = draw(st.booleans()) and draw(st.integers(0, 10)) == 0
+    ephemeral = [{"name": "debug", "image": "busybox:1.36"}]
+    if draw(st.booleans()):  # one that names a claim (ephemeral containers may not, the webhook reads them)
+        ephemeral[0]["resources"] = {"claims": [{"name": "gpu"}]}
     return pod(
         containers=build(draw(_containers), "c"),
         init=build(draw(st.lists(_containers.map(lambda x: x[0]), max_size=2)), "i"),
+        ephemeral=ephemeral if draw(st.booleans()) else None,
         annotations=draw(st.dictionaries(_annotation_keys, st.sampled_from(["", "A100", "binpack", "x"]), max_size=2)),
+        labels={"tessera.dev/webhook": "ignore"} if draw(st.booleans()) else None,
         claims=[{"name": "gpu", "resourceClaimTemplateName": "t"}] if claims else None,
     )
 
 
-CONVERTERS = [Converter(vendors.admission_vendors()), Converter(vendors.admission_vendors(["nvidia"])), Converter([])]
+CONVERTERS = [
+    Converter(vendors.admission_vendors()),
+    Converter(vendors.admission_vendors(["nvidia"])),
+    Converter([]),
+    Converter(vendors.admission_vendors(), opt_out_namespaces=["default"]),
+]
 
 
 @settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -206,6 +229,9 @@ CONVERTERS = [Converter(vendors.admission_vendors()), Converter(vendors.admissio
 def test_a_pod_the_conditions_skip_is_one_the_webhook_leaves_alone(conditions: list[Obj], obj: Obj) -> None:
     if sent(conditions, obj):
         return
+    before = {**obj, "spec": {k: v for k, v in obj["spec"].items() if k != "ephemeralContainers"}}
     for converter in CONVERTERS:
         result = converter.convert(obj, "default")
         assert result.allowed and not result.patch and result.template is None, (obj, result)
+        debugged = converter.check_ephemeral(obj, before)  # the same pod as a kubectl debug UPDATE
+        assert debugged.allowed and not debugged.patch, (obj, debugged)
