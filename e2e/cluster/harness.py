@@ -15,6 +15,8 @@
   (``isolation/build/fake``) and the node's simulated cards in their environment, as the vendor's
   container runtime would give them the real driver.
 * The claim controller and the scheduler run in this process.
+* The cluster exporter (``python -m tessera_exporter exporter``, a child process) when the chart runs
+  one, with the chart's env; ``exporter_url`` is its address.
 Every child writes its log under ``<state>/logs``.
 """
 
@@ -284,6 +286,8 @@ class Harness:
         self.nodes: dict[str, Node] = {}
         self.webhook: Child | None = None
         self.webhook_port = 0
+        self.exporter: Child | None = None
+        self.exporter_port = 0
         self.tls: tls.ServingTLS | None = None
         self._tasks: list[asyncio.Task[Any]] = []
         self.chart: list[Obj] = []
@@ -348,11 +352,13 @@ class Harness:
         if self.with_webhook:
             devices = await self.wait_webhook_inventory()
             self.progress(f"the webhook sees the {devices} published devices")
+        if chart_objects(self.chart, "Deployment", "exporter"):
+            await self.start_exporter()
 
     async def stop(self) -> None:
         """Stop everything this harness started, whatever state it is in (a start-up interrupted at any
-        step included): the kubelets' containers, the drivers, the webhook, then the state directory.
-        Each step runs even when one before it failed."""
+        step included): the kubelets' containers, the drivers, the webhook, the exporter, then the state
+        directory. Each step runs even when one before it failed."""
         try:
             for node in list(self.nodes.values()):
                 if node.kubelet is not None:
@@ -362,9 +368,10 @@ class Harness:
                 if node.driver is not None:
                     with contextlib.suppress(Exception):
                         await node.driver.stop()
-            if self.webhook is not None:
-                with contextlib.suppress(Exception):
-                    await self.webhook.stop()
+            for child in (self.webhook, self.exporter):
+                if child is not None:
+                    with contextlib.suppress(Exception):
+                        await child.stop()
             with contextlib.suppress(Exception):
                 await cancel_all(self._tasks)
             if self.kube is not None:
@@ -470,6 +477,57 @@ class Harness:
             await self.webhook.stop()
         if (NAMESPACE, WEBHOOK_SERVICE) in self.api.webhooks.services:
             self.api.webhooks.services[(NAMESPACE, WEBHOOK_SERVICE)] = None
+
+    # ------------------------------------------------------------------ cluster exporter
+    @property
+    def exporter_url(self) -> str:
+        return f"http://127.0.0.1:{self.exporter_port}"
+
+    async def start_exporter(self, timeout: float = 60.0) -> None:
+        """The cluster exporter as the chart runs it; returns once it has listed everything (/readyz)."""
+        self.exporter_port = self.exporter_port or free_port()
+        self.exporter = Child(
+            "exporter",
+            [
+                python(),
+                "-m",
+                "tessera_exporter",
+                "exporter",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(self.exporter_port),
+                "--kubeconfig",
+                self.kubeconfig,
+                "--log-format",
+                "text",
+                "--log-level",
+                self.child_log_level,
+            ],
+            os.path.join(self.state, "logs", "exporter.log"),
+            env={**os.environ, **chart_env(self.chart, "Deployment", "exporter")},
+        )
+        await self.exporter.start()
+        deadline = asyncio.get_running_loop().time() + timeout
+        async with aiohttp.ClientSession() as http:
+            while True:
+                self.exporter.check()
+                with contextlib.suppress(aiohttp.ClientError, OSError):
+                    async with http.get(f"{self.exporter_url}/readyz") as resp:
+                        if resp.status == 200:
+                            break
+                if asyncio.get_running_loop().time() > deadline:
+                    raise HarnessError(
+                        f"the exporter did not become ready within {timeout:g}s; see {self.exporter.log_path}"
+                    )
+                await asyncio.sleep(0.1)
+        self.progress(f"cluster exporter ready on {self.exporter_url} (python -m tessera_exporter)")
+
+    async def exporter_metrics(self) -> str:
+        """One scrape of the cluster exporter's /metrics."""
+        async with aiohttp.ClientSession() as http, http.get(f"{self.exporter_url}/metrics") as resp:
+            resp.raise_for_status()
+            return await resp.text()
 
     # ------------------------------------------------------------------ nodes
     async def add_node(self, spec: NodeSpec) -> Node:

@@ -187,3 +187,13 @@ capabilities:
 seccompProfile:
   type: RuntimeDefault
 {{- end -}}
+
+{{/* Cluster exporter names. */}}
+{{- define "tessera.exporter.fullname" -}}
+{{- printf "%s-exporter" (include "tessera.fullname" .) | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+{{- define "tessera.exporter.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "tessera.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/component: exporter
+{{- end -}}
