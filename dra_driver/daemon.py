@@ -141,7 +141,7 @@ class Driver:
 
         self._tasks.append(asyncio.create_task(self.monitor.run(), name="device-health"))
         if s.healthz_port:
-            live = health.Liveness(s.registration_socket, s.dra_socket)
+            live = health.Liveness(s.registration_socket, s.dra_socket, checks=[self.preparer.check_progress])
             self._live_server = await health.serve_liveness(live, s.listen_address, s.healthz_port)
         if s.metrics_port:
             self._metrics_runner = await serve_metrics(self.metrics, s.listen_address, s.metrics_port)
@@ -223,6 +223,8 @@ class Driver:
             await self._live_server.stop(grace=1)
         if self._metrics_runner is not None:
             await self._metrics_runner.cleanup()
+        if self.preparer is not None:
+            self.preparer.close()
         if self.client is not None:
             await self.client.close()
         if self._lock_file is not None:

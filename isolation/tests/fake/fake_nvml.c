@@ -163,7 +163,10 @@ EXPORT nvmlReturn_t nvmlDeviceGetMemoryInfo_v2(nvmlDevice_t d, nvmlMemory_v2_t *
     return NVML_SUCCESS;
 }
 
-/* Processes holding a context on the device, with the bytes they were granted. */
+/* Processes holding a context on the device, with the bytes they were granted (the fake CUDA
+ * driver's per-process accounting: every copy of it in a process, a dlmopen'd one included, charges
+ * the same slot). NVML's per-process figure on a real GPU is the same kind of number: what the
+ * driver allocated for the process, whoever asked. */
 static nvmlReturn_t procs(nvmlDevice_t d, unsigned int *n, void *out, size_t stride, int v1)
 {
     struct fake_dev *fd = dev_of(d);
@@ -209,6 +212,30 @@ EXPORT nvmlReturn_t nvmlDeviceGetComputeRunningProcesses_v2(nvmlDevice_t d, unsi
 EXPORT nvmlReturn_t nvmlDeviceGetComputeRunningProcesses_v3(nvmlDevice_t d, unsigned int *n, nvmlProcessInfo_t *p)
 {
     return procs(d, n, p, sizeof *p, 0);
+}
+
+/* The fake runs no graphics work: an empty list, with NVML's answers to the size query. */
+static nvmlReturn_t graphics(nvmlDevice_t d, unsigned int *n)
+{
+    FAKE_COUNT(nvmlDeviceGetGraphicsRunningProcesses);
+    if (!dev_of(d) || !n) return NVML_ERROR_INVALID_ARGUMENT;
+    *n = 0;
+    return NVML_SUCCESS;
+}
+EXPORT nvmlReturn_t nvmlDeviceGetGraphicsRunningProcesses(nvmlDevice_t d, unsigned int *n, nvmlProcessInfo_v1_t *p)
+{
+    (void)p;
+    return graphics(d, n);
+}
+EXPORT nvmlReturn_t nvmlDeviceGetGraphicsRunningProcesses_v2(nvmlDevice_t d, unsigned int *n, nvmlProcessInfo_t *p)
+{
+    (void)p;
+    return graphics(d, n);
+}
+EXPORT nvmlReturn_t nvmlDeviceGetGraphicsRunningProcesses_v3(nvmlDevice_t d, unsigned int *n, nvmlProcessInfo_t *p)
+{
+    (void)p;
+    return graphics(d, n);
 }
 
 static unsigned long long wall_us(void)
