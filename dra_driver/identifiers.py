@@ -11,28 +11,28 @@ from __future__ import annotations
 
 import re
 
-_UUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
-_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
-_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+_UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
+_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
+_SUBDOMAIN = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
 
 
 def uid_problem(uid: str) -> str:
     """Why ``uid`` is not a Kubernetes UID, or ``""``."""
-    if _UUID.match(uid):
+    if _UUID.fullmatch(uid):
         return ""
     return f"claim UID {uid!r} is not a Kubernetes UID (an RFC 4122 UUID such as 0b6f4c1e-9a2d-4f5e-8c3b-7d1a2e4f6a8b)"
 
 
 def label_problem(what: str, value: str) -> str:
     """Why ``value`` is not an RFC 1123 label (namespaces, request names), or ``""``."""
-    if len(value) <= 63 and _LABEL.match(value):
+    if len(value) <= 63 and _LABEL.fullmatch(value):
         return ""
     return f"{what} {value!r} is not an RFC 1123 label (lower-case letters, digits and '-', at most 63)"
 
 
 def subdomain_problem(what: str, value: str) -> str:
     """Why ``value`` is not an RFC 1123 subdomain (object names), or ``""``."""
-    if len(value) <= 253 and _SUBDOMAIN.match(value):
+    if len(value) <= 253 and _SUBDOMAIN.fullmatch(value):
         return ""
     return f"{what} {value!r} is not an RFC 1123 subdomain (lower-case letters, digits, '-' and '.', at most 253)"
 

@@ -69,16 +69,19 @@ def opened_dir(path: str) -> Iterator[int]:
 def open_dir_at(dir_fd: int, relative: str, *, create: int | None = None) -> int:
     """Open ``relative`` under the directory ``dir_fd``, one component at a time with ``O_NOFOLLOW``.
 
-    ``create``: make missing directories with this mode (``mkdirat``; the umask applies). A link or
-    a non-directory on the way fails with ``ELOOP``/``ENOTDIR``. The caller closes the result."""
+    ``create``: make missing directories with this mode (``mkdirat``; the umask applies), and replace
+    a link or a non-directory in the way by a directory (the tree is ours to lay out). Without it, a
+    link or a non-directory on the way fails with ``ELOOP``/``ENOTDIR``. The caller closes the result."""
     fd = os.dup(dir_fd)
     try:
         for part in components(relative):
             try:
                 child = os.open(part, _DIR_FLAGS, dir_fd=fd)
-            except FileNotFoundError:
-                if create is None:
+            except OSError as exc:
+                if create is None or exc.errno not in (errno.ENOENT, errno.ELOOP, errno.ENOTDIR):
                     raise
+                if exc.errno != errno.ENOENT:
+                    remove_at(fd, part)
                 with contextlib.suppress(FileExistsError):
                     os.mkdir(part, create, dir_fd=fd)
                 child = os.open(part, _DIR_FLAGS, dir_fd=fd)
