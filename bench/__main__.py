@@ -6,7 +6,7 @@ import importlib.util
 import subprocess
 import sys
 
-MODULES = ["webhook", "driver", "isolation"]
+MODULES = ["webhook", "driver", "watchdog", "isolation"]
 
 
 def main() -> int:

@@ -179,7 +179,7 @@ class OwnerCache:
             if pidfd >= 0:
                 os.close(pidfd)
             return _Entry(owner, -1)
-        if select.select([pidfd], [], [], 0)[0]:  # it exited while we read: its cgroup may be anyone's
+        if _exited(pidfd):  # it exited while we read: its cgroup may be anyone's
             os.close(pidfd)
             return None
         self._entries[pid] = entry
@@ -228,3 +228,10 @@ class OwnerCache:
             self._pid_map_stamp = stamp
         except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
             log.warning("cannot read the test PID map", extra={"path": self._pid_map_path, "error": str(exc)})
+
+
+def _exited(pidfd: int) -> bool:
+    """A pidfd turns readable when its process exits (``poll``: descriptors above 1024 are fine)."""
+    poller = select.poll()
+    poller.register(pidfd, select.POLLIN)
+    return bool(poller.poll(0))
