@@ -9,10 +9,20 @@ from __future__ import annotations
 import argparse
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import vendors
-from vendors.base import DEFAULT_SPLIT_COUNT
+from tessera_common.flags import parse_bool
+from vendors.base import (
+    CORE_LIMIT_POLICIES,
+    DEFAULT_CDI_DIR,
+    DEFAULT_HOST_LIB_DIR,
+    DEFAULT_KUBELET_DIR,
+    DEFAULT_SPLIT_COUNT,
+    SharingPolicy,
+    plugin_dir,
+    registry_dir,
+)
 
 from .prepare import FAILPOINTS
 from .watchdog import Tolerance, WatchdogConfigError
@@ -20,8 +30,6 @@ from .watchdog import Tolerance, WatchdogConfigError
 ENV_PREFIX = "TESSERA_"
 FAILPOINT_ENV = "TESSERA_FAILPOINT"
 MAX_SOCKET_PATH = 107
-_TRUE = {"1", "true", "yes", "on"}
-_FALSE = {"0", "false", "no", "off", ""}
 
 
 class ConfigError(ValueError):
@@ -42,12 +50,10 @@ def _env(environ: Mapping[str, str], flag: str, *aliases: str) -> str | None:
 def _bool(value: str | None, flag: str) -> bool:
     if value is None:
         return False
-    text = value.strip().lower()
-    if text in _TRUE:
-        return True
-    if text in _FALSE:
-        return False
-    raise ConfigError(f"{env_name(flag)}={value!r}: expected true or false")
+    try:
+        return parse_bool(value)
+    except ValueError:
+        raise ConfigError(f"{env_name(flag)}={value!r}: expected true or false") from None
 
 
 def build_parser(environ: Mapping[str, str] | None = None) -> argparse.ArgumentParser:
@@ -82,16 +88,19 @@ def build_parser(environ: Mapping[str, str] | None = None) -> argparse.ArgumentP
     )
     add("--node-name", aliases=("NODE_NAME",), help="name of this node (required; the pool and slice owner)")
     add("--kubeconfig", help="kubeconfig file; in-cluster service account config when absent")
-    add("--plugin-dir", help="DRA socket and checkpoint directory; default /var/lib/kubelet/plugins/<driver name>")
+    add(
+        "--plugin-dir",
+        help=f"DRA socket and checkpoint directory; default {plugin_dir('<driver name>')}",
+    )
     add(
         "--registry-dir",
-        default="/var/lib/kubelet/plugins_registry",
+        default=registry_dir(DEFAULT_KUBELET_DIR),
         help="kubelet plugin registration directory (the registration socket goes here)",
     )
-    add("--cdi-dir", default="/var/run/cdi", help="directory for the per-claim CDI specs (host path)")
+    add("--cdi-dir", default=DEFAULT_CDI_DIR, help="directory for the per-claim CDI specs (host path)")
     add(
         "--host-lib-dir",
-        default="/usr/local/tessera",
+        default=DEFAULT_HOST_LIB_DIR,
         help="host directory holding libvgpu.so, ld.so.preload, claims/<uid>/ and node/",
     )
     add("--split-count", default=str(DEFAULT_SPLIT_COUNT), type=int, help="shares per device (tasks per card)")
@@ -136,6 +145,26 @@ def build_parser(environ: Mapping[str, str] | None = None) -> argparse.ArgumentP
         help="TEST ONLY: a JSON file {pid: {podUID, containerID}} the harness kubelet writes when it cannot "
         "create cgroups; never set it on a real node",
     )
+    add(
+        "--core-policy",
+        default="default",
+        choices=list(CORE_LIMIT_POLICIES),
+        help="the cluster's core limit policy: what a share gets when no config names one, and the loosest "
+        "a claim's own config may name",
+    )
+    policy_help = {
+        "--allow-high-priority": ("true", "claims may ask for task priority 0 (high)"),
+        "--allow-oversubscribe": ("false", "claims may ask for oversubscribe: true"),
+        "--allow-core-limit-disable": ("false", "claims may ask for coreLimitPolicy: disable"),
+    }
+    for flag, (default, text) in policy_help.items():
+        p.add_argument(
+            flag,
+            action=argparse.BooleanOptionalAction,
+            default=_bool(_env(env, flag) or default, flag),
+            help=f"{text}; config from a DeviceClass is honoured whatever this says (default {default}) "
+            f"[env {env_name(flag)}]",
+        )
     hami = _env(env, "--hami-metrics")
     p.add_argument(
         "--hami-metrics",
@@ -176,6 +205,8 @@ class Settings:
     watchdog_tolerance: str = "512Mi"
     watchdog_nvml_library: str | None = None
     watchdog_pid_map: str | None = None
+    policy: SharingPolicy = field(default_factory=SharingPolicy)
+    """The cluster's sharing policy: which loosening settings a claim's own config may ask for."""
 
     @property
     def dra_socket(self) -> str:
@@ -227,6 +258,15 @@ def settings_from_args(argv: Sequence[str] | None = None, environ: Mapping[str, 
         raise ConfigError(f"--watchdog must be kill, report or off, got {ns.watchdog!r}")
     if ns.log_format not in ("json", "text"):
         raise ConfigError(f"--log-format must be json or text, got {ns.log_format!r}")
+    try:
+        policy = SharingPolicy(
+            core_limit_policy=ns.core_policy,
+            allow_high_priority=ns.allow_high_priority,
+            allow_oversubscribe=ns.allow_oversubscribe,
+            allow_core_limit_disable=ns.allow_core_limit_disable,
+        )
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
     failpoint = env.get(FAILPOINT_ENV) or None
     if failpoint is not None and failpoint not in FAILPOINTS:
         raise ConfigError(f"{FAILPOINT_ENV}={failpoint!r}: known steps are {', '.join(FAILPOINTS)}")
@@ -237,7 +277,7 @@ def settings_from_args(argv: Sequence[str] | None = None, environ: Mapping[str, 
         mock_devices=ns.mock_devices,
         node_name=ns.node_name,
         kubeconfig=ns.kubeconfig or None,
-        plugin_dir=os.path.abspath(ns.plugin_dir or f"/var/lib/kubelet/plugins/{names.driver}"),
+        plugin_dir=os.path.abspath(ns.plugin_dir or plugin_dir(names.driver)),
         registry_dir=os.path.abspath(ns.registry_dir),
         cdi_dir=os.path.abspath(ns.cdi_dir),
         host_lib_dir=os.path.abspath(ns.host_lib_dir),
@@ -256,6 +296,7 @@ def settings_from_args(argv: Sequence[str] | None = None, environ: Mapping[str, 
         watchdog_tolerance=ns.watchdog_tolerance,
         watchdog_nvml_library=os.path.abspath(ns.watchdog_nvml_library) if ns.watchdog_nvml_library else None,
         watchdog_pid_map=os.path.abspath(ns.watchdog_pid_map) if ns.watchdog_pid_map else None,
+        policy=policy,
     )
     for sock in (settings.dra_socket, settings.registration_socket):
         if len(sock.encode()) > MAX_SOCKET_PATH:

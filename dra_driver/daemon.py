@@ -113,6 +113,7 @@ class Driver:
             metrics=self.metrics,
             api_timeout=s.api_timeout,
             failpoint=s.failpoint,
+            policy=s.policy,
         )
         await self.preparer.restore()
 

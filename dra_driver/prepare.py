@@ -36,7 +36,7 @@ from typing import ParamSpec, TypeVar
 
 from kubeapi import KubeClient, KubeError, namespaced_path
 from tessera_common import safefs
-from vendors.base import DeviceInfo, NodeLayout, NodeVendor
+from vendors.base import DeviceInfo, NodeLayout, NodeVendor, SharingPolicy
 
 from . import cdi
 from .checkpoint import COMPLETED, STARTED, Checkpoint, ClaimEntry, DeviceHold, PreparedDevice
@@ -110,8 +110,10 @@ class Preparer:
         metrics: DriverMetrics,
         api_timeout: float = 10.0,
         failpoint: str | None = None,
+        policy: SharingPolicy | None = None,
     ) -> None:
         self.vendor = vendor
+        self.policy = policy or SharingPolicy()
         self.names = vendor.names
         self.node = node_name
         self.devices = {vendor.names.device_name(d.index): d for d in devices}
@@ -295,7 +297,7 @@ class Preparer:
 
     async def prepare_claim(self, claim: Mapping[str, object], ref: ClaimRef) -> tuple[PreparedDevice, ...]:
         """Prepare a claim already read from the API server (the caller holds the claim's lock)."""
-        plan = plan_claim(claim, ref, self.names, self.node, self.devices)
+        plan = plan_claim(claim, ref, self.names, self.node, self.devices, self.policy)
         for request in plan.requests:
             problem = label_problem("request", request.name)
             if problem:

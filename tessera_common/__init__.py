@@ -5,4 +5,6 @@
   (no link followed, no FIFO waited on, any mode and depth removed).
 * :mod:`tessera_common.quantity`: Kubernetes quantities, parsed exactly and bounded, and formatted.
 * :mod:`tessera_common.logfmt`: one structured log line per event, JSON or ``key=value`` text.
+* :mod:`tessera_common.flags`: booleans and comma lists given as text (flags, env vars).
+* :mod:`tessera_common.slicefields`: a published device's attributes and capacities, plain or qualified names.
 """

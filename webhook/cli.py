@@ -23,7 +23,8 @@ import jsonpatch
 import yaml
 
 import vendors as vendor_registry
-from vendors.base import CORE_LIMIT_POLICIES, AdmissionVendor
+from tessera_common.flags import parse_bool, parse_list
+from vendors.base import CORE_LIMIT_POLICIES, AdmissionVendor, SharingPolicy
 
 from .convert import Converter
 from .inventory import Inventory, InventoryError, load_file, parse_documents
@@ -125,7 +126,48 @@ def _common(opt: Any) -> None:
         "--core-policy",
         "default",
         choices=list(CORE_LIMIT_POLICIES),
-        help="GPU core limit policy written into each claim's SharingConfig (default %(default)s)",
+        help="the cluster's core limit policy, written into each claim's SharingConfig (default %(default)s)",
+    )
+    for flag, default, text in (
+        ("--allow-high-priority", "true", "pods may ask for task priority 0 (high)"),
+        ("--allow-oversubscribe", "false", "claims may ask for oversubscribe (the webhook never writes it)"),
+        ("--allow-core-limit-disable", "false", "the core policy may be disable"),
+    ):
+        opt(flag, default, metavar="true|false", help=f"cluster sharing policy: {text} (default %(default)s)")
+    opt(
+        "--opt-out-namespaces",
+        help="comma list of namespaces where a pod's tessera.dev/webhook=ignore label or annotation is "
+        "honoured (default: none)",
+    )
+    opt(
+        "--protected-host-paths",
+        help="comma list of Tessera's host directories, which no pod with shares may mount as hostPath "
+        "(default: the drivers' default directories of the enabled vendors)",
+    )
+
+
+def converter_from_args(args: argparse.Namespace) -> Converter:
+    """The converter the flags describe; :class:`UsageError` for values that cannot work."""
+    flags = {}
+    for name in ("allow_high_priority", "allow_oversubscribe", "allow_core_limit_disable"):
+        value = getattr(args, name)
+        try:
+            flags[name] = value if isinstance(value, bool) else parse_bool(str(value))
+        except ValueError as exc:
+            raise UsageError(f"--{name.replace('_', '-')} {exc}") from None
+    try:
+        policy = SharingPolicy(core_limit_policy=args.core_policy, **flags)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    protected = parse_list(args.protected_host_paths)
+    for path in protected:
+        if not path.startswith("/"):
+            raise UsageError(f"--protected-host-paths: {path!r} is not an absolute path")
+    return Converter(
+        enabled_vendors(args.vendors),
+        policy=policy,
+        opt_out_namespaces=parse_list(args.opt_out_namespaces),
+        host_dirs=protected or None,
     )
 
 
@@ -192,7 +234,7 @@ async def _fetch_inventory(kubeconfig: str) -> Inventory:
 def run_convert(args: argparse.Namespace, out: Any = None, err: Any = None) -> int:
     out = out or sys.stdout
     err = err or sys.stderr
-    converter = Converter(enabled_vendors(args.vendors), core_policy=args.core_policy)
+    converter = converter_from_args(args)
     inventory: Inventory | None = None
     try:
         if args.inventory:
@@ -227,7 +269,7 @@ def run_convert(args: argparse.Namespace, out: Any = None, err: Any = None) -> i
             print(f"convert: {label} denied: {result.message}", file=err)
             denied += 1
             continue
-        for note in result.notes:
+        for note in (*result.notes, *result.warnings):
             print(f"convert: note: {label}: {note}", file=err)
         emitted.append(jsonpatch.apply_patch(obj, result.patch) if result.patch else obj)
         if result.template is not None:

@@ -84,7 +84,7 @@ KINDS: tuple[Kind, ...] = (
         "pods",
         "Pod",
         True,
-        ("status", "binding", "log"),
+        ("status", "binding", "log", "ephemeralcontainers"),
         (
             "spec.nodeName",
             "spec.restartPolicy",

@@ -567,10 +567,10 @@ class APIServer:
             return ctx.obj
         return await self.admission(ctx)
 
-    def _validate(self, kind: Kind, obj: Obj, old: Obj | None) -> None:
+    def _validate(self, kind: Kind, obj: Obj, old: Obj | None, subresource: str | None = None) -> None:
         errors: list[tuple[str, str]] = []
         if old is not None:
-            errors.extend(strategy.check_update(kind, obj, old))
+            errors.extend(strategy.check_update(kind, obj, old, subresource))
         if self.validator is not None:
             errors.extend(self.validator(kind, obj))
         if errors:
@@ -670,7 +670,7 @@ class APIServer:
         stored["metadata"]["resourceVersion"] = old["metadata"]["resourceVersion"]
         stored.setdefault("apiVersion", skind.api_version)
         stored.setdefault("kind", skind.kind)
-        self._validate(skind, stored, old)
+        self._validate(skind, stored, old, sub)
         if stored == old:
             return _view(kind, old)  # a no-op write: no new resourceVersion, no event, as in kube-apiserver
         if dry_run:

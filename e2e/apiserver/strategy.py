@@ -14,6 +14,9 @@ from typing import Any
 from .errors import APIError
 from .kinds import Kind
 
+EPHEMERAL_CONTAINERS = "ephemeralcontainers"
+"""The pods subresource ``kubectl debug`` updates: the whole pod, of which only the ephemeral containers count."""
+
 Obj = dict[str, Any]
 
 
@@ -154,6 +157,16 @@ def _spec_part(obj: Obj) -> Obj:
 
 def prepare_for_update(kind: Kind, new: Obj, old: Obj, subresource: str | None) -> Obj:
     """The object to store for an update of ``old`` with ``new`` through the given endpoint."""
+    if subresource == EPHEMERAL_CONTAINERS:
+        # kube-apiserver keeps the old pod and takes only the ephemeral containers from the new one.
+        result = copy.deepcopy(old)
+        ephemeral = (new.get("spec") or {}).get("ephemeralContainers")
+        if ephemeral:
+            result.setdefault("spec", {})["ephemeralContainers"] = copy.deepcopy(ephemeral)
+        else:
+            result.get("spec", {}).pop("ephemeralContainers", None)
+        result["metadata"]["resourceVersion"] = (new.get("metadata") or {}).get("resourceVersion")
+        return result
     if subresource in ("status", "finalize"):
         result = copy.deepcopy(old)
         if subresource == "status":
@@ -226,10 +239,20 @@ def _pod_spec_for_compare(spec: Obj) -> Obj:
     return out
 
 
-def check_update(kind: Kind, new: Obj, old: Obj) -> list[tuple[str, str]]:
+def check_update(kind: Kind, new: Obj, old: Obj, subresource: str | None = None) -> list[tuple[str, str]]:
     """The update rules of kube-apiserver's validation for the kinds where they bite: a pod's spec is
-    immutable apart from a few fields (``spec.nodeName`` is set through ``pods/binding``), and a
+    immutable apart from a few fields (``spec.nodeName`` is set through ``pods/binding``, ephemeral
+    containers are added through ``pods/ephemeralcontainers``, never changed or removed), and a
     ResourceClaim's or ResourceClaimTemplate's spec is immutable."""
+    if kind.kind == "Pod" and subresource == EPHEMERAL_CONTAINERS:
+        before = (old.get("spec") or {}).get("ephemeralContainers") or []
+        after = (new.get("spec") or {}).get("ephemeralContainers") or []
+        if after[: len(before)] != before:
+            return [("spec.ephemeralContainers", "Forbidden: existing ephemeral containers may not be changed")]
+        names = [c.get("name") for c in after if isinstance(c, dict)]
+        if len(set(names)) != len(names):
+            return [("spec.ephemeralContainers", "Duplicate value: container names must be unique")]
+        return []
     if kind.kind == "Pod" and _pod_spec_for_compare(new.get("spec") or {}) != _pod_spec_for_compare(
         old.get("spec") or {}
     ):

@@ -18,6 +18,8 @@
   kubelet-like cgroup where the watchdog finds its pod (or, where no cgroup can be made, names it in
   a PID map the driver reads with the test-only ``--watchdog-pid-map``).
 * The claim controller and the scheduler run in this process.
+* The cluster exporter (``python -m tessera_exporter exporter``, a child process) when the chart runs
+  one, with the chart's env; ``exporter_url`` is its address.
 Every child writes its log under ``<state>/logs``.
 """
 
@@ -288,6 +290,8 @@ class Harness:
         self.nodes: dict[str, Node] = {}
         self.webhook: Child | None = None
         self.webhook_port = 0
+        self.exporter: Child | None = None
+        self.exporter_port = 0
         self.tls: tls.ServingTLS | None = None
         self._tasks: list[asyncio.Task[Any]] = []
         self.chart: list[Obj] = []
@@ -349,6 +353,8 @@ class Harness:
             raise failed.exceptions[0] from None
         if self.with_webhook:
             await self.wait_webhook_inventory()
+        if chart_objects(self.chart, "Deployment", "exporter"):
+            await self.start_exporter()
 
     async def stop(self) -> None:
         for node in list(self.nodes.values()):
@@ -360,6 +366,8 @@ class Harness:
                 await node.driver.stop()
         if self.webhook is not None:
             await self.webhook.stop()
+        if self.exporter is not None:
+            await self.exporter.stop()
         await cancel_all(self._tasks)
         if self.kube is not None:
             for node in self.nodes.values():
@@ -458,6 +466,57 @@ class Harness:
     async def stop_webhook(self) -> None:
         if self.webhook is not None:
             await self.webhook.stop()
+
+    # ------------------------------------------------------------------ cluster exporter
+    @property
+    def exporter_url(self) -> str:
+        return f"http://127.0.0.1:{self.exporter_port}"
+
+    async def start_exporter(self, timeout: float = 60.0) -> None:
+        """The cluster exporter as the chart runs it; returns once it has listed everything (/readyz)."""
+        self.exporter_port = self.exporter_port or free_port()
+        self.exporter = Child(
+            "exporter",
+            [
+                python(),
+                "-m",
+                "tessera_exporter",
+                "exporter",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(self.exporter_port),
+                "--kubeconfig",
+                self.kubeconfig,
+                "--log-format",
+                "text",
+                "--log-level",
+                self.child_log_level,
+            ],
+            os.path.join(self.state, "logs", "exporter.log"),
+            env={**os.environ, **chart_env(self.chart, "Deployment", "exporter")},
+        )
+        await self.exporter.start()
+        deadline = asyncio.get_running_loop().time() + timeout
+        async with aiohttp.ClientSession() as http:
+            while True:
+                self.exporter.check()
+                with contextlib.suppress(aiohttp.ClientError, OSError):
+                    async with http.get(f"{self.exporter_url}/readyz") as resp:
+                        if resp.status == 200:
+                            break
+                if asyncio.get_running_loop().time() > deadline:
+                    raise HarnessError(
+                        f"the exporter did not become ready within {timeout:g}s; see {self.exporter.log_path}"
+                    )
+                await asyncio.sleep(0.1)
+        log.info("cluster exporter ready on %s", self.exporter_url)
+
+    async def exporter_metrics(self) -> str:
+        """One scrape of the cluster exporter's /metrics."""
+        async with aiohttp.ClientSession() as http, http.get(f"{self.exporter_url}/metrics") as resp:
+            resp.raise_for_status()
+            return await resp.text()
 
     # ------------------------------------------------------------------ nodes
     async def add_node(self, spec: NodeSpec) -> Node:

@@ -40,6 +40,10 @@ class ClusterControl(Protocol):
         """The regular files of a host directory of ``node`` (a path as the CDI spec names it): name -> text."""
         ...
 
+    async def exporter_metrics(self) -> str:
+        """One scrape of the cluster exporter's ``/metrics``."""
+        ...
+
 
 def cdi_spec_name(driver: str, claim_uid: str) -> str:
     return f"k8s.{driver}-claim_{claim_uid}.json"
@@ -78,6 +82,9 @@ class HarnessControl:
     async def host_files(self, node: str, directory: str) -> dict[str, str]:
         # the harness's host paths are this machine's paths
         return await asyncio.to_thread(_read_files, directory)
+
+    async def exporter_metrics(self) -> str:
+        return await self.harness.exporter_metrics()
 
 
 def _read_json(path: str) -> dict[str, Any] | None:
@@ -257,6 +264,10 @@ class KindControl:
     async def cdi_spec(self, node: str, driver: str, claim_uid: str) -> dict[str, Any] | None:
         text = await self._docker_cat(node, f"{CDI_DIR}/{cdi_spec_name(driver, claim_uid)}")
         return None if text is None else dict(json.loads(text))
+
+    async def exporter_metrics(self) -> str:
+        # through the API server's service proxy, as a user with access to the namespace would
+        return await self.kube.text(f"/api/v1/namespaces/{NAMESPACE}/services/tessera-exporter:metrics/proxy/metrics")
 
     async def host_files(self, node: str, directory: str) -> dict[str, str]:
         out = {}

@@ -21,6 +21,8 @@ from dra_driver import cli as driver_cli
 from dra_driver.daemon import Driver
 from e2e.apiserver import APIServer
 from kubeapi import KubeClient
+from tessera_exporter.exporter import Exporter
+from tests.exporter.helpers import claim, pod, request, slices
 from webhook import inventory
 from webhook.metrics import Metrics
 from webhook.templates import TemplateStore
@@ -148,3 +150,27 @@ async def test_webhook_requests_are_granted(default_objs: list[helm.Obj], short_
     roles = [helm.one(default_objs, "ClusterRole", n) for n in ("tessera-webhook", "tessera-webhook-inventory")]
     all_granted = set().union(*(granted(r) for r in roles))
     assert not sorted(used - all_granted), used
+
+
+async def test_exporter_requests_are_granted(default_objs: list[helm.Obj], short_dir: Path) -> None:
+    async with APIServer.running(host="127.0.0.1", port=0) as api:
+        kube = await KubeClient.connect(api.write_kubeconfig(short_dir / "kubeconfig"))
+        exporter = Exporter(kube)
+        try:
+            await exporter.start()
+            await exporter.wait_synced(10)
+            # objects through the store's back door: every request on the wire is the exporter's
+            waiting = pod("w", {"main": [("gpu", "")]}, claims={"gpu": "w"}, unschedulable="no room")
+            for obj in [*slices("node1", "1xH200"), waiting, claim("w", [], [request()], allocated=False)]:
+                api.store.put(obj)
+            for _ in range(200):
+                if exporter.state.view().pending_claims:
+                    break
+                await asyncio.sleep(0.05)
+            assert exporter.state.view().pending_claims and exporter.state.view().devices
+        finally:
+            await exporter.stop()
+            await kube.close()
+    used = accesses(api)
+    assert {("resource.k8s.io", "resourceslices", "watch"), ("", "pods", "list")} <= used
+    assert not _not_granted(used, helm.one(default_objs, "ClusterRole", "tessera-exporter")), used

@@ -24,6 +24,10 @@ WEBHOOK_RULES = [
     {"apiGroups": ["resource.k8s.io"], "resources": ["resourceclaimtemplates"], "verbs": ["get", "create"]},
 ]
 WEBHOOK_INVENTORY_RULES = [{"apiGroups": ["resource.k8s.io"], "resources": ["resourceslices"], "verbs": ["list"]}]
+EXPORTER_RULES = [
+    {"apiGroups": ["resource.k8s.io"], "resources": ["resourceslices", "resourceclaims"], "verbs": ["list", "watch"]},
+    {"apiGroups": [""], "resources": ["pods"], "verbs": ["list", "watch"]},
+]
 
 
 def _mwc(objs: list[helm.Obj]) -> dict[str, Any]:
@@ -48,7 +52,15 @@ def test_webhook_fails_closed(objs: list[helm.Obj]) -> None:
             "apiVersions": ["v1"],
             "resources": ["pods"],
             "scope": "Namespaced",
-        }
+        },
+        # kubectl debug adds ephemeral containers with an UPDATE of this subresource (the whole pod).
+        {
+            "operations": ["UPDATE"],
+            "apiGroups": [""],
+            "apiVersions": ["v1"],
+            "resources": ["pods/ephemeralcontainers"],
+            "scope": "Namespaced",
+        },
     ]
 
 
@@ -57,16 +69,23 @@ def test_failure_policy_cannot_be_configured_away(helm_home: Any) -> None:
     assert result.returncode != 0 and "failurePolicy" in result.stderr
 
 
-def test_webhook_selectors_opt_out_and_exclude_system_namespaces(objs: list[helm.Obj]) -> None:
+def test_no_label_keeps_a_pod_from_the_webhook(objs: list[helm.Obj]) -> None:
+    """Pods' labels are their authors', namespaces' labels may be their own admins': only namespace
+    names (set by the API server) leave pods out; the opt-out label is the webhook's to judge."""
     hook = _mwc(objs)
-    opt_out = {"key": OPT_OUT_KEY, "operator": "NotIn", "values": [OPT_OUT_VALUE]}
-    assert hook["objectSelector"] == {"matchExpressions": [opt_out]}
-    ns_exprs = hook["namespaceSelector"]["matchExpressions"]
-    assert opt_out in ns_exprs
-    (by_name,) = [e for e in ns_exprs if e["key"] == "kubernetes.io/metadata.name"]
-    assert by_name["operator"] == "NotIn"
+    assert "objectSelector" not in hook
+    (by_name,) = hook["namespaceSelector"]["matchExpressions"]
+    assert by_name["key"] == "kubernetes.io/metadata.name" and by_name["operator"] == "NotIn"
     assert {helm.NAMESPACE, "kube-system"} <= set(by_name["values"])
-    assert len(ns_exprs) == 2  # nothing else narrows what is sent to the webhook
+
+
+def test_opt_out_namespaces_reach_the_webhook(default_objs: list[helm.Obj], all_objs: list[helm.Obj]) -> None:
+    def env(objs: list[helm.Obj]) -> dict[str, Any]:
+        container = helm.pod_spec(helm.one(objs, "Deployment", "tessera-webhook"))["containers"][0]
+        return {e["name"]: e.get("value") for e in container["env"]}
+
+    assert env(default_objs)["TESSERA_OPT_OUT_NAMESPACES"] == ""  # honoured nowhere unless the admin lists some
+    assert env(all_objs)["TESSERA_OPT_OUT_NAMESPACES"] == "legacy-gpu,team-b"
 
 
 def test_extra_excluded_namespaces(all_objs: list[helm.Obj]) -> None:
@@ -75,11 +94,12 @@ def test_extra_excluded_namespaces(all_objs: list[helm.Obj]) -> None:
     assert by_name["values"] == [helm.NAMESPACE, "kube-system", "monitoring", "gpu-operator"]
 
 
-def test_our_own_pods_opt_out(objs: list[helm.Obj]) -> None:
+def test_our_own_pods_are_never_sent(objs: list[helm.Obj]) -> None:
+    excluded = _mwc(objs)["namespaceSelector"]["matchExpressions"][0]["values"]
     for workload in helm.workloads(objs):
         labels = workload["spec"]["template"]["metadata"]["labels"]
         assert labels[OPT_OUT_KEY] == OPT_OUT_VALUE, workload["metadata"]["name"]
-        assert workload["metadata"]["namespace"] == helm.NAMESPACE
+        assert workload["metadata"]["namespace"] == helm.NAMESPACE in excluded
 
 
 def test_webhook_client_config_points_at_the_webhook_service(objs: list[helm.Obj]) -> None:
@@ -89,7 +109,7 @@ def test_webhook_client_config_points_at_the_webhook_service(objs: list[helm.Obj
     assert svc_ref["namespace"] == helm.NAMESPACE and svc_ref["path"] == "/mutate"
     (port,) = service["spec"]["ports"]
     assert port["port"] == svc_ref["port"] == 443
-    deployment = helm.one(objs, "Deployment")
+    deployment = helm.one(objs, "Deployment", "tessera-webhook")
     pod_labels = deployment["spec"]["template"]["metadata"]["labels"]
     assert service["spec"]["selector"].items() <= pod_labels.items()
     ports = {p["name"]: p for p in helm.pod_spec(deployment)["containers"][0]["ports"]}
@@ -102,7 +122,7 @@ def test_generated_tls_secret_feeds_the_ca_bundle(default_objs: list[helm.Obj]) 
     assert secret["type"] == "kubernetes.io/tls"
     assert hook["clientConfig"]["caBundle"] == secret["data"]["ca.crt"]
     assert base64.b64decode(secret["data"]["ca.crt"]).startswith(b"-----BEGIN CERTIFICATE-----")
-    volumes = {v["name"]: v for v in helm.pod_spec(helm.one(default_objs, "Deployment"))["volumes"]}
+    volumes = {v["name"]: v for v in helm.pod_spec(helm.one(default_objs, "Deployment", "tessera-webhook"))["volumes"]}
     assert volumes["tls"]["secret"]["secretName"] == secret["metadata"]["name"]
 
 
@@ -120,7 +140,7 @@ def test_cert_manager_mode(all_objs: list[helm.Obj]) -> None:
     )
     service = helm.one(all_objs, "Service", _mwc(all_objs)["clientConfig"]["service"]["name"])
     assert f"{service['metadata']['name']}.{helm.NAMESPACE}.svc" in cert["spec"]["dnsNames"]
-    volumes = {v["name"]: v for v in helm.pod_spec(helm.one(all_objs, "Deployment"))["volumes"]}
+    volumes = {v["name"]: v for v in helm.pod_spec(helm.one(all_objs, "Deployment", "tessera-webhook"))["volumes"]}
     assert volumes["tls"]["secret"]["secretName"] == cert["spec"]["secretName"]
 
 
@@ -135,7 +155,7 @@ def test_cert_manager_with_an_existing_issuer(helm_home: Any) -> None:
 
 
 def test_webhook_deployment_is_highly_available(objs: list[helm.Obj]) -> None:
-    deployment = helm.one(objs, "Deployment")
+    deployment = helm.one(objs, "Deployment", "tessera-webhook")
     assert deployment["spec"]["replicas"] >= 2
     assert deployment["spec"]["strategy"]["rollingUpdate"]["maxUnavailable"] == 0
     pdb = helm.one(objs, "PodDisruptionBudget")
@@ -148,7 +168,7 @@ def test_webhook_deployment_is_highly_available(objs: list[helm.Obj]) -> None:
 
 
 def test_webhook_runs_as_non_root_with_nothing_extra(objs: list[helm.Obj]) -> None:
-    deployment = helm.one(objs, "Deployment")
+    deployment = helm.one(objs, "Deployment", "tessera-webhook")
     spec = helm.pod_spec(deployment)
     assert spec["securityContext"]["runAsNonRoot"] is True
     assert spec["securityContext"]["runAsUser"] != 0
@@ -271,7 +291,7 @@ def test_driver_host_paths_are_exactly_the_needed_ones(
     assert seen_real == real_backends & {ds["metadata"]["labels"]["tessera.dev/vendor"] for ds in daemonsets}
     if values == "all":
         assert sum(len(_host_paths(ds)) - 4 for ds in daemonsets) == 5  # ascend 3, hygon 1, iluvatar 1
-    deployment = helm.one(objs, "Deployment")
+    deployment = helm.one(objs, "Deployment", "tessera-webhook")
     assert not _host_paths(deployment)
 
 
@@ -284,8 +304,9 @@ def test_rbac_is_exactly_what_the_code_uses(objs: list[helm.Obj]) -> None:
     assert _rules(objs, "tessera-driver") == DRIVER_RULES
     assert _rules(objs, "tessera-webhook") == WEBHOOK_RULES
     assert _rules(objs, "tessera-webhook-inventory") == WEBHOOK_INVENTORY_RULES
+    assert _rules(objs, "tessera-exporter") == EXPORTER_RULES
     assert not helm.find(objs, "Role")
-    assert len(helm.find(objs, "ClusterRole")) == 3
+    assert len(helm.find(objs, "ClusterRole")) == 4
 
 
 def test_no_wildcards_secrets_or_escalation_in_rbac(objs: list[helm.Obj]) -> None:
@@ -293,7 +314,9 @@ def test_no_wildcards_secrets_or_escalation_in_rbac(objs: list[helm.Obj]) -> Non
         for rule in role["rules"]:
             for key in ("apiGroups", "resources", "verbs", "resourceNames", "nonResourceURLs"):
                 assert "*" not in rule.get(key, []), f"{role['metadata']['name']}: wildcard in {key}"
-            assert not {"secrets", "pods", "serviceaccounts/token", "*"} & set(rule["resources"])
+            assert not {"secrets", "serviceaccounts/token", "*"} & set(rule["resources"])
+            if "pods" in rule["resources"]:  # the exporter only reads them (which container holds a share)
+                assert role["metadata"]["name"] == "tessera-exporter" and set(rule["verbs"]) == {"list", "watch"}
             assert not {"escalate", "bind", "impersonate", "approve"} & set(rule["verbs"])
 
 
@@ -320,7 +343,7 @@ def test_template_permissions_can_be_limited_to_namespaces(all_objs: list[helm.O
     assert sorted(b["metadata"]["namespace"] for b in role_bindings) == ["team-a", "team-b"]
     assert {b["roleRef"]["name"] for b in role_bindings} == {"tessera-webhook"}
     cluster_bound = {b["roleRef"]["name"] for b in helm.find(all_objs, "ClusterRoleBinding")}
-    assert cluster_bound == {"tessera-driver", "tessera-webhook-inventory"}
+    assert cluster_bound == {"tessera-driver", "tessera-webhook-inventory", "tessera-exporter"}
 
 
 def test_network_policies_open_only_served_ports(all_objs: list[helm.Obj]) -> None:
@@ -338,7 +361,7 @@ def test_network_policies_open_only_served_ports(all_objs: list[helm.Obj]) -> No
 
 def test_service_monitors_select_what_serves_metrics(all_objs: list[helm.Obj]) -> None:
     monitors = {m["metadata"]["name"]: m for m in helm.find(all_objs, "ServiceMonitor")}
-    assert set(monitors) == {"tessera-webhook", "tessera-driver"}
+    assert set(monitors) == {"tessera-webhook", "tessera-driver", "tessera-exporter"}
     for monitor in monitors.values():
         assert monitor["metadata"]["labels"]["release"] == "prometheus"
         selector = monitor["spec"]["selector"]["matchLabels"]

@@ -304,3 +304,62 @@ async def test_capacity_policy_rules_and_gate(tmp_path: Path) -> None:
             assert device["capacity"] == {"tessera.dev/memory": {"value": "80Gi"}}
         finally:
             await kube.close()
+
+
+async def test_ephemeral_containers_subresource(env: tuple[APIServer, KubeClient, ScriptedWebhook]) -> None:
+    """`kubectl debug`: a strategic-merge PATCH of pods/<name>/ephemeralcontainers, admitted as an UPDATE of
+    that subresource carrying the whole pod (object and oldObject), storing only the ephemeral containers."""
+    api, kube, hook = env
+    ephemeral_rule = {
+        "operations": ["UPDATE"],
+        "apiGroups": [""],
+        "apiVersions": ["v1"],
+        "resources": ["pods/ephemeralcontainers"],
+        "scope": "Namespaced",
+    }
+    created = await kube.create(PODS, pod())
+    await kube.create(CONFIGS, config(hook, rules=[ephemeral_rule]))
+    assert hook.reviews == []  # the CREATE rule is not there
+    path = f"{PODS}/p/ephemeralcontainers"
+    debugger = {"name": "debugger", "image": "busybox:1.36", "targetContainerName": "c", "stdin": True, "tty": True}
+    hook.answer = lambda review: {"allowed": False, "status": {"code": 400, "message": "no debugging here"}}
+    with pytest.raises(KubeError) as refused:
+        await kube.request(
+            "PATCH", path, body={"spec": {"ephemeralContainers": [debugger]}},
+            content_type="application/strategic-merge-patch+json",
+        )  # fmt: skip
+    assert refused.value.status == 400 and "no debugging here" in refused.value.reason
+    (review,) = hook.reviews
+    request = review["request"]
+    assert (request["operation"], request["subResource"], request["kind"]["kind"]) == (
+        "UPDATE",
+        "ephemeralcontainers",
+        "Pod",
+    )
+    assert request["resource"] == {"group": "", "version": "v1", "resource": "pods"}
+    assert request["object"]["spec"]["ephemeralContainers"][0]["name"] == "debugger"
+    assert request["object"]["spec"]["containers"] == created["spec"]["containers"]
+    assert "ephemeralContainers" not in request["oldObject"]["spec"]
+    assert "ephemeralContainers" not in api.store.get("pods", "default", "p")["spec"]
+
+    hook.answer = lambda review: {"allowed": True}
+    await kube.request(
+        "PATCH", path, body={"spec": {"ephemeralContainers": [debugger]}},
+        content_type="application/strategic-merge-patch+json",
+    )  # fmt: skip
+    stored = api.store.get("pods", "default", "p")
+    assert [c["name"] for c in stored["spec"]["ephemeralContainers"]] == ["debugger"]
+    assert stored["spec"]["containers"] == created["spec"]["containers"]
+    # Only ephemeral containers change through it, and existing ones never do.
+    sneaky = dict(stored, spec={**stored["spec"], "hostPID": True})
+    await kube.replace(path, sneaky)
+    assert "hostPID" not in api.store.get("pods", "default", "p")["spec"]
+    changed = dict(stored, spec={**stored["spec"], "ephemeralContainers": [{**debugger, "image": "evil:1"}]})
+    with pytest.raises(KubeError) as invalid:
+        await kube.replace(path, changed)
+    assert invalid.value.status == 422 and "may not be changed" in invalid.value.reason
+    # Through the pod itself ephemeral containers cannot be added at all.
+    plain = dict(stored, spec={**stored["spec"], "ephemeralContainers": [debugger, {**debugger, "name": "more"}]})
+    with pytest.raises(KubeError) as forbidden:
+        await kube.replace(f"{PODS}/p", plain)
+    assert forbidden.value.status == 422
