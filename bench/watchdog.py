@@ -162,7 +162,6 @@ def measure(root: str, scans: int) -> tuple[list[str], bool]:
             assert not result.violations and not result.killed and sum(result.attributed.values()) == len(procs)
         full = [a + b for a, b in zip(nvml, own, strict=True)]
         watchdog.close()
-        watchdog.owners.close()
     finally:
         for proc in procs:
             proc.kill()

@@ -425,6 +425,7 @@ class Watchdog:
     def close(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)
         self.reader.close()
+        self.owners.close()
 
     def _uuids(self) -> list[str]:
         return [d.uuid for d in self.devices.values()]

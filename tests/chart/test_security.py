@@ -178,13 +178,13 @@ def test_webhook_runs_as_non_root_with_nothing_extra(objs: list[helm.Obj]) -> No
         assert sc.get("privileged", False) is False
 
 
-def _watchdog(workload: helm.Obj) -> bool:
-    """The NVIDIA driver with its real backend runs the watchdog (hostPID, capability KILL)."""
+def _watchdog(workload: helm.Obj, *, kills: bool = False) -> bool:
+    """The NVIDIA driver with its real backend runs the watchdog (hostPID; capability KILL if it kills)."""
     env = {e["name"]: e.get("value") for c in helm.containers(workload) for e in c.get("env", [])}
     return (
         workload["metadata"]["name"] == "tessera-nvidia-driver"
         and env.get("TESSERA_BACKEND") != "mock"
-        and env.get("TESSERA_WATCHDOG") != "off"
+        and env.get("TESSERA_WATCHDOG") not in ("off", *(("report",) if kills else ()))
     )
 
 
@@ -204,7 +204,7 @@ def test_every_container_is_locked_down(objs: list[helm.Obj]) -> None:
             if sc.get("privileged"):
                 continue  # only where a value asked for it: test_privileged_only_on_request
             assert sc["allowPrivilegeEscalation"] is False, who
-            if _watchdog(workload) and c["name"] == "driver":
+            if _watchdog(workload, kills=True) and c["name"] == "driver":
                 assert sc["capabilities"] == {"drop": ["ALL"], "add": ["KILL"]}, who
             else:
                 assert sc["capabilities"] == {"drop": ["ALL"]}, who
@@ -389,8 +389,9 @@ def _driver_container(workload: helm.Obj) -> dict[str, Any]:
 
 
 def test_the_watchdog_adds_host_pids_and_kill_only(helm_home: Any, default_objs: list[helm.Obj]) -> None:
-    """Where the watchdog runs (NVIDIA, real backend), and only there: hostPID and the capability KILL;
-    `off`, or the mock backend (no NVML), renders neither. Its settings reach every driver as env."""
+    """Where the watchdog runs (NVIDIA, real backend), and only there: hostPID, and the capability KILL
+    when it kills; `off`, or the mock backend (no NVML), renders neither. Its settings reach every
+    driver as env."""
     nvidia = next(w for w in helm.workloads(default_objs) if w["metadata"]["name"] == "tessera-nvidia-driver")
     assert helm.pod_spec(nvidia)["hostPID"] is True
     env = {e["name"]: e.get("value") for e in _driver_container(nvidia)["env"]}
@@ -412,6 +413,8 @@ def test_the_watchdog_adds_host_pids_and_kill_only(helm_home: Any, default_objs:
         sets={"driver.watchdog.action": "report", "driver.watchdog.period": "2", "driver.watchdog.tolerance": "10%"},
     )
     driver = next(w for w in helm.workloads(objs) if w["metadata"]["name"] == "tessera-nvidia-driver")
+    assert helm.pod_spec(driver)["hostPID"] is True  # it still reads host PIDs, but kills nothing
+    assert _driver_container(driver)["securityContext"]["capabilities"] == {"drop": ["ALL"]}
     env = {e["name"]: e.get("value") for e in _driver_container(driver)["env"]}
     assert (env["TESSERA_WATCHDOG"], env["TESSERA_WATCHDOG_PERIOD"], env["TESSERA_WATCHDOG_TOLERANCE"]) == (
         "report",
