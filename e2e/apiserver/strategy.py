@@ -29,6 +29,9 @@ def apply_defaults(kind: Kind, obj: Obj) -> None:
         if meta.get("name"):
             meta.setdefault("labels", {})["kubernetes.io/metadata.name"] = meta["name"]
         obj.setdefault("spec", {}).setdefault("finalizers", ["kubernetes"])
+    elif kind.kind == "Secret":
+        if not obj.get("type"):
+            obj["type"] = "Opaque"
     elif kind.kind == "ResourceClaim":
         _default_claim_spec(obj.get("spec"))
     elif kind.kind == "ResourceClaimTemplate":
@@ -49,6 +52,11 @@ def _default_pod(pod: Obj) -> None:
         for container in spec.get(group) or []:
             if isinstance(container, dict):
                 _default_container(container)
+    # Go serializes a PodCondition's zero times as null: every stored condition shows both fields
+    for condition in (pod.get("status") or {}).get("conditions") or []:
+        if isinstance(condition, dict):
+            condition.setdefault("lastProbeTime", None)
+            condition.setdefault("lastTransitionTime", None)
 
 
 def _default_container(container: Obj) -> None:

@@ -10,7 +10,6 @@ import json
 import re
 from collections.abc import Iterator
 from functools import cache
-from importlib import resources
 from typing import Any
 
 import jsonschema  # type: ignore[import-untyped]
@@ -20,6 +19,7 @@ from referencing.jsonschema import DRAFT202012
 from e2e.allocator.quantity import Quantity, QuantityError
 
 from .kinds import Kind
+from .schemas import schema_dir
 
 Obj = dict[str, Any]
 Problem = tuple[str, str]
@@ -33,21 +33,16 @@ _LABEL_NAMED = {"Namespace"}
 _FREE_NAMED = {"Event"}
 
 
-def _schema_dir(version: str) -> Any:
-    root = resources.files("kubernetes_validate").joinpath("kubernetes-json-schema")
-    return root.joinpath(f"v{version}.0-local-strict")
-
-
 @cache
 def _registry(version: str) -> referencing.Registry[Any]:
-    defs = json.loads(_schema_dir(version).joinpath("_definitions.json").read_text())
+    defs = json.loads(schema_dir(version).joinpath("_definitions.json").read_text())
     return DRAFT202012.create_resource(defs) @ referencing.Registry()
 
 
 @cache
 def _validator(version: str, api_version: str, kind: str) -> jsonschema.protocols.Validator:
     group_version = re.sub(r"^([^./]*)(?:\.[^/]*)?/", r"\1-", api_version)
-    path = _schema_dir(version).joinpath(f"{kind.lower()}-{group_version}.json")
+    path = schema_dir(version).joinpath(f"{kind.lower()}-{group_version}.json")
     schema = json.loads(path.read_text())
     cls: Any = jsonschema.validators.Draft202012Validator
     validator: jsonschema.protocols.Validator = cls(schema, registry=_registry(version))
@@ -133,6 +128,7 @@ def _qualified_name(key: str) -> bool:
 def semantic_problems(kind: Kind, obj: Obj) -> Iterator[Problem]:
     if kind.kind == "Pod":
         yield from _pod_claims(obj.get("spec") or {})
+        yield from _pod_resources(obj.get("spec") or {})
     elif kind.kind == "ResourceClaim":
         yield from _claim_spec(obj.get("spec") or {}, "spec")
         yield from _claim_status(obj.get("spec") or {}, obj.get("status") or {})
@@ -140,6 +136,47 @@ def semantic_problems(kind: Kind, obj: Obj) -> Iterator[Problem]:
         yield from _claim_spec((obj.get("spec") or {}).get("spec") or {}, "spec.spec")
     elif kind.kind == "ResourceSlice":
         yield from _slice(obj.get("spec") or {})
+
+
+def _extended(name: str) -> bool:
+    """An extended resource (``nvidia.com/gpu``): a qualified name outside ``kubernetes.io``."""
+    return "/" in name and "kubernetes.io/" not in name and not name.startswith("requests.")
+
+
+def _pod_resources(spec: Obj) -> Iterator[Problem]:
+    """kube-apiserver's rules for extended resources: whole numbers, not negative, limit set and equal
+    to the request (they cannot be overcommitted)."""
+    for group in ("initContainers", "containers"):
+        for i, container in enumerate(spec.get(group) or []):
+            resources = container.get("resources") if isinstance(container, dict) else None
+            if not isinstance(resources, dict):
+                continue
+            where = f"spec.{group}[{i}].resources"
+            limits = resources.get("limits") or {}
+            requests = resources.get("requests") or {}
+            parsed: dict[str, dict[str, Quantity]] = {"limits": {}, "requests": {}}
+            for part, values in (("limits", limits), ("requests", requests)):
+                for name, text in values.items() if isinstance(values, dict) else ():
+                    try:
+                        value = Quantity.parse(text)
+                    except QuantityError:
+                        continue  # the decoder refuses it first
+                    parsed[part][name] = value
+                    if value.value < 0:
+                        yield f"{where}.{part}[{name}]", f"Invalid value: {text!r}: must be greater than or equal to 0"
+                    elif _extended(name) and not value.is_integer():
+                        yield f"{where}.{part}[{name}]", f"Invalid value: {text!r}: must be an integer"
+            for name, value in parsed["requests"].items():
+                if not _extended(name):
+                    continue
+                limit = parsed["limits"].get(name)
+                if limit is None:
+                    yield f"{where}.limits", "Required value: Limit must be set for non overcommitable resources"
+                elif limit != value:
+                    yield (
+                        f"{where}.requests",
+                        f"Invalid value: {str(requests[name])!r}: must be equal to {name} limit of {limits[name]}",
+                    )
 
 
 def _pod_claims(spec: Obj) -> Iterator[Problem]:

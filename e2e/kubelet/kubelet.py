@@ -15,6 +15,8 @@
   exactly as on a real node. Where no cgroup can be made (or ``cgroups=False``), the kubelet instead
   keeps a PID map, ``<root>/pids.json`` (``{pid: {podUID, containerID}}``, written atomically), which
   the harness hands to the driver with the test-only ``--watchdog-pid-map``.
+* ``pods/exec``: ``/exec/<ns>/<pod>/<container>`` runs a command with the container's env and CDI
+  edits over the websocket remote command protocol (:mod:`.execs`).
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ from aiohttp import web
 from e2e.controllers.informer import Informer, cancel_all, key_of
 from kubeapi import KubeClient, KubeError, cluster_path, namespaced_path
 
-from . import cdi, runtime
+from . import cdi, execs, runtime
 from .cgroups import CgroupError, HarnessCgroups
 from .plugins import ClaimRef, PluginError, PluginWatcher, PreparedDevice
 
@@ -107,7 +109,9 @@ class PodWorker:
             "podIP": "127.0.0.1",
             "podIPs": [{"ip": "127.0.0.1"}],
             "startTime": self.start_time,
-            "conditions": list(self.conditions.values()),
+            # a condition's reason and message are cleared when it no longer has them (the real kubelet's
+            # status patch sends null for them too; a strategic merge would otherwise keep the old ones)
+            "conditions": [{"reason": None, "message": None, **c} for c in self.conditions.values()],
             "containerStatuses": [
                 self.statuses.get(c["name"], self._waiting(c, "ContainerCreating"))
                 for c in spec.get("containers") or []
@@ -201,8 +205,9 @@ class PodWorker:
             not (self.pod.get("spec") or {}).get("initContainers"),
             None if not (self.pod.get("spec") or {}).get("initContainers") else "ContainersNotInitialized",
         )
-        self._condition("Ready", False, "ContainersNotReady")
-        self._condition("ContainersReady", False, "ContainersNotReady")
+        names = " ".join(c["name"] for c in (self.pod.get("spec") or {}).get("containers") or [])
+        self._condition("Ready", False, "ContainersNotReady", f"containers with unready status: [{names}]")
+        self._condition("ContainersReady", False, "ContainersNotReady", f"containers with unready status: [{names}]")
         await self.push_status()
         await self.prepare()
         self._condition("PodReadyToStartContainers", True)
@@ -582,6 +587,7 @@ class Kubelet:
     async def _serve_logs(self) -> None:
         app = web.Application()
         app.router.add_get("/containerLogs/{ns}/{pod}/{container}", self._logs)
+        app.router.add_get("/exec/{ns}/{pod}/{container}", self._exec)
         app.router.add_get("/healthz", _healthz)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
@@ -619,6 +625,31 @@ class Kubelet:
                 await asyncio.sleep(0.1)
         await response.write_eof()
         return response
+
+    async def _exec(self, request: web.Request) -> web.StreamResponse:
+        ns, pod, name = request.match_info["ns"], request.match_info["pod"], request.match_info["container"]
+        worker = next((w for w in self.workers.values() if (w.ns, w.name) == (ns, pod)), None)
+        if worker is None:
+            return web.Response(status=404, text=f"pod {ns}/{pod} is not running on node {self.node_name}")
+        proc = worker.processes.get(name)
+        container = next(
+            (c for c in (worker.pod.get("spec") or {}).get("containers") or [] if c.get("name") == name), None
+        )
+        if container is None or proc is None or proc.exit_code is not None:
+            return web.Response(status=400, text=f'container not found ("{name}")')
+        command = request.query.getall("command", [])
+        if not command:
+            return web.Response(status=400, text="you must specify at least 1 command")
+        try:
+            argv, env = worker._process_spec({**container, "command": command, "args": []})
+        except PodFailed as exc:
+            return web.Response(status=500, text=exc.message)
+        cwd = _workdir(os.path.join(worker.dir, name, "cwd"), container.get("workingDir"))
+        if name in worker.container_ids and shutil.which(argv[0], path=env.get("PATH")):
+            # As with a runtime's exec, the command runs in the container's cgroup (a command that does
+            # not exist still fails to start, as before). With the PID map it is not attributed.
+            argv = await asyncio.to_thread(self.place, argv, worker.uid, worker.container_ids[name])
+        return await execs.serve(request, argv, env, cwd, f"{worker.tag()} container {name}")
 
     def node_object(self) -> Obj:
         now = runtime.rfc3339()

@@ -138,11 +138,19 @@ async def test_mutating_webhook_patch_is_applied(env: tuple[APIServer, KubeClien
             {"op": "remove", "path": "/spec/containers/0/resources/limits"},
         ]
     )
-    created = await kube.create(PODS, pod(None))
+    # an extended resource cannot be left with a request and no limit (kube-apiserver's validation)
+    with pytest.raises(KubeError) as exc:
+        await kube.create(PODS, pod(None))
+    assert exc.value.status == 422 and "Limit must be set for non overcommitable resources" in exc.value.reason
+    cpu = pod(None)
+    cpu["spec"]["containers"][0]["resources"] = {"limits": {"cpu": "1000m"}}
+    created = await kube.create(PODS, cpu)
     assert created["metadata"]["annotations"] == {"tessera.dev/seen": "yes"}
-    # scheme defaults ran before the webhook (requests copied from limits) and the patch kept them
-    assert created["spec"]["containers"][0]["resources"] == {"requests": {"nvidia.com/gpu": "1"}}
-    request = hook.reviews[0]["request"]
+    # scheme defaults ran before the webhook (requests copied from limits) and the patch kept them, in
+    # canonical form
+    assert created["spec"]["containers"][0]["resources"] == {"requests": {"cpu": "1"}}
+    request = hook.reviews[-1]["request"]
+    assert request["object"]["spec"]["containers"][0]["resources"]["limits"] == {"cpu": "1"}  # as decoded
     assert request["operation"] == "CREATE" and request["namespace"] == "default"
     assert request["name"] == ""  # generateName: no name yet, as on a real server
     assert request["kind"] == {"group": "", "version": "v1", "kind": "Pod"}
@@ -247,9 +255,16 @@ async def test_strict_schema_validation(env: tuple[APIServer, KubeClient, Script
     _api, kube, _hook = env
     bad = pod()
     bad["spec"]["containers"][0]["bogus"] = True
+    # unknown fields: refused with fieldValidation=Strict (what kubectl sends), else dropped (Warn, the default)
     with pytest.raises(KubeError) as exc:
-        await kube.create(PODS, bad)
-    assert exc.value.status == 422 and "bogus" in exc.value.reason
+        await kube.request("POST", PODS, body=bad, query={"fieldValidation": "Strict"})
+    assert exc.value.status == 400
+    assert 'strict decoding error: unknown field "spec.containers[0].bogus"' in exc.value.reason
+    created = await kube.create(PODS, bad)
+    assert "bogus" not in created["spec"]["containers"][0]
+    with pytest.raises(KubeError) as exc:
+        await kube.request("POST", PODS, body=pod("x"), query={"fieldValidation": "Loose"})
+    assert exc.value.status == 400 and "fieldValidation parameter unsupported" in exc.value.reason
     claim = {"apiVersion": "resource.k8s.io/v1", "kind": "ResourceClaim", "metadata": {"name": "Bad_Name"}, "spec": {}}
     with pytest.raises(KubeError) as exc:
         await kube.create(namespaced_path("resource.k8s.io/v1", "resourceclaims", "default"), claim)
