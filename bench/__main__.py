@@ -6,7 +6,7 @@ import importlib.util
 import subprocess
 import sys
 
-MODULES = ["webhook", "driver", "isolation", "exporter"]
+MODULES = ["webhook", "driver", "watchdog", "isolation", "exporter"]
 
 
 def main() -> int:

@@ -163,6 +163,16 @@ def reserved_pods(claim: Mapping[str, Any]) -> tuple[str, ...]:
     return tuple(sorted(names))
 
 
+def reserved_pod_uids(claim: Mapping[str, Any]) -> dict[str, str]:
+    """UID -> name of the pods the claim is reserved for (``status.reservedFor``, core ``pods``): the
+    watchdog finds a process's pod by UID in its cgroup path."""
+    out: dict[str, str] = {}
+    for ref in (claim.get("status") or {}).get("reservedFor") or []:
+        if isinstance(ref, Mapping) and ref.get("resource") == "pods" and not ref.get("apiGroup") and ref.get("uid"):
+            out[str(ref["uid"])] = str(ref.get("name") or "")
+    return dict(sorted(out.items()))
+
+
 def plan_claim(
     claim: Mapping[str, Any],
     ref: ClaimRef,

@@ -10,7 +10,9 @@ runs between scrapes: :class:`ContainerCollector` reads the files when Prometheu
 
 A file that is missing (no CUDA call yet), truncated, foreign (a HAMi-core cache, anything else) or
 of another layout is skipped with a debug log and counted in ``tessera_container_regions``; it never
-fails the scrape.
+fails the scrape. The containers can write their claim directory, so a region is read the safe way
+(:mod:`tessera_common.safefs`): a link, a FIFO, a device or an oversized file in its place is skipped
+as invalid, never followed or waited on.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from prometheus_client.registry import Collector
 
 from isolation import env as isolation_env
 from isolation import region as regions
+from tessera_common import safefs
 from vendors.base import DeviceInfo, VendorNames
 
 from .checkpoint import ClaimEntry
@@ -49,6 +52,8 @@ class RegionSource:
     request: str
     pods: tuple[str, ...]
     path: str
+    claim_dir: str = ""
+    """The claim directory the path lies in (opened as the trusted root of the read)."""
 
 
 def region_sources(uid: str, entry: ClaimEntry) -> list[RegionSource]:
@@ -70,7 +75,7 @@ def region_sources(uid: str, entry: ClaimEntry) -> list[RegionSource]:
         if not path or path in out or not os.path.normpath(path).startswith(claim_dir):
             continue
         request = requests.get(str(cdi_device.get("name"))) or os.path.splitext(os.path.basename(path))[0]
-        out[path] = RegionSource(entry.namespace, entry.name, uid, request, entry.pods, path)
+        out[path] = RegionSource(entry.namespace, entry.name, uid, request, entry.pods, path, entry.claim_dir)
     return list(out.values())
 
 
@@ -193,12 +198,29 @@ def _claim(source: RegionSource) -> str:
     return f"{source.namespace}/{source.claim}"
 
 
+def read_region(source: RegionSource) -> regions.Region:
+    """One container's region, read without following links or blocking (the container can put
+    anything at that path); :class:`regions.RegionError` when it is missing, unsafe or not a region."""
+    root = source.claim_dir or os.path.dirname(source.path)
+    try:
+        data = safefs.read_beneath(root, os.path.relpath(source.path, root), max_bytes=regions.REGION_SIZE)
+    except FileNotFoundError as exc:
+        raise MissingRegion(f"{source.path}: {exc.strerror}") from exc
+    except (OSError, ValueError) as exc:
+        raise regions.RegionError(f"{source.path}: {exc}") from exc
+    return regions.parse_region(data, source.path)
+
+
+class MissingRegion(regions.RegionError):
+    """No region file yet (no CUDA call in the container so far)."""
+
+
 def _read(source: RegionSource) -> tuple[str, regions.Region | None]:
     """Read one region; never raises (a scrape must not fail on one container's file)."""
     try:
-        return "ok", regions.read_region(source.path)
+        return "ok", read_region(source)
     except regions.RegionError as exc:
-        state = "missing" if not os.path.exists(source.path) else "invalid"
+        state = "missing" if isinstance(exc, MissingRegion) else "invalid"
         log.debug(
             "region file skipped",
             extra={

@@ -6,7 +6,10 @@ Tessera's own names start with ``tessera_dra_`` (the driver and its devices) and
 exported under HAMi's scheduler names (``hami_gpu_memory_allocated_bytes`` and friends) and the
 per-container figures under HAMi's vGPU monitor names (``hami_vgpu_memory_used_bytes`` and friends),
 const label ``zone="vGPU"``, so existing HAMi dashboards keep working. Device and container figures
-are computed at scrape time; a scrape renders in a worker thread (it reads the region files).
+are computed at scrape time; a scrape renders in a thread of the metrics server's own small pool
+(it reads the region files), never in the threads prepares use, and answers 503 after
+:data:`SCRAPE_DEADLINE` seconds or when every metrics thread is still busy: a scrape can never
+starve a prepare, and a stuck scrape never queues more.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from aiohttp import web
@@ -27,6 +31,10 @@ from .container_metrics import ContainerCollector, RegionSource, SourceProvider
 
 log = logging.getLogger("dra_driver.metrics")
 
+SCRAPE_WORKERS = 2
+"""Threads that render scrapes (their own pool)."""
+SCRAPE_DEADLINE = 10.0
+"""Seconds a scrape may take before it is answered 503 (Prometheus' default scrape timeout)."""
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
 
@@ -176,17 +184,49 @@ class DriverMetrics:
         return generate_latest(self.registry)
 
 
-async def serve(metrics: DriverMetrics, host: str, port: int) -> web.AppRunner:
-    """Serve ``/metrics`` over HTTP; the caller cleans up the returned runner."""
+class Renderer:
+    """Renders scrapes in its own threads, at most :data:`SCRAPE_WORKERS` at a time, each within a
+    deadline: the container figures read one file per prepared container, and none of that may
+    happen on the event loop or in the threads prepares use."""
 
-    async def handle(_: web.Request) -> web.Response:
-        # The container figures read one file per prepared container: off the event loop, so that a
-        # scrape never delays a prepare.
-        body = await asyncio.to_thread(metrics.render)
+    def __init__(self, metrics: DriverMetrics, *, workers: int = SCRAPE_WORKERS, deadline: float = SCRAPE_DEADLINE):
+        self._metrics = metrics
+        self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="metrics")
+        self._workers = workers
+        self._deadline = deadline
+        self._running = 0
+
+    async def handle(self, _: web.Request) -> web.Response:
+        if self._running >= self._workers:
+            log.warning("scrape refused: every metrics thread is still busy", extra={"busy": self._running})
+            return web.Response(status=503, text="a previous scrape is still being rendered; try again later\n")
+        self._running += 1
+        future = asyncio.get_running_loop().run_in_executor(self._executor, self._metrics.render)
+        future.add_done_callback(self._done)  # on the event loop, when the thread really finishes
+        try:
+            body = await asyncio.wait_for(asyncio.shield(future), timeout=self._deadline)
+        except TimeoutError:
+            log.warning("scrape took too long; answered 503", extra={"deadline_s": self._deadline})
+            return web.Response(status=503, text=f"the scrape took more than {self._deadline:g}s\n")
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
+    def _done(self, _: object) -> None:
+        self._running -= 1
+
+    def close(self) -> None:
+        self._executor.shutdown(wait=False, cancel_futures=True)
+
+
+async def serve(metrics: DriverMetrics, host: str, port: int) -> web.AppRunner:
+    """Serve ``/metrics`` over HTTP; the caller cleans up the returned runner."""
+    renderer = Renderer(metrics)
     app = web.Application()
-    app.router.add_get("/metrics", handle)
+    app.router.add_get("/metrics", renderer.handle)
+
+    async def close(_: web.Application) -> None:
+        renderer.close()
+
+    app.on_cleanup.append(close)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, host, port)

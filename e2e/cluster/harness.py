@@ -13,7 +13,10 @@
   devices and the env the chart gives that vendor's DaemonSet. On the nodes of vendors whose
   workloads use the CUDA driver API (NVIDIA, Iluvatar CoreX) containers get the fake CUDA driver
   (``isolation/build/fake``) and the node's simulated cards in their environment, as the vendor's
-  container runtime would give them the real driver.
+  container runtime would give them the real driver. The NVIDIA driver's watchdog reads the same
+  fake ``libnvidia-ml.so.1`` (``--watchdog-nvml-library``), and the kubelet runs each container in a
+  kubelet-like cgroup where the watchdog finds its pod (or, where no cgroup can be made, names it in
+  a PID map the driver reads with the test-only ``--watchdog-pid-map``).
 * The claim controller and the scheduler run in this process.
 * The cluster exporter (``python -m tessera_exporter exporter``, a child process) when the chart runs
   one, with the chart's env; ``exporter_url`` is its address.
@@ -267,6 +270,7 @@ class Harness:
         keep_state: bool = False,
         inventory_refresh: float = INVENTORY_REFRESH_SECONDS,
         progress: Callable[[str], None] | None = None,
+        cgroups: bool = True,
     ) -> None:
         """``progress``: called with one line per start-up step (``python -m e2e.cluster up`` prints them)."""
         self.progress = progress or (lambda line: log.info("%s", line))
@@ -275,6 +279,9 @@ class Harness:
         if len(set(names)) != len(names):
             raise HarnessError(f"node names must be distinct, got {names}")
         self.inventory_refresh = inventory_refresh
+        self.cgroups = cgroups and os.environ.get("TESSERA_E2E_CGROUPS", "on") != "off"
+        """Containers in kubelet-like cgroups (``TESSERA_E2E_CGROUPS=off`` or ``cgroups=False``: the
+        kubelet's PID map instead, as where cgroups cannot be made)."""
         # short, under /tmp: Unix socket paths must stay under 108 bytes
         self.state = state_dir or tempfile.mkdtemp(prefix="tessera-e2e-", dir="/tmp")
         self.remove_state = state_dir is None and not keep_state
@@ -565,6 +572,7 @@ class Harness:
             container_env=container_env,
             env_aliases=aliases,
             labels={vendor_label(spec.vendor): "true", **spec.labels},
+            cgroups=self.cgroups,
         )
         await node.kubelet.start()
         await self.start_driver(spec.name)
@@ -588,8 +596,19 @@ class Harness:
         simulated_devices(spec.devices, spec.name, spec.vendor)
         return spec
 
+    def watchdog_args(self, node: Node) -> tuple[list[str], dict[str, str]]:
+        """Flags and env that let the node's driver watch the fake GPUs (NVIDIA nodes): the fake NVML
+        and state its containers use, and the kubelet's PID map where it has no cgroups."""
+        if node.vendor != "nvidia" or not node.fake_gpus:
+            return [], {}
+        args = ["--watchdog-nvml-library", str(REPO / "isolation" / "build" / "fake" / "libnvidia-ml.so.1")]
+        if node.kubelet is not None and node.kubelet.pid_map is not None:
+            args += ["--watchdog-pid-map", node.kubelet.pid_map]
+        return args, {"TESSERA_FAKE_STATE": node.path("fake-gpu.state"), "TESSERA_FAKE_GPUS": node.fake_gpus}
+
     async def start_driver(self, node_name: str, *, wait: bool = True) -> None:
         node = self.nodes[node_name]
+        watchdog_args, watchdog_env = self.watchdog_args(node)
         node.driver = Child(
             f"driver on {node_name}",
             [
@@ -620,9 +639,10 @@ class Harness:
                 "0",
                 "--log-format",
                 "text",
+                *watchdog_args,
             ],
             os.path.join(self.state, "logs", f"driver-{node_name}.log"),
-            env={**os.environ, **chart_env(self.chart, "DaemonSet", "driver", node.vendor)},
+            env={**os.environ, **chart_env(self.chart, "DaemonSet", "driver", node.vendor), **watchdog_env},
         )
         await node.driver.start()
         if wait:

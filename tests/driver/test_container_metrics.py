@@ -244,5 +244,7 @@ def test_region_sources_come_from_the_cdi_env() -> None:
         },
         pods=("p-1",),
     )
-    assert region_sources(uid, entry) == [RegionSource("ml", "c", uid, "train", ("p-1",), f"{claim_dir}/train.cache")]
+    assert region_sources(uid, entry) == [
+        RegionSource("ml", "c", uid, "train", ("p-1",), f"{claim_dir}/train.cache", claim_dir)
+    ]
     assert region_sources(uid, dataclasses.replace(entry, state=STARTED)) == [], "only prepared claims"

@@ -102,7 +102,7 @@ async def test_metrics_with_hami_names(api: APIServer, root: str, kubeconfig: st
     async with running_driver(s) as driver:
         kubelet = await Kubelet(s.registry_dir).register()
         await kubelet.prepare(*(Claim("default", c["metadata"]["name"], c["metadata"]["uid"]) for c in (c1, c2)))
-        await kubelet.prepare(Claim("default", "nothere", "0"))
+        await kubelet.prepare(Claim("default", "nothere", "00000000-0000-4000-8000-00000000dead"))
         text = await scrape(port)
         await kubelet.close()
         uuid1 = driver.devices[1].uuid
