@@ -1,4 +1,4 @@
-"""Node exporter benchmark (DESIGN §7: scrape <= 50 ms): a node with 8 devices and 80 containers.
+"""Node exporter benchmark (target: a scrape <= 50 ms, docs/benchmarks.md): a node with 8 devices and 80 containers.
 
 The real driver runs in this process with the mock backend (8 x H200) against the API server
 stand-in in its own process; 80 claims (one container each, 10 per device) are prepared over the

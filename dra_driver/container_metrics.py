@@ -1,4 +1,5 @@
-"""Per-container metrics, read at scrape time (DESIGN §2 step 6), and the devices' host figures.
+"""Per-container metrics, read at scrape time (the node exporter's side of the path of one pod,
+docs/architecture.md), and the devices' host figures.
 
 Every prepared container is reported, whether or not it has touched CUDA yet: the prepared claims in
 the checkpoint say which containers there are (one per request), which devices each got and the
@@ -10,7 +11,11 @@ Nothing runs between scrapes: :class:`ContainerCollector` reads the files when P
 container whose claim was unprepared is gone from the very next scrape.
 
 A file that is missing (no CUDA call yet), truncated, foreign (a HAMi-core cache, anything else) or
-of another layout is counted in ``tessera_container_regions``; it never fails the scrape.
+of another layout is skipped with a debug log and counted in ``tessera_container_regions``; it never
+fails the scrape. The containers can write their claim directory, so a region is read the safe way
+(:mod:`tessera_common.safefs`): a link, a FIFO, a device or an oversized file in its place is skipped
+as invalid, never followed or waited on; only its header and device records are read (3 KiB of the
+263 KiB: a scrape needs no process slot).
 
 The collector also exports the host figures of each device (:mod:`telemetry`): the backend's own
 reading (NVML) or, without one, the sums of the containers' regions.
@@ -29,6 +34,7 @@ from prometheus_client.registry import Collector
 
 from isolation import env as isolation_env
 from isolation import region as regions
+from tessera_common import safefs
 from vendors.base import DeviceInfo, VendorNames
 
 from . import telemetry
@@ -68,6 +74,8 @@ class RegionSource:
     path: str
     container: str = ""
     devices: tuple[ContainerDevice, ...] = ()
+    claim_dir: str = ""
+    """The claim directory the path lies in (opened as the trusted root of the read)."""
 
 
 def container_devices(
@@ -128,7 +136,9 @@ def region_sources(uid: str, entry: ClaimEntry, devices: Mapping[str, DeviceInfo
     for request, path in paths.items():
         got = container_devices(entry, request, devices) if devices is not None else ()
         container = entry.containers.get(request, request)
-        out.append(RegionSource(entry.namespace, entry.name, uid, request, entry.pods, path, container, got))
+        out.append(
+            RegionSource(entry.namespace, entry.name, uid, request, entry.pods, path, container, got, entry.claim_dir)
+        )
     return out
 
 
@@ -291,12 +301,31 @@ def _claim(source: RegionSource) -> str:
     return f"{source.namespace}/{source.claim}"
 
 
+def read_region(source: RegionSource) -> regions.Region:
+    """One container's region, read without following links or blocking (the container can put
+    anything at that path); :class:`regions.RegionError` when it is missing, unsafe or not a region."""
+    root = source.claim_dir or os.path.dirname(source.path)
+    try:
+        data, size = safefs.read_head_beneath(
+            root, os.path.relpath(source.path, root), length=regions.SLOT_OFFSET, max_bytes=regions.REGION_SIZE
+        )
+    except FileNotFoundError as exc:
+        raise MissingRegion(f"{source.path}: {exc.strerror}") from exc
+    except (OSError, ValueError) as exc:
+        raise regions.RegionError(f"{source.path}: {exc}") from exc
+    return regions.parse_region(data, source.path, processes=False, file_size=size)
+
+
+class MissingRegion(regions.RegionError):
+    """No region file yet (no CUDA call in the container so far)."""
+
+
 def _read(source: RegionSource) -> tuple[str, regions.Region | None]:
     """Read one region; never raises (a scrape must not fail on one container's file)."""
     try:
-        return "ok", regions.read_region(source.path, processes=False)
+        return "ok", read_region(source)
     except regions.RegionError as exc:
-        state = "missing" if not os.path.exists(source.path) else "invalid"
+        state = "missing" if isinstance(exc, MissingRegion) else "invalid"
         log.debug(
             "region file skipped",
             extra={

@@ -26,14 +26,17 @@ from vendors.base import DeviceInfo, NodeVendor
 
 from . import backends, health, plugin, registration
 from .checkpoint import Checkpoint, CheckpointError
+from .claims import pod_refs
 from .claimstatus import ClaimStatusWriter
 from .cli import Settings
 from .events import NORMAL, WARNING, EventRecorder, Target
 from .metrics import DeviceHealthFigures, DriverMetrics
 from .metrics import serve as serve_metrics
+from .podmap import OwnerCache
 from .prepare import Preparer
 from .proto import drahealth_v1alpha1_pb2 as health_pb
 from .slices import SlicePublisher
+from .watchdog import Tolerance, Watchdog
 
 log = logging.getLogger("dra_driver")
 
@@ -58,6 +61,7 @@ class Driver:
         self.monitor: health.DeviceHealthMonitor | None = None
         self.events: EventRecorder | None = None
         self.status_writer: ClaimStatusWriter | None = None
+        self.watchdog: Watchdog | None = None
         self._dra_server: grpc.aio.Server | None = None
         self._reg_server: grpc.aio.Server | None = None
         self._live_server: grpc.aio.Server | None = None
@@ -167,8 +171,9 @@ class Driver:
         await self._listen_unix(self._reg_server, s.registration_socket)
 
         self._tasks.append(asyncio.create_task(self.monitor.run(), name="device-health"))
+        self._start_watchdog()
         if s.healthz_port:
-            live = health.Liveness(s.registration_socket, s.dra_socket)
+            live = health.Liveness(s.registration_socket, s.dra_socket, checks=[self.preparer.check_progress])
             self._live_server = await health.serve_liveness(live, s.listen_address, s.healthz_port)
         if s.metrics_port:
             self._metrics_runner = await serve_metrics(self.metrics, s.listen_address, s.metrics_port)
@@ -182,6 +187,37 @@ class Driver:
                 "prepared_claims": len(self.checkpoint),
             },
         )
+
+    def _start_watchdog(self) -> None:
+        """The node-side memory check, where the vendor and backend can read per-process memory; a
+        watchdog that cannot start is logged and never stops the driver."""
+        s = self.settings
+        if s.watchdog == "off":
+            log.info("watchdog off (--watchdog off)", extra={"node": s.node_name})
+            return
+        try:
+            reader, why = backends.process_reader(self.vendor, s.backend, s.watchdog_nvml_library)
+        except backends.BackendError as exc:
+            log.error("watchdog not started: %s", exc, extra={"node": s.node_name})
+            return
+        if reader is None:
+            log.info("watchdog not started: %s", why, extra={"node": s.node_name})
+            return
+        assert self.checkpoint is not None
+        self.watchdog = Watchdog(
+            reader,
+            self.checkpoint.items,
+            self.devices,
+            self.names,
+            self.metrics,
+            node=s.node_name,
+            events=self.events,
+            action=s.watchdog,
+            period=s.watchdog_period,
+            tolerance=Tolerance.parse(s.watchdog_tolerance),
+            owners=OwnerCache(pid_map=s.watchdog_pid_map),
+        )
+        self._tasks.append(asyncio.create_task(self.watchdog.run(), name="watchdog"))
 
     def _take_lock(self) -> None:
         path = os.path.join(self.settings.plugin_dir, "plugin.lock")
@@ -247,7 +283,9 @@ class Driver:
                 message = f"device {new.device} ({new.uuid}) is unhealthy: {new.message}; {taint}"
                 await self.events.record(node, WARNING, "DeviceUnhealthy", message)
                 holders = self.checkpoint.holders(new.device) if self.checkpoint is not None else []
-                pods = {(entry.namespace, pod): "" for _, entry in holders for pod in entry.pods}
+                pods: dict[tuple[str, str], str] = {}
+                for _, entry in holders:
+                    pods.update(pod_refs(entry.namespace, entry.pods, entry.pod_uids))
                 pod_message = (
                     f"device {new.device} ({new.uuid}) on node {self.settings.node_name}, which this pod uses, "
                     f"is unhealthy: {new.message}"
@@ -303,6 +341,10 @@ class Driver:
             await self._live_server.stop(grace=1)
         if self._metrics_runner is not None:
             await self._metrics_runner.cleanup()
+        if self.preparer is not None:
+            self.preparer.close()
+        if self.watchdog is not None:
+            self.watchdog.close()
         if self.client is not None:
             await self.client.close()
         if self._lock_file is not None:

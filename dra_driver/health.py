@@ -2,7 +2,9 @@
 
 * ``grpc.health.v1.Health`` on TCP ``--healthz-port`` (services ``""`` and ``liveness``): ``Check``
   really calls our own registration socket (``GetInfo``) and DRA socket (an empty
-  ``NodePrepareResources``), so a wedged server fails the probe.
+  ``NodePrepareResources``), so a wedged server fails the probe; and it runs the ``checks`` it was
+  given (the preparer's: a trivial task must get through the prepare workers), so a driver whose
+  prepares cannot make progress fails it too and is restarted.
 * ``v1alpha1.DRAResourceHealth`` on the DRA socket: a stream of the complete device list, every
   ``interval`` seconds and at once on a change; the kubelet writes it into the status of the pods
   that use a device (``allocatedResourcesStatus``). A device is unhealthy while it has a fault
@@ -44,10 +46,18 @@ LIVENESS_SERVICES = ("", "liveness")
 class Liveness(health_pb2_grpc.HealthServicer):  # type: ignore[misc]
     """``Check`` succeeds only when both of our sockets answer."""
 
-    def __init__(self, registration_socket: str, dra_socket: str, *, timeout: float = 5.0) -> None:
+    def __init__(
+        self,
+        registration_socket: str,
+        dra_socket: str,
+        *,
+        timeout: float = 5.0,
+        checks: Sequence[Callable[[float], Awaitable[str]]] = (),
+    ) -> None:
         self._reg_target = f"unix:{registration_socket}"
         self._dra_target = f"unix:{dra_socket}"
         self._timeout = timeout
+        self._checks = list(checks)
 
     async def probe(self) -> str:
         """``""`` when both sockets answer, else what failed."""
@@ -63,6 +73,10 @@ class Liveness(health_pb2_grpc.HealthServicer):  # type: ignore[misc]
                 )
         except grpc.aio.AioRpcError as exc:
             return f"DRA socket: {exc.code().name} {exc.details()}"
+        for check in self._checks:
+            problem = await check(self._timeout)
+            if problem:
+                return problem
         return ""
 
     async def Check(self, request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:

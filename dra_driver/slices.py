@@ -1,4 +1,4 @@
-"""ResourceSlices: what the scheduler learns about this node's devices (DESIGN §3).
+"""ResourceSlices: what the scheduler learns about this node's devices (docs/driver.md, ResourceSlices).
 
 The pure half builds the slices (one pool per node, named after the node) and compares them with
 what the API server holds; :class:`SlicePublisher` is the I/O half: it publishes, repairs slices
@@ -119,7 +119,7 @@ def device_entry(
     shareable: bool,
     taints: Sequence[Mapping[str, Any]] = (),
 ) -> dict[str, Any]:
-    """One ``spec.devices[]`` entry. Shareable: consumable memory, cores and shares (DESIGN §3);
+    """One ``spec.devices[]`` entry. Shareable: consumable memory, cores and shares (docs/driver.md);
     otherwise the same capacities without request policies (whole-device mode). ``taints``: the
     device's taints (an unhealthy device, see :mod:`health`).
 

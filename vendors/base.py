@@ -30,12 +30,12 @@ OPT_OUT_KEY = f"{DOMAIN}/webhook"
 """Label or annotation on a pod, or label on a namespace; the value ``ignore`` opts out."""
 OPT_OUT_VALUE = "ignore"
 
-# Capacity names published on every shareable device (DESIGN §3).
+# Capacity names published on every shareable device (docs/driver.md, ResourceSlices).
 CAPACITY_MEMORY = "memory"
 CAPACITY_CORES = "cores"
 CAPACITY_SHARES = "shares"
 
-# Attribute names published on every device (DESIGN §3).
+# Attribute names published on every device (docs/driver.md, ResourceSlices).
 ATTR_UUID = "uuid"
 ATTR_INDEX = "index"
 ATTR_PRODUCT_NAME = "productName"
@@ -117,7 +117,7 @@ class DeviceAsk:
 
 @dataclass(frozen=True)
 class SharingConfig:
-    """The opaque, per-request config the webhook writes and the driver reads (DESIGN §3)."""
+    """The opaque, per-request config the webhook writes and the driver reads (docs/webhook.md)."""
 
     priority: int | None = None
     core_limit_policy: CoreLimitPolicy = "default"

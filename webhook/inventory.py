@@ -1,6 +1,6 @@
 """The device inventory: which device models the cluster's ResourceSlices publish, and their memory.
 
-Conversion needs it for two rules only (DESIGN §4): ``gpumem-percentage`` becomes one subrequest per
+Conversion needs it for two rules only (docs/webhook.md): ``gpumem-percentage`` becomes one subrequest per
 device model, and a memory ask larger than any device is refused. :meth:`Inventory.from_slices` is
 pure; :func:`load_file` and :func:`fetch` are the edges (a YAML/JSON file, the Kubernetes API).
 """

@@ -1,7 +1,8 @@
 """Device discovery backends: the vendor's real one (NVML for NVIDIA) or the mock.
 
 Both return :class:`vendors.base.DeviceInfo` sorted by index; the rest of the driver cannot tell
-them apart.
+them apart. :func:`process_reader` is the watchdog's hook: who holds how much memory on each device,
+from the device driver (NVML), on the real backend and, given the fake NVML library, on the mock.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from vendors.base import DeviceInfo, DiscoveryError, HealthReportingVendor, Node
 from ..health import HealthSource, MockFaultSource, VendorToolHealthSource
 from ..telemetry import Telemetry
 from . import mock
+from .processes import NvmlProcessReader, ProcessReader, ProcessReaderError
 
 MOCK = "mock"
 NVML = "nvml"
@@ -82,3 +84,19 @@ def telemetry(backend: str) -> Telemetry | None:
 
         return NvmlTelemetry()
     return None
+
+
+def process_reader(vendor: NodeVendor, backend: str, library: str | None) -> tuple[ProcessReader | None, str]:
+    """The watchdog's per-process reader for this vendor and backend, or ``None`` and why there is none.
+
+    NVML (NVIDIA): the real backend reads the node's ``libnvidia-ml.so.1`` (or ``library``); the mock
+    backend reads only the library it is given (the fake NVML of the tests). Other vendors' tools
+    report no per-process memory the watchdog could use. :class:`BackendError` when NVML fails."""
+    if vendor.real_backend != "nvml":
+        return None, f"{vendor.names.vendor} devices report no per-process memory the watchdog can read"
+    if backend == MOCK and not library:
+        return None, "the mock backend has no NVML; give --watchdog-nvml-library (the fake libnvidia-ml.so.1)"
+    try:
+        return NvmlProcessReader(library), ""
+    except ProcessReaderError as exc:
+        raise BackendError(str(exc)) from exc

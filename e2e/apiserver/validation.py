@@ -19,6 +19,7 @@ from referencing.jsonschema import DRAFT202012
 from e2e.allocator.quantity import Quantity, QuantityError
 
 from .kinds import Kind
+from .matchconditions import validation_problems as match_condition_problems
 from .schemas import schema_dir
 
 Obj = dict[str, Any]
@@ -136,6 +137,8 @@ def semantic_problems(kind: Kind, obj: Obj) -> Iterator[Problem]:
         yield from _claim_spec((obj.get("spec") or {}).get("spec") or {}, "spec.spec")
     elif kind.kind == "ResourceSlice":
         yield from _slice(obj.get("spec") or {})
+    elif kind.kind in ("MutatingWebhookConfiguration", "ValidatingWebhookConfiguration"):
+        yield from match_condition_problems(obj)
 
 
 def _extended(name: str) -> bool:

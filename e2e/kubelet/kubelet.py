@@ -12,6 +12,11 @@
   period) and its claims unprepared; a deleted pod is then removed (``gracePeriodSeconds: 0``).
 * Watches each plugin's device health (``NodeWatchResources``) and writes it into the status of the
   pods that use the devices (``containerStatuses[].allocatedResourcesStatus``, :mod:`.health`).
+* Every container runs in a kubelet-like cgroup, ``.../kubepods/besteffort/pod<uid>/<container id>``
+  (:mod:`.cgroups`), removed when it exits, so that the driver's watchdog finds a process's pod
+  exactly as on a real node. Where no cgroup can be made (or ``cgroups=False``), the kubelet instead
+  keeps a PID map, ``<root>/pids.json`` (``{pid: {podUID, containerID}}``, written atomically), which
+  the harness hands to the driver with the test-only ``--watchdog-pid-map``.
 * ``pods/exec``: ``/exec/<ns>/<pod>/<container>`` runs a command with the container's env and CDI
   edits over the websocket remote command protocol (:mod:`.execs`).
 """
@@ -20,8 +25,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import os
+import secrets
 import shutil
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -34,6 +41,7 @@ from kubeapi import KubeClient, KubeError, cluster_path, namespaced_path
 
 from . import cdi, execs, runtime
 from . import health as device_health
+from .cgroups import CgroupError, HarnessCgroups
 from .plugins import ClaimRef, Plugin, PluginError, PluginWatcher, PreparedDevice
 
 log = logging.getLogger("e2e.kubelet")
@@ -66,6 +74,7 @@ class PodWorker:
         self.dir = os.path.join(kubelet.root, "pods", f"{self.ns}_{self.name}_{self.uid}")
         self.claims: dict[str, PreparedClaim] = {}  # pod claim name -> prepared
         self.processes: dict[str, runtime.Process] = {}
+        self.container_ids: dict[str, str] = {}
         self.statuses: dict[str, Obj] = {}
         self.init_statuses: dict[str, Obj] = {}
         self.restarts: dict[str, int] = {}
@@ -157,7 +166,7 @@ class PodWorker:
             "name": container["name"],
             "image": container.get("image", ""),
             "imageID": "",
-            "containerID": f"tessera://{proc.pid}",
+            "containerID": f"tessera://{self.container_ids.get(container['name'], '')}",
             "ready": True,
             "started": True,
             "restartCount": self.restarts.get(container["name"], 0),
@@ -170,7 +179,7 @@ class PodWorker:
             "name": container["name"],
             "image": container.get("image", ""),
             "imageID": "",
-            "containerID": f"tessera://{proc.pid}",
+            "containerID": f"tessera://{self.container_ids.get(container['name'], '')}",
             "ready": False,
             "started": False,
             "restartCount": self.restarts.get(container["name"], 0),
@@ -180,7 +189,7 @@ class PodWorker:
                     "reason": "Completed" if code == 0 else "Error",
                     "startedAt": proc.started_at,
                     "finishedAt": proc.finished_at,
-                    "containerID": f"tessera://{proc.pid}",
+                    "containerID": f"tessera://{self.container_ids.get(container['name'], '')}",
                     "message": runtime.tail(proc.log_path),
                 }
             },
@@ -279,13 +288,19 @@ class PodWorker:
             raise
         cwd = _workdir(os.path.join(self.dir, name, "cwd"), container.get("workingDir"))
         log_path = os.path.join(self.dir, name, f"{self.restarts.get(name, 0)}.log")
+        container_id = secrets.token_hex(32)  # a new one per start, as a runtime gives
+        self.container_ids[name] = container_id
         try:
+            argv = await asyncio.to_thread(self.kubelet.place, argv, self.uid, container_id)
             proc = await runtime.start(name, argv, env, cwd, log_path)
         except OSError as exc:
             table[name] = self._waiting(container, "RunContainerError", f"cannot start {argv[0]}: {exc}")
             await self.push_status()
             raise PodFailed("RunContainerError", f"container {name}: cannot start {argv[0]}: {exc}") from exc
         self.processes[name] = proc
+        await asyncio.to_thread(self.kubelet.started, proc.pid, self.uid, container_id)
+        if self.stopping.is_set():  # stopped while it was being started: it must not outlive the pod
+            await proc.stop(0)
         table[name] = self._running(container, proc)
         if not init and all(
             n in self.statuses and "running" in self.statuses[n]["state"]
@@ -296,6 +311,7 @@ class PodWorker:
         await self.push_status()
         log.info("%s: container %s started (pid %d): %s", self.tag(), name, proc.pid, " ".join(argv))
         code = await proc.wait()
+        await asyncio.to_thread(self.kubelet.exited, proc.pid, self.uid, container_id)
         table[name] = self._terminated(container, proc)
         if not init:
             self._condition("ContainersReady", False, "ContainersNotReady")
@@ -514,11 +530,13 @@ class Kubelet:
         env_aliases: Mapping[str, str] | None = None,
         labels: Mapping[str, str] | None = None,
         prepare_timeout: float = 120.0,
+        cgroups: bool = True,
     ) -> None:
         """``container_env``: env every container gets (the node's driver libraries). ``env_aliases``:
         ``{source: target}``, env the node's container runtime derives from a container's final env
         (the fake CUDA driver reads ``NVIDIA_VISIBLE_DEVICES``; Iluvatar's runtime reads
-        ``IX_VISIBLE_DEVICES``)."""
+        ``IX_VISIBLE_DEVICES``). ``cgroups``: run containers in kubelet-like cgroups (falling back to the
+        PID map when they cannot be made); ``False``: the PID map only."""
         self.kube = kube
         self.node_name = node_name
         self.root = root
@@ -538,9 +556,51 @@ class Kubelet:
             handler=self._on_pod,
             fieldSelector=f"spec.nodeName={node_name}",
         )
+        self.cgroups: HarnessCgroups | None = None
+        self.pid_map: str | None = None
+        """``<root>/pids.json`` when containers are named there instead of in cgroups."""
+        self._pids: dict[int, dict[str, str]] = {}
+        if cgroups:
+            try:
+                self.cgroups = HarnessCgroups.create(node_name)
+            except CgroupError as exc:
+                log.warning("node %s: no cgroups for containers (%s); using the PID map", node_name, exc)
+        if self.cgroups is None:
+            self.pid_map = os.path.join(root, "pids.json")
+            self._write_pid_map()
         self.port = 0
         self._runner: web.AppRunner | None = None
         self._tasks: list[asyncio.Task[Any]] = []
+
+    # ------------------------------------------------------------------ containers' cgroups
+    def place(self, argv: list[str], pod_uid: str, container_id: str) -> list[str]:
+        """``argv`` as it must be started to run in the container's cgroup. Blocking."""
+        if self.cgroups is None:
+            return argv
+        return self.cgroups.enter(argv, self.cgroups.container_dir(pod_uid, container_id))
+
+    def started(self, pid: int, pod_uid: str, container_id: str) -> None:
+        if self.pid_map is not None:
+            self._pids[pid] = {"podUID": pod_uid, "containerID": container_id}
+            self._write_pid_map()
+
+    def exited(self, pid: int, pod_uid: str, container_id: str) -> None:
+        if self.cgroups is not None:
+            self.cgroups.remove_container(pod_uid, container_id)
+        elif self._pids.pop(pid, None) is not None:
+            self._write_pid_map()
+
+    def pod_done(self, pod_uid: str) -> None:
+        if self.cgroups is not None:
+            self.cgroups.remove_pod(pod_uid)
+
+    def _write_pid_map(self) -> None:
+        assert self.pid_map is not None
+        os.makedirs(os.path.dirname(self.pid_map), exist_ok=True)
+        tmp = self.pid_map + ".tmp"
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump({str(pid): owner for pid, owner in self._pids.items()}, f)
+        os.replace(tmp, self.pid_map)
 
     # ------------------------------------------------------------------ node and log server
     async def _serve_logs(self) -> None:
@@ -604,6 +664,10 @@ class Kubelet:
         except PodFailed as exc:
             return web.Response(status=500, text=exc.message)
         cwd = _workdir(os.path.join(worker.dir, name, "cwd"), container.get("workingDir"))
+        if name in worker.container_ids and shutil.which(argv[0], path=env.get("PATH")):
+            # As with a runtime's exec, the command runs in the container's cgroup (a command that does
+            # not exist still fails to start, as before). With the PID map it is not attributed.
+            argv = await asyncio.to_thread(self.place, argv, worker.uid, worker.container_ids[name])
         return await execs.serve(request, argv, env, cwd, f"{worker.tag()} container {name}")
 
     def node_object(self) -> Obj:
@@ -695,6 +759,7 @@ class Kubelet:
         await worker.stop(grace)
         await worker.done.wait()
         self.workers.pop(worker.uid, None)
+        await asyncio.to_thread(self.pod_done, worker.uid)
         shutil.rmtree(worker.dir, ignore_errors=True)
         if delete:
             with contextlib.suppress(KubeError):
@@ -785,6 +850,8 @@ class Kubelet:
         await self.plugins.close()
         if self._runner is not None:
             await self._runner.cleanup()
+        if self.cgroups is not None:
+            await asyncio.to_thread(self.cgroups.close)
 
 
 async def _healthz(_: web.Request) -> web.Response:

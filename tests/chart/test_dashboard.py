@@ -129,6 +129,18 @@ async def test_every_metric_the_dashboard_uses_is_exported(
     assert not missing, f"the dashboard uses metrics nobody exports: {missing}"
 
 
+async def test_the_node_and_cluster_exporters_share_no_metric_name(
+    cluster_exporter_names: set[str], node_exporter_names: set[str]
+) -> None:
+    """HAMi's scheduler names (allocation per device) come from the cluster exporter only, its vGPU
+    monitor names (each container's use) from the drivers only: a name both exported would be summed
+    twice by a dashboard, with two meanings of a label such as ``device_cores``."""
+    assert {"hami_gpu_memory_allocated_bytes", "hami_gpu_shared_count"} <= cluster_exporter_names
+    assert {"hami_vgpu_memory_used_bytes", "hami_host_gpu_memory_used_bytes"} <= node_exporter_names
+    both = sorted(cluster_exporter_names & node_exporter_names)
+    assert not both, f"exported by both the cluster exporter and the drivers: {both}"
+
+
 def test_the_check_catches_an_unknown_metric() -> None:
     """Control: a name that is not exported, and an expression that does not parse, are caught."""
     assert "tessera_cluster_bogus_bytes" in metric_names('sum(tessera_cluster_bogus_bytes{node=~"$node"})')

@@ -179,10 +179,22 @@ def test_webhook_runs_as_non_root_with_nothing_extra(objs: list[helm.Obj]) -> No
         assert sc.get("privileged", False) is False
 
 
+def _watchdog(workload: helm.Obj, *, kills: bool = False) -> bool:
+    """The NVIDIA driver with its real backend runs the watchdog (hostPID; capability KILL if it kills)."""
+    env = {e["name"]: e.get("value") for c in helm.containers(workload) for e in c.get("env", [])}
+    return (
+        workload["metadata"]["name"] == "tessera-nvidia-driver"
+        and env.get("TESSERA_BACKEND") != "mock"
+        and env.get("TESSERA_WATCHDOG") not in ("off", *(("report",) if kills else ()))
+    )
+
+
 def test_every_container_is_locked_down(objs: list[helm.Obj]) -> None:
     for workload in helm.workloads(objs):
         spec = helm.pod_spec(workload)
         for key in ("hostNetwork", "hostPID", "hostIPC"):
+            if key == "hostPID" and _watchdog(workload):
+                continue  # test_the_watchdog_adds_host_pids_and_kill_only
             assert not spec.get(key), f"{workload['metadata']['name']}: {key}"
         assert spec["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
         for c in helm.containers(workload):
@@ -193,7 +205,10 @@ def test_every_container_is_locked_down(objs: list[helm.Obj]) -> None:
             if sc.get("privileged"):
                 continue  # only where a value asked for it: test_privileged_only_on_request
             assert sc["allowPrivilegeEscalation"] is False, who
-            assert sc["capabilities"] == {"drop": ["ALL"]}, who
+            if _watchdog(workload, kills=True) and c["name"] == "driver":
+                assert sc["capabilities"] == {"drop": ["ALL"], "add": ["KILL"]}, who
+            else:
+                assert sc["capabilities"] == {"drop": ["ALL"]}, who
             assert sc["seccompProfile"] == {"type": "RuntimeDefault"}, who
             assert c["resources"]["requests"] and c["resources"]["limits"], who
             assert c["resources"]["limits"].get("memory"), who
@@ -367,3 +382,45 @@ def test_key_material_only_in_the_tls_secret(default_objs: list[helm.Obj]) -> No
     assert b"PRIVATE KEY" in base64.b64decode(key_b64)
     text = yaml.safe_dump_all(o for o in default_objs if o["kind"] != "Secret")
     assert "PRIVATE KEY" not in text and key_b64 not in text
+
+
+def _driver_container(workload: helm.Obj) -> dict[str, Any]:
+    container: dict[str, Any] = next(c for c in helm.containers(workload) if c["name"] == "driver")
+    return container
+
+
+def test_the_watchdog_adds_host_pids_and_kill_only(helm_home: Any, default_objs: list[helm.Obj]) -> None:
+    """Where the watchdog runs (NVIDIA, real backend), and only there: hostPID, and the capability KILL
+    when it kills; `off`, or the mock backend (no NVML), renders neither. Its settings reach every
+    driver as env."""
+    nvidia = next(w for w in helm.workloads(default_objs) if w["metadata"]["name"] == "tessera-nvidia-driver")
+    assert helm.pod_spec(nvidia)["hostPID"] is True
+    env = {e["name"]: e.get("value") for e in _driver_container(nvidia)["env"]}
+    assert (env["TESSERA_WATCHDOG"], env["TESSERA_WATCHDOG_PERIOD"], env["TESSERA_WATCHDOG_TOLERANCE"]) == (
+        "kill",
+        "5",
+        "512Mi",
+    )
+    for sets in (
+        {"driver.watchdog.action": "off"},
+        {"vendors.nvidia.backend": "mock"},
+    ):
+        objs = helm.render(helm_home, sets=sets)
+        driver = next(w for w in helm.workloads(objs) if w["metadata"]["name"] == "tessera-nvidia-driver")
+        assert "hostPID" not in helm.pod_spec(driver), sets
+        assert _driver_container(driver)["securityContext"]["capabilities"] == {"drop": ["ALL"]}, sets
+    objs = helm.render(
+        helm_home,
+        sets={"driver.watchdog.action": "report", "driver.watchdog.period": "2", "driver.watchdog.tolerance": "10%"},
+    )
+    driver = next(w for w in helm.workloads(objs) if w["metadata"]["name"] == "tessera-nvidia-driver")
+    assert helm.pod_spec(driver)["hostPID"] is True  # it still reads host PIDs, but kills nothing
+    assert _driver_container(driver)["securityContext"]["capabilities"] == {"drop": ["ALL"]}
+    env = {e["name"]: e.get("value") for e in _driver_container(driver)["env"]}
+    assert (env["TESSERA_WATCHDOG"], env["TESSERA_WATCHDOG_PERIOD"], env["TESSERA_WATCHDOG_TOLERANCE"]) == (
+        "report",
+        "2",
+        "10%",
+    )
+    bad = helm.run_helm(helm.template_args(sets={"driver.watchdog.action": "shoot"}), helm_home, check=False)
+    assert bad.returncode != 0 and "watchdog" in bad.stderr

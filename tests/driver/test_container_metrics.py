@@ -264,9 +264,9 @@ def test_region_sources_come_from_the_cdi_env() -> None:
         pods=("p-1",),
         containers={"train": "trainer", "eval": "eval"},
     )
-    train = RegionSource("ml", "c", uid, "train", ("p-1",), f"{claim_dir}/train.cache", "trainer")
+    train = RegionSource("ml", "c", uid, "train", ("p-1",), f"{claim_dir}/train.cache", "trainer", claim_dir=claim_dir)
     # the eval container is still a container, but its region path lies outside the claim dir: no file
-    evaluation = RegionSource("ml", "c", uid, "eval", ("p-1",), "", "eval")
+    evaluation = RegionSource("ml", "c", uid, "eval", ("p-1",), "", "eval", claim_dir=claim_dir)
     assert region_sources(uid, entry) == [train, evaluation]
     assert region_sources(uid, dataclasses.replace(entry, state=STARTED)) == [], "only prepared claims"
     # With the node's devices: what each container got, in its CUDA ordinal order, limits applied

@@ -22,12 +22,23 @@ NAME = re.compile(r"^(tessera|hami)_[a-z0-9_]*[a-z0-9]$")
 LABEL = re.compile(r"^[a-z_][a-z0-9_]*$")
 UNITS = ("bytes", "seconds", "celsius", "watts", "ratio", "percent")
 HAMI_RATIO_0_100 = {
-    "hami_gpu_core_limit_ratio",
-    "hami_gpu_core_allocated_ratio",
     "hami_container_device_utilization_ratio",
     "hami_host_gpu_utilization_ratio",
 }
 """HAMi's own names whose values are on its 0-100 scale (kept for its dashboards)."""
+HAMI_VGPU_MONITOR = {
+    "hami_host_gpu_memory_used_bytes",
+    "hami_host_gpu_utilization_ratio",
+    "hami_host_gpu_memory_controller_utilization_ratio",
+    "hami_vgpu_memory_used_bytes",
+    "hami_vgpu_memory_limit_bytes",
+    "hami_container_device_memory_bytes",
+    "hami_container_device_utilization_ratio",
+    "hami_container_last_kernel_elapsed_seconds",
+}
+"""The names of HAMi's vGPU monitor (its node-side exporter): the only HAMi names a driver may export.
+HAMi's scheduler names (``hami_gpu_*``, ``hami_node_gpu_*``, ``hami_vgpu_*_allocated_*``) are the
+cluster exporter's."""
 GIB = 1 << 30
 
 
@@ -99,6 +110,8 @@ async def test_exporter_parses_follows_conventions_and_is_documented(
         "hami_vgpu_memory_limit_bytes",
         "hami_host_gpu_memory_used_bytes",
     } <= names
+    hami_names = {n for n in names if n.startswith("hami_")}
+    assert hami_names <= HAMI_VGPU_MONITOR, f"HAMi scheduler names belong to the cluster exporter: {hami_names}"
 
     limits = {
         (x.labels["container"], x.labels["device"], x.labels["uuid"], x.labels["index"], x.labels["pod"]): x.value

@@ -1,4 +1,4 @@
-"""The conversion rules of DESIGN §4, one by one, on small pods."""
+"""The conversion rules of docs/webhook.md, one by one, on small pods."""
 
 from __future__ import annotations
 
