@@ -23,6 +23,7 @@ from grpc_health.v1 import health_pb2
 from dra_driver.identifiers import claim_ref_problem, label_problem, subdomain_problem, uid_problem
 from dra_driver.prepare import PREPARE_WORKERS, REMOVED_PREFIX
 from e2e.apiserver import APIServer
+from tessera_common import safefs
 
 from .helpers import (
     claim,
@@ -98,6 +99,24 @@ async def test_a_fifo_or_link_in_place_of_the_region_never_blocks_a_scrape_or_a_
         assert status == 200
         await kubelet.close()
     assert read_text(secret) == OUTSIDE_TEXT
+
+
+def test_a_head_read_reads_only_the_head_and_refuses_what_a_full_read_refuses(tmp_path: Path) -> None:
+    """What a scrape uses for a region: the first bytes and the file's size, never more; a FIFO, a
+    link or an oversized file is refused at once (the FIFO never waited on)."""
+    root = str(tmp_path)
+    with open(tmp_path / "region", "wb") as f:
+        f.write(b"h" * 3000 + b"t" * 5000)
+    assert safefs.read_head_beneath(root, "region", length=3000, max_bytes=8000) == (b"h" * 3000, 8000)
+    os.mkfifo(tmp_path / "fifo")
+    os.symlink(tmp_path / "region", tmp_path / "link")
+    with open(tmp_path / "huge", "wb") as f:
+        f.truncate(1 << 40)
+    for name, why in (("fifo", "not a regular file"), ("link", "symbolic link"), ("huge", "more than")):
+        with pytest.raises(safefs.UnsafeFileError, match=why):
+            safefs.read_head_beneath(root, name, length=3000, max_bytes=8000)
+    with pytest.raises(ValueError):
+        safefs.read_head_beneath(root, "../region", length=3000, max_bytes=8000)
 
 
 def plant_bad_regions(dirs: list[str], secret: str) -> None:
