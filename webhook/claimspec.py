@@ -1,4 +1,4 @@
-"""Device asks -> one ResourceClaimTemplate, pure.
+"""Device asks -> one ResourceClaimTemplate (docs/webhook.md), pure.
 
 One template per pod; one request per (container, vendor) that asks; named by a hash of its content
 so identical pods share it. Capacity requests name ``memory`` only when the container gave a size
@@ -203,7 +203,7 @@ def device_request(
                 f"{MAX_SUBREQUESTS} alternatives a request may have"
                 + ("; the scheduling policy has no effect on it" if len(alts) == 1 else "")
             )
-    if len(choices) == 1 and len(alts) == 1:
+    if ask.memory_percent is None and len(alts) == 1:
         _, selectors, capacity = choices[0]
         body = _exact(names, ask.count, [*selectors, *alts[0].selectors(names.driver)], capacity)
         return {"name": want.request, "exactly": body}, []

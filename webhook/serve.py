@@ -13,7 +13,7 @@ from aiohttp import web
 from kubeapi import KubeClient
 
 from . import logs
-from .cli import UsageError, make_converter
+from .cli import UsageError, converter_from_args
 from .metrics import Metrics
 from .server import Webhook
 from .templates import TemplateStore
@@ -25,7 +25,7 @@ async def serve(args: argparse.Namespace, *, stop: asyncio.Event | None = None) 
         raise UsageError(
             "serve needs --tls-cert-file and --tls-key-file (or TESSERA_TLS_CERT_FILE/TESSERA_TLS_KEY_FILE)"
         )
-    converter = make_converter(args)
+    converter = converter_from_args(args)
     metrics = Metrics()
     try:
         tls = ReloadingTLS(
@@ -61,8 +61,9 @@ async def serve(args: argparse.Namespace, *, stop: asyncio.Event | None = None) 
         await site.start()
         log.info(
             f"serving https://{args.host}:{args.port}/mutate for vendors {','.join(converter.vendors)} "
-            f"(core policy {converter.core_policy}, default scheduling policies node="
-            f"{converter.policies.node or 'none'} gpu={','.join(converter.policies.gpu) or 'none'}, API {client.host})"
+            f"({converter.policy}, opt-out namespaces {','.join(sorted(converter.opt_out_namespaces)) or 'none'}, "
+            f"default scheduling policies node={converter.scheduling.node or 'none'} "
+            f"gpu={','.join(converter.scheduling.gpu) or 'none'}, API {client.host})"
         )
         stop = stop or asyncio.Event()
         loop = asyncio.get_running_loop()

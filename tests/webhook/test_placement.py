@@ -139,7 +139,7 @@ def test_binpack_template_is_valid_and_content_stable() -> None:
     again = _template(make_pod(container(limits=dict(QUARTER)), name="other", annotations=dict(BINPACK)))
     assert again["metadata"]["name"] == template["metadata"]["name"]
     # the cluster default gives the same template as the annotation
-    by_default = _template(make_pod(container(limits=QUARTER)), policies=Policies("binpack", ("binpack",)))
+    by_default = _template(make_pod(container(limits=QUARTER)), scheduling=Policies("binpack", ("binpack",)))
     assert by_default["metadata"]["name"] == template["metadata"]["name"]
     spread = _template(make_pod(container(limits=QUARTER), annotations=SPREAD))
     assert spread["metadata"]["name"] != template["metadata"]["name"]
