@@ -744,6 +744,7 @@ async def scale_api(kubeconfig: str, rate: float, seconds: float) -> list[str]:
         elapsed = loop.time() - started
         await asyncio.gather(*pending, return_exceptions=True)
         await asyncio.sleep(2 * INTERVAL)
+        ended = loop.time()
         counter.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await counter
@@ -754,7 +755,7 @@ async def scale_api(kubeconfig: str, rate: float, seconds: float) -> list[str]:
         for client in clients:
             await client.close()
         await main.close()
-    span = elapsed + 2 * INTERVAL
+    span = ended - started  # the churn, the last claims' lifetimes and two intervals after them
     per_node = [len(w) / span for w in writes.values()]
     bins = max(
         max((sum(1 for t in w if k <= t - started < k + 1) for k in range(int(span) + 2)), default=0)
