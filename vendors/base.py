@@ -446,6 +446,33 @@ class AttributeMatchingVendor(Protocol):
         ...
 
 
+@dataclass(frozen=True)
+class QuotaNames:
+    """Resource names a namespace's ResourceQuota may cap for one vendor's shares, HAMi's spelling
+    (``limits.<memory>``, ``limits.<cores>`` in ``spec.hard``).
+
+    A claim's request is charged, per device, its memory in ``memory_unit_mib`` units (rounded up) and
+    its cores in percent; a request is charged under these names when it may get a device of one of
+    ``models`` (empty: any device of the vendor).
+    """
+
+    memory: str
+    """e.g. ``nvidia.com/gpumem`` (without the ``limits.`` prefix)."""
+    cores: str | None
+    """e.g. ``nvidia.com/gpucores``; ``None`` when the vendor has no cores resource."""
+    memory_unit_mib: int = 1
+    """MiB per unit of the memory quota (the unit of the vendor's memory resource)."""
+    models: frozenset[str] = frozenset()
+    """Device models (the ``type`` attribute) the names cover; empty: every model of the vendor."""
+
+
+@runtime_checkable
+class QuotaVendor(Protocol):
+    """Optional webhook-side extension: the ResourceQuota names that cap the vendor's shares (HAMi's)."""
+
+    def quota_names(self) -> Sequence[QuotaNames]: ...
+
+
 class NodeVendor(Protocol):
     """The node (DRA driver) side of a vendor."""
 

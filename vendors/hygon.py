@@ -52,6 +52,7 @@ from .base import (
     MockModel,
     Mount,
     NodeLayout,
+    QuotaNames,
     Share,
     SharingConfig,
     VendorNames,
@@ -74,6 +75,8 @@ COUNT_RESOURCES = ("hygon.com/dcunum",)
 MEMORY_RESOURCES = ("hygon.com/dcumem",)
 CORE_RESOURCES = ("hygon.com/dcucores",)
 ALL_RESOURCES = frozenset(COUNT_RESOURCES + MEMORY_RESOURCES + CORE_RESOURCES)
+QUOTA_NAMES = (QuotaNames(MEMORY_RESOURCES[0], CORE_RESOURCES[0]),)
+"""``limits.hygon.com/dcumem`` (MiB) and ``limits.hygon.com/dcucores`` (percent per DCU), HAMi's."""
 
 USE_TYPE = "hygon.com/use-dcutype"
 NOUSE_TYPE = "hygon.com/nouse-dcutype"
@@ -166,6 +169,9 @@ class Hygon:
     def selectors(self, annotations: Mapping[str, str]) -> list[str]:
         return annotation_selectors(NAMES, annotations, use_type=USE_TYPE, nouse_type=NOUSE_TYPE,
                                     use_uuid=USE_UUID, nouse_uuid=NOUSE_UUID)  # fmt: skip
+
+    def quota_names(self) -> Sequence[QuotaNames]:
+        return QUOTA_NAMES
 
     # --- node side -------------------------------------------------------------------------------
 

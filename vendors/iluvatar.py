@@ -47,6 +47,7 @@ from .base import (
     DiscoveryError,
     MockModel,
     NodeLayout,
+    QuotaNames,
     Share,
     SharingConfig,
     VendorNames,
@@ -95,6 +96,18 @@ MOCK_MODELS: Mapping[str, MockModel] = {
     )
 }
 """Simulated cards (memory as ixsmi reports it; the talk's MR-V100 shows 32768 MiB)."""
+
+QUOTA_NAMES = (
+    QuotaNames(MEMORY_RESOURCES[0], CORE_RESOURCES[0], memory_unit_mib=MEMORY_UNIT.mib or 1),
+    *(
+        QuotaNames(
+            f"{RESOURCE_PREFIX}{chip}.vMem", f"{RESOURCE_PREFIX}{chip}.vCore", MEMORY_UNIT.mib or 1, frozenset({chip})
+        )
+        for chip in sorted(MOCK_MODELS)
+    ),
+)
+"""HAMi's names: the generic ``vcuda-memory``/``vcuda-core`` for every chip, and ``<CHIP>.vMem``/``.vCore``
+for the chips HAMi lists; memory in units of 256 MiB."""
 
 
 @functools.lru_cache(maxsize=1024)
@@ -187,6 +200,9 @@ class Iluvatar:
             if uuids:
                 out.append(uuid_selector(NAMES, uuids, negate=bool(match.group(1))))
         return out
+
+    def quota_names(self) -> Sequence[QuotaNames]:
+        return QUOTA_NAMES
 
     # --- node side -------------------------------------------------------------------------------
 

@@ -18,6 +18,7 @@ from .base import (
     DiscoveryError,
     MockModel,
     NodeLayout,
+    QuotaNames,
     Share,
     SharingConfig,
     VendorNames,
@@ -38,6 +39,9 @@ CORE_RESOURCES = ("nvidia.com/gpucores", "nvidia.com/gpucore", "volcano.sh/vgpu-
 PRIORITY_RESOURCES = ("nvidia.com/priority",)
 PRIORITY_ENV = isolation_env.TASK_PRIORITY
 """The seed pods also give the priority as this container env; it moves into the opaque config."""
+
+QUOTA_NAMES = (QuotaNames(MEMORY_RESOURCES[0], CORE_RESOURCES[0]),)
+"""``limits.nvidia.com/gpumem`` (MiB) and ``limits.nvidia.com/gpucores`` (percent per GPU), HAMi's defaults."""
 
 ALL_RESOURCES = frozenset(
     COUNT_RESOURCES + MEMORY_RESOURCES + MEMORY_PERCENT_RESOURCES + CORE_RESOURCES + PRIORITY_RESOURCES
@@ -178,6 +182,9 @@ class _Nvidia:
         if value == "true":
             return [ATTR_NUMA_NODE]
         raise ConversionError(f'annotation {NUMA_BIND} must be "true" or "false", got {annotations[NUMA_BIND]!r}')
+
+    def quota_names(self) -> Sequence[QuotaNames]:
+        return QUOTA_NAMES
 
     # --- node side -----------------------------------------------------------------------------
 
