@@ -6,8 +6,13 @@ refuse a dry run; an AdmissionReview ``admission.k8s.io/v1`` goes over HTTPS to 
 (or the service registered in :attr:`WebhookAdmission.services`), verified with ``caBundle``, within
 ``timeoutSeconds``; a failure follows ``failurePolicy``; the returned JSONPatch is applied and the
 object re-defaulted. ``reinvocationPolicy: IfNeeded`` webhooks run once more when a later webhook
-changed the object. Validating webhooks then see the final object. ``matchConditions`` are not
-evaluated (no webhook of ours uses them): a webhook that has them is refused loudly, not guessed.
+changed the object. Validating webhooks (:meth:`WebhookAdmission.validate`) run later, on the object
+as it will be stored (the server calls them after name generation, uid and schema validation), side
+by side. ``matchConditions`` are CEL over ``object``, ``oldObject`` and ``request`` (no
+``authorizer``): a webhook is called only when all are true; any false skips it; an evaluation error
+(and no false) fails the request, or skips the webhook under ``failurePolicy: Ignore``, as
+kube-apiserver does. A service with several endpoints (:attr:`WebhookAdmission.services`) is called
+round robin, as kube-proxy spreads the API server's calls over a Service's pods.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import copy
+import functools
 import json
 import logging
 import ssl
@@ -24,7 +30,12 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import aiohttp
+import celpy
 import jsonpatch
+from celpy.adapter import json_to_cel
+from celpy.celparser import CELParseError
+from celpy.celtypes import BoolType
+from celpy.evaluation import CELEvalError
 
 from . import strategy
 from .errors import APIError
@@ -93,9 +104,11 @@ class WebhookAdmission:
 
     def __init__(self, server: APIServer) -> None:
         self.server = server
-        self.services: dict[tuple[str, str], tuple[str, int]] = {}
+        self.services: dict[tuple[str, str], tuple[str, int] | list[tuple[str, int]]] = {}
+        """(namespace, name) of a Service -> the address of its endpoint, or of each of its endpoints."""
         self.calls: list[WebhookCall] = []
         self._ssl: dict[str, ssl.SSLContext] = {}
+        self._turn: dict[tuple[str, str], int] = {}
 
     # ------------------------------------------------------------------ selection
     def _hooks(self, mutating: bool) -> list[_Hook]:
@@ -134,7 +147,7 @@ class WebhookAdmission:
         hooks = [h for h in self._hooks(True)]
         last_change: int | None = None
         for index, hook in enumerate(hooks):
-            if not self._applies(hook, ctx, obj):
+            if not self._applies(hook, ctx, obj) or not self._conditions_hold(hook, ctx, obj):
                 continue
             hook.invoked = True
             changed = await self._invoke(hook, ctx, obj)
@@ -148,25 +161,57 @@ class WebhookAdmission:
                     continue
                 if hook.spec.get("reinvocationPolicy", "Never") != "IfNeeded":
                     continue
-                if not self._applies(hook, ctx, obj):
+                if not self._applies(hook, ctx, obj) or not self._conditions_hold(hook, ctx, obj):
                     continue
                 changed = await self._invoke(hook, ctx, obj)
                 if changed is not None:
                     obj = changed
-        validating = [h for h in self._hooks(False) if self._applies(h, ctx, obj)]
-        await asyncio.gather(*(self._invoke(h, ctx, obj) for h in validating))
         return obj
+
+    async def validate(self, ctx: WriteContext, obj: Obj | None) -> None:
+        """The validating webhooks, side by side, on the object as it will be stored."""
+        validating = [
+            h for h in self._hooks(False) if self._applies(h, ctx, obj) and self._conditions_hold(h, ctx, obj)
+        ]
+        await asyncio.gather(*(self._invoke(h, ctx, obj) for h in validating))
+
+    def _conditions_hold(self, hook: _Hook, ctx: WriteContext, obj: Obj | None) -> bool:
+        """``matchConditions``: all true calls the webhook; any false skips it; otherwise an error fails
+        the request (``failurePolicy: Fail``) or skips the webhook (``Ignore``)."""
+        conditions = hook.spec.get("matchConditions") or []
+        if not conditions:
+            return True
+        request = self._review(ctx, obj)["request"]
+        activation = {
+            "object": json_to_cel(obj),
+            "oldObject": json_to_cel(ctx.old),
+            "request": json_to_cel({k: v for k, v in request.items() if k not in ("object", "oldObject")}),
+        }
+        errors = []
+        for condition in conditions:
+            try:
+                result = _program(str(condition.get("expression", ""))).evaluate(activation)
+            except (CELEvalError, CELParseError, ValueError, TypeError) as exc:
+                errors.append(f"{condition.get('name')}: {exc}")
+                continue
+            if isinstance(result, CELEvalError):
+                errors.append(f"{condition.get('name')}: {result}")
+            elif not isinstance(result, BoolType | bool):
+                errors.append(f"{condition.get('name')}: the expression returned {type(result).__name__}, not a bool")
+            elif not result:
+                return False
+        if not errors:
+            return True
+        name = hook.spec.get("name")
+        if hook.spec.get("failurePolicy", "Fail") == "Ignore":
+            log.warning("webhook %s: matchConditions failed, ignored by failurePolicy: %s", name, errors)
+            return False
+        raise APIError(500, f'Internal error occurred: failed calling webhook "{name}": matchConditions: {errors}')
 
     async def _invoke(self, hook: _Hook, ctx: WriteContext, obj: Obj | None) -> Obj | None:
         """Call one webhook; the patched object when it changed it, None when it did not."""
         spec = hook.spec
         name = str(spec.get("name", ""))
-        if spec.get("matchConditions"):
-            raise APIError(
-                500,
-                f'Internal error occurred: webhook "{name}" uses matchConditions, which the API '
-                "server stand-in does not evaluate; remove them or extend e2e/apiserver/admission.py",
-            )
         if ctx.dry_run and spec.get("sideEffects") not in ("None", "NoneOnDryRun"):
             raise APIError(400, f'admission webhook "{name}" does not support dry run')
         if "v1" not in (spec.get("admissionReviewVersions") or []):
@@ -280,11 +325,16 @@ class WebhookAdmission:
             return str(client_config["url"]), None
         service = client_config.get("service") or {}
         ns, name = service.get("namespace"), service.get("name")
-        address = self.services.get((str(ns), str(name)))
-        if address is None:
+        key = (str(ns), str(name))
+        registered = self.services.get(key)
+        endpoints = [registered] if isinstance(registered, tuple) else list(registered or [])
+        if not endpoints:
             raise _CallFailed(
                 f'service "{ns}/{name}" is not registered with the API server stand-in (WebhookAdmission.services)'
             )
+        turn = self._turn.get(key, 0)
+        self._turn[key] = turn + 1
+        address = endpoints[turn % len(endpoints)]
         path = service.get("path") or "/"
         return f"https://{address[0]}:{address[1]}{path}", f"{name}.{ns}.svc"
 
@@ -310,3 +360,9 @@ class WebhookAdmission:
 
 class _CallFailed(Exception):
     pass
+
+
+@functools.lru_cache(maxsize=256)
+def _program(expression: str) -> Any:
+    environment = celpy.Environment()
+    return environment.program(environment.compile(expression))
