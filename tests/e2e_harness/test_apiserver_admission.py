@@ -363,3 +363,115 @@ async def test_ephemeral_containers_subresource(env: tuple[APIServer, KubeClient
     with pytest.raises(KubeError) as forbidden:
         await kube.replace(f"{PODS}/p", plain)
     assert forbidden.value.status == 422
+
+
+VALIDATING = cluster_path("admissionregistration.k8s.io/v1", "validatingwebhookconfigurations")
+
+
+def validating(hook: ScriptedWebhook, **overrides: Any) -> dict[str, Any]:
+    body = config(hook, "checks", **overrides)
+    body["kind"] = "ValidatingWebhookConfiguration"
+    del body["webhooks"][0]["reinvocationPolicy"]
+    return body
+
+
+async def test_validating_webhooks_see_the_generated_name_and_uid(
+    env: tuple[APIServer, KubeClient, ScriptedWebhook],
+) -> None:
+    """kube-apiserver runs validating admission after name generation and the system fields (its store's
+    BeforeCreate), mutating admission before: only the validating webhook sees the uid."""
+    api, kube, hook = env
+    await kube.create(CONFIGS, config(hook))
+    await kube.create(VALIDATING, validating(hook))
+    created = await kube.create(PODS, pod(None))
+    mutating_review, validating_review = hook.reviews
+    assert "uid" not in mutating_review["request"]["object"]["metadata"]
+    assert mutating_review["request"]["name"] == ""
+    seen = validating_review["request"]["object"]["metadata"]
+    assert seen["uid"] == created["metadata"]["uid"] and seen["name"] == created["metadata"]["name"]
+    assert validating_review["request"]["name"] == created["metadata"]["name"]
+    # a validating denial stores nothing
+    hook.answer = lambda review: (
+        {"allowed": True} if review["request"]["object"]["metadata"].get("uid") is None
+        else {"allowed": False, "status": {"code": 403, "message": "no"}}
+    )  # fmt: skip
+    with pytest.raises(KubeError) as refused:
+        await kube.create(PODS, pod("refused"))
+    assert refused.value.status == 403 and 'admission webhook "pods.tessera.dev" denied the request: no' in (
+        refused.value.reason
+    )
+    assert api.store.raw("pods", "default", "refused") is None
+
+
+async def test_match_conditions(env: tuple[APIServer, KubeClient, ScriptedWebhook]) -> None:
+    """All true: called; any false: skipped (even next to an error); an error alone fails the request
+    under failurePolicy Fail and skips the webhook under Ignore."""
+    _, kube, hook = env
+    limits = "object.spec.containers[0].resources.limits"
+    gpu = f"has({limits}) && 'nvidia.com/gpu' in {limits}"
+    conditions = [
+        {"name": "gpu", "expression": gpu},
+        {"name": "create", "expression": "request.operation == 'CREATE' && oldObject == null"},
+    ]
+    await kube.create(CONFIGS, config(hook, matchConditions=conditions))
+    await kube.create(PODS, pod("gpu"))
+    assert len(hook.reviews) == 1
+    plain = pod("plain")
+    plain["spec"]["containers"][0]["resources"] = {}
+    await kube.create(PODS, plain)
+    assert len(hook.reviews) == 1  # a false condition skips the webhook
+    broken = [{"name": "broken", "expression": "object.spec.nosuchfield == 1"}]
+    await kube.delete(f"{CONFIGS}/tessera")
+    await kube.create(CONFIGS, config(hook, matchConditions=broken))
+    with pytest.raises(KubeError) as failed:
+        await kube.create(PODS, pod("err"))
+    assert failed.value.status == 500 and "matchConditions" in failed.value.reason
+    await kube.delete(f"{CONFIGS}/tessera")
+    await kube.create(CONFIGS, config(hook, matchConditions=broken, failurePolicy="Ignore"))
+    await kube.create(PODS, pod("ignored"))
+    await kube.delete(f"{CONFIGS}/tessera")
+    await kube.create(CONFIGS, config(hook, matchConditions=[*broken, {"name": "no", "expression": "false"}]))
+    await kube.create(PODS, pod("false-wins"))
+    assert len(hook.reviews) == 1
+
+
+async def test_a_service_with_several_endpoints_is_called_in_turn(
+    env: tuple[APIServer, KubeClient, ScriptedWebhook],
+) -> None:
+    api, kube, hook = env
+    other = ScriptedWebhook(hook.ca)
+    await other.start()
+    try:
+        body = config(hook)
+        body["webhooks"][0]["clientConfig"] = {
+            "service": {"namespace": "tessera-system", "name": "tessera-webhook", "path": "/mutate"},
+            "caBundle": hook.ca_bundle,
+        }
+        api.webhooks.services[("tessera-system", "tessera-webhook")] = [
+            ("127.0.0.1", hook.port),
+            ("127.0.0.1", other.port),
+        ]
+        await kube.create(CONFIGS, body)
+        for i in range(4):
+            await kube.create(PODS, pod(f"p{i}"))
+        assert [r["request"]["object"]["metadata"]["name"] for r in hook.reviews] == ["p0", "p2"]
+        assert [r["request"]["object"]["metadata"]["name"] for r in other.reviews] == ["p1", "p3"]
+    finally:
+        await other.stop()
+
+
+async def test_resource_quota_status_is_its_own(env: tuple[APIServer, KubeClient, ScriptedWebhook]) -> None:
+    """ResourceQuota: status only through /status, spec only through the object, as the real strategy."""
+    _, kube, _ = env
+    path = namespaced_path("v1", "resourcequotas", "default")
+    quota = {"apiVersion": "v1", "kind": "ResourceQuota", "metadata": {"name": "q"},
+             "spec": {"hard": {"limits.nvidia.com/gpumem": "1024"}}, "status": {"used": {"x": "1"}}}  # fmt: skip
+    created = await kube.create(path, quota)
+    assert "status" not in created or not created["status"].get("used")
+    written = await kube.replace(f"{path}/q/status", {**created, "status": {"used": {"limits.nvidia.com/gpumem": "5"}}})
+    assert written["status"]["used"] == {"limits.nvidia.com/gpumem": "5"}
+    spec_only = await kube.replace(f"{path}/q", {**written, "status": {"used": {}}})
+    assert spec_only["status"]["used"] == {"limits.nvidia.com/gpumem": "5"}
+    with pytest.raises(KubeError) as stale:
+        await kube.replace(f"{path}/q/status", created)  # an old resourceVersion
+    assert stale.value.status == 409
