@@ -386,7 +386,8 @@ class QuotaController:
                     wanted[str(key)] = str(used.get(resource.name, 0))
             if wanted == current:
                 continue
-            body = {**quota, "status": {**status, "used": wanted}}
+            # (objects of a list carry no kind: the API server wants one in a write)
+            body = {**quota, "apiVersion": "v1", "kind": "ResourceQuota", "status": {**status, "used": wanted}}
             try:
                 written = await self.client.replace(namespaced_path("v1", "resourcequotas", ns, name) + "/status", body)
             except KubeError as exc:

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import contextlib
 import json
 import ssl
 from collections.abc import AsyncIterator
@@ -308,9 +307,8 @@ async def test_a_ledger_that_cannot_be_written_refuses_with_503_and_admits_nothi
     await cluster.kube.create(QUOTAS, resource_quota({"limits.nvidia.com/gpumem": "8192"}))
     await cluster.wait(cluster.ledger, "the ledger")
     cluster.api.faults.add("PUT", rf"/configmaps/{ledger_name(NS)}$", status=503, count=None)
-    with contextlib.ExitStack():
-        with pytest.raises(KubeError) as down:
-            await cluster.kube.create(PODS, gpu_pod("p"))
+    with pytest.raises(KubeError) as down:
+        await cluster.kube.create(PODS, gpu_pod("p"))
     assert down.value.status == 503 and "could not be checked" in down.value.reason
     cluster.api.faults.clear()
     assert isinstance(await _create(cluster, PODS, gpu_pod("p")), dict)
