@@ -78,6 +78,10 @@ class LedgerStore:
         if isinstance(ns, str):
             self._last[ns] = dict(obj)  # an older version than ours only costs a 409 and a GET
 
+    def forget(self, namespace: str) -> None:
+        """The ledger was deleted (a watch said so): the next change reads what is there."""
+        self._last.pop(namespace, None)
+
     async def change(
         self, namespace: str, change: Change, seed: Seed, *, log: Mapping[str, Any]
     ) -> tuple[Outcome, Ledger]:

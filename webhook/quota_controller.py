@@ -134,6 +134,8 @@ class QuotaController:
         self._queue(str((obj.get("metadata") or {}).get("namespace", "")))
 
     def _on_claim(self, kind: str, obj: dict[str, Any], old: dict[str, Any] | None) -> None:
+        if kind == "MODIFIED":
+            return  # the spec is immutable: an allocation or a status change costs nothing more
         meta = obj.get("metadata") or {}
         uid = str(meta.get("uid", ""))
         if kind == "DELETED":
@@ -146,6 +148,7 @@ class QuotaController:
         if kind != "DELETED":
             self.store.observed(obj)
         elif isinstance(namespace, str):
+            self.store.forget(namespace)
             self._queue(namespace)  # deleted by hand: rebuilt from the claims if the quota is still there
 
     @property
@@ -167,8 +170,11 @@ class QuotaController:
                         self._queue(namespace)
                     self._prune()
                     next_resync = now + self.resync
+                # asyncio.timeout, not wait_for: Python 3.11's wait_for can swallow a cancellation that
+                # arrives as the event fires, and the loop would then outlive its task's cancel()
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), timeout=max(0.0, next_resync - time.monotonic()))
+                    async with asyncio.timeout(max(0.0, next_resync - time.monotonic())):
+                        await self._wake.wait()
                 self._wake.clear()
                 while self._dirty:
                     namespace = next(iter(self._dirty))
