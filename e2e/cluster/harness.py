@@ -447,7 +447,9 @@ class Harness:
         async with aiohttp.ClientSession() as http:
             for port in self.webhook_ports[: len(self.webhooks)]:
                 async with http.get(
-                    f"https://127.0.0.1:{port}/metrics", ssl=context, server_hostname=f"{WEBHOOK_SERVICE}.{NAMESPACE}.svc"
+                    f"https://127.0.0.1:{port}/metrics",
+                    ssl=context,
+                    server_hostname=f"{WEBHOOK_SERVICE}.{NAMESPACE}.svc",
                 ) as resp:
                     pages.append(await resp.text())
         return pages
