@@ -71,8 +71,9 @@ def _slim_claim(obj: dict[str, Any]) -> dict[str, Any]:
 
 def owned_by_pod(claim: Mapping[str, Any]) -> bool:
     """A claim the claim controller made for a pod (the pod is its controlling owner)."""
-    refs = (claim.get("metadata") or {}).get("ownerReferences") or []
-    return any(
+    meta = claim.get("metadata")
+    refs = meta.get("ownerReferences") if isinstance(meta, Mapping) else None
+    return isinstance(refs, list) and any(
         isinstance(r, Mapping)
         and r.get("controller") is True
         and r.get("kind") == "Pod"
@@ -287,7 +288,8 @@ class QuotaController:
     async def check_claim(self, namespace: str, claim: Mapping[str, Any], *, dry_run: bool, review_uid: str,
                           log: Mapping[str, Any]) -> Verdict:  # fmt: skip
         """A ResourceClaim being created (validating admission: it has its uid and name)."""
-        meta = claim.get("metadata") or {}
+        meta = claim.get("metadata")
+        meta = meta if isinstance(meta, Mapping) else {}
         uid = str(meta.get("uid") or f"admission-{review_uid}")
         name = str(meta.get("name") or meta.get("generateName") or "?")
         from_pod = owned_by_pod(claim)

@@ -288,3 +288,46 @@ def test_denial_says_the_numbers_and_what_to_do() -> None:
     assert "pod p would exceed the quota of namespace team-a" in text
     assert "limits.nvidia.com/gpumem: used 9216, asked 2048, limit 10240 (MiB; ResourceQuota gpu-quota)" in text
     assert "a note" in text and "Delete pods or resource claims in team-a" in text and "raise the quota" in text
+
+
+def test_mangled_claims_and_ledgers_are_charged_or_refused_never_crash(inventory: Inventory) -> None:
+    """5,000 claim specs and ledgers with values replaced by junk: a charge of whole non-negative amounts
+    or a QuotaError, a ledger or a QuotaError; nothing else escapes."""
+    import copy
+    import json
+    import random
+
+    from .test_fuzz import NASTY, _paths
+
+    rnd = random.Random(12)
+    base_spec = claim_spec(seed_pods()["gpu-pod12"], inventory)
+    ledger = q.Ledger(
+        "team-a",
+        {"u1": q.ClaimEntry("c1", {"nvidia.com/gpumem": 1024}, NOW)},
+        (q.Reservation("r1", "p1", {"nvidia.com/gpucores": 30}, NOW + 30),),
+    )
+    base_ledger = json.loads(ledger.to_data()["ledger.json"])
+    for _ in range(2500):
+        spec = copy.deepcopy(base_spec)
+        *parent_path, last = rnd.choice(_paths(spec)[1:])
+        parent: Any = spec
+        for key in parent_path:
+            parent = parent[key]
+        parent[last] = copy.deepcopy(rnd.choice(NASTY))
+        try:
+            charged = CATALOG.charge(spec, rnd.choice([inventory, None]), rnd.choice([None, {"nvidia.com/gpumem"}]))
+        except q.QuotaError as exc:
+            assert str(exc)
+        else:
+            assert all(isinstance(v, int) and v > 0 for v in charged.amounts.values()), charged
+        body = copy.deepcopy(base_ledger)
+        *parent_path, last = rnd.choice(_paths(body)[1:])
+        parent = body
+        for key in parent_path:
+            parent = parent[key]
+        parent[last] = copy.deepcopy(rnd.choice(NASTY))
+        try:
+            read = q.Ledger.from_data("team-a", {"ledger.json": json.dumps(body)})
+        except q.QuotaError:
+            continue
+        assert all(v >= 0 for v in read.used(NOW).values())

@@ -333,3 +333,36 @@ async def test_ledger_json_is_what_the_docs_show(cluster: Cluster) -> None:
     assert body["version"] == 1 and body["namespace"] == NS and body["pending"] == []
     (entry,) = body["claims"].values()
     assert entry["name"] == "mine" and entry["charge"] == {"nvidia.com/gpumem": 1024}
+
+
+async def test_junk_claims_on_validate_get_well_formed_answers(cluster: Cluster) -> None:
+    """What the API server would never send (it validates first) still gets an answer, never an internal error."""
+    await cluster.kube.create(QUOTAS, resource_quota({"limits.nvidia.com/gpumem": "1024"}))
+    await cluster.wait(cluster.ledger, "the ledger")
+    claims = {"group": "resource.k8s.io", "version": "v1", "resource": "resourceclaims"}
+    ours = {"name": "g", "exactly": {"deviceClassName": "nvidia.tessera.dev"}}
+    junk: list[Any] = [
+        {"metadata": [], "spec": "x"},
+        {"metadata": {"ownerReferences": 3}, "spec": {"devices": {"requests": [{"exactly": []}]}}},
+        {"spec": {"devices": {"requests": [{**ours, "exactly": {**ours["exactly"], "count": -2}}]}}},
+        {
+            "spec": {
+                "devices": {
+                    "requests": [{**ours, "exactly": {**ours["exactly"], "capacity": {"requests": {"memory": "lots"}}}}]
+                }
+            }
+        },
+    ]
+    async with aiohttp.ClientSession() as http:
+        for i, obj in enumerate(junk):
+            review = {"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
+                      "request": {"uid": f"j{i}", "operation": "CREATE", "namespace": NS, "resource": claims,
+                                  "object": obj}}  # fmt: skip
+            async with http.post(cluster.replicas[i % 2].url + "/validate", json=review, ssl=cluster.ssl) as resp:
+                assert resp.status == 200
+                answer = (await resp.json())["response"]
+            assert answer["uid"] == f"j{i}"
+            if not answer["allowed"]:
+                assert answer["status"]["code"] == 403 and "cannot be charged" in answer["status"]["message"]
+    for replica in cluster.replicas:
+        assert _sample(await cluster.metrics(replica), "tessera_webhook_reviews_total", outcome="error") is None
