@@ -3,7 +3,7 @@
 Measures, per call, reached the way cudart reaches the driver (cuGetProcAddress_v2):
 kernel launch with no SM limit, a cuMemAlloc/cuMemFree pair under a memory limit, and one
 cuGetProcAddress resolution. Runs alternate plain and hooked so both see the same machine load;
-the figure per metric is the median over the runs. Targets (DESIGN §7): <= 50 ns added per launch,
+the figure per metric is the median over the runs. Targets (docs/benchmarks.md): <= 50 ns added per launch,
 <= 500 ns per alloc/free pair.
 
     python -m bench.isolation [--runs N] [--iterations N]

@@ -14,7 +14,7 @@ settings than its claim says.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -161,6 +161,24 @@ def reserved_pods(claim: Mapping[str, Any]) -> tuple[str, ...]:
         if isinstance(ref, Mapping) and ref.get("resource") == "pods" and not ref.get("apiGroup") and ref.get("name"):
             names.add(str(ref["name"]))
     return tuple(sorted(names))
+
+
+def reserved_pod_uids(claim: Mapping[str, Any]) -> dict[str, str]:
+    """UID -> name of the pods the claim is reserved for (``status.reservedFor``, core ``pods``): the
+    watchdog finds a process's pod by UID in its cgroup path."""
+    out: dict[str, str] = {}
+    for ref in (claim.get("status") or {}).get("reservedFor") or []:
+        if isinstance(ref, Mapping) and ref.get("resource") == "pods" and not ref.get("apiGroup") and ref.get("uid"):
+            out[str(ref["uid"])] = str(ref.get("name") or "")
+    return dict(sorted(out.items()))
+
+
+def pod_refs(namespace: str, names: Iterable[str], uids: Mapping[str, str]) -> dict[tuple[str, str], str]:
+    """``{(namespace, pod name): uid}`` from the pods' names and their UIDs (UID -> name, as
+    :func:`reserved_pod_uids` and the checkpoint keep them; a name without a UID gets ``""``): the pods an
+    Event is recorded on. Pure."""
+    by_name = {name: uid for uid, name in uids.items()}
+    return {(namespace, name): by_name.get(name, "") for name in names}
 
 
 def plan_claim(

@@ -24,7 +24,9 @@ from vendors.base import (
     registry_dir,
 )
 
+from . import faults
 from .prepare import FAILPOINTS
+from .watchdog import Tolerance, WatchdogConfigError
 
 ENV_PREFIX = "TESSERA_"
 FAILPOINT_ENV = "TESSERA_FAILPOINT"
@@ -116,9 +118,55 @@ def build_parser(environ: Mapping[str, str] | None = None) -> argparse.ArgumentP
     )
     add(
         "--health-interval",
-        default="30",
+        default="10",
         type=float,
         help="seconds between device health checks streamed to the kubelet",
+    )
+    add(
+        "--mock-faults",
+        help="fault control file of the mock backend (lines '<device> <fault> [<xid>]', e.g. 'gpu-1 xid 79'); "
+        "default <plugin-dir>/mock-faults",
+    )
+    add(
+        "--unhealthy-taint",
+        default=faults.NO_SCHEDULE,
+        choices=list(faults.EFFECTS),
+        help="taint effect on an unhealthy device in the ResourceSlice (XID, ECC, vendor tool); off: no taint",
+    )
+    add(
+        "--device-lost-taint",
+        default=faults.NO_EXECUTE,
+        choices=list(faults.EFFECTS),
+        help="taint effect on a lost device (fallen off the bus, gone from discovery); off: no taint",
+    )
+    add(
+        "--ignored-xids",
+        default="",
+        help="XIDs that leave a GPU healthy besides the application errors 13,31,43,45,68 (comma list)",
+    )
+    add(
+        "--watchdog",
+        default="kill",
+        choices=["kill", "report", "off"],
+        help="node-side check of each container's real device memory (NVML) against its limit: kill the "
+        "processes over it and record an Event, only report (Event and metric), or off",
+    )
+    add("--watchdog-period", default="5", type=float, help="seconds between watchdog scans")
+    add(
+        "--watchdog-tolerance",
+        default="512Mi",
+        help="how far over its limit a container may go before the watchdog acts: a quantity (512Mi) or a "
+        "percentage of the limit (10%%); NVML also counts each process's CUDA context, which libvgpu does not",
+    )
+    add(
+        "--watchdog-nvml-library",
+        help="libnvidia-ml.so.1 the watchdog reads (default: the node's); with --backend mock the fake NVML of "
+        "the tests, without which the mock backend runs no watchdog",
+    )
+    add(
+        "--watchdog-pid-map",
+        help="TEST ONLY: a JSON file {pid: {podUID, containerID}} the harness kubelet writes when it cannot "
+        "create cgroups; never set it on a real node",
     )
     add(
         "--core-policy",
@@ -145,7 +193,7 @@ def build_parser(environ: Mapping[str, str] | None = None) -> argparse.ArgumentP
         "--hami-metrics",
         action=argparse.BooleanOptionalAction,
         default=_bool(hami, "--hami-metrics"),
-        help="also export HAMi's metric names (hami_gpu_memory_allocated_bytes, ...) "
+        help="also export the names of HAMi's vGPU monitor (hami_vgpu_memory_used_bytes, hami_host_gpu_*, ...) "
         f"[env {env_name('--hami-metrics')}]",
     )
     return p
@@ -174,6 +222,17 @@ class Settings:
     health_interval: float
     hami_metrics: bool
     failpoint: str | None = None
+    mock_faults: str = ""
+    """The mock backend's fault control file."""
+    unhealthy_taint: str = faults.NO_SCHEDULE
+    device_lost_taint: str = faults.NO_EXECUTE
+    ignored_xids: frozenset[int] = frozenset()
+    watchdog: str = "kill"
+    """``kill``, ``report`` or ``off``."""
+    watchdog_period: float = 5.0
+    watchdog_tolerance: str = "512Mi"
+    watchdog_nvml_library: str | None = None
+    watchdog_pid_map: str | None = None
     policy: SharingPolicy = field(default_factory=SharingPolicy)
     """The cluster's sharing policy: which loosening settings a claim's own config may ask for."""
 
@@ -217,10 +276,23 @@ def settings_from_args(argv: Sequence[str] | None = None, environ: Mapping[str, 
     for flag, port in (("--metrics-port", ns.metrics_port), ("--healthz-port", ns.healthz_port)):
         if not 0 <= port <= 65535:
             raise ConfigError(f"{flag} must be between 0 and 65535, got {port}")
-    if ns.api_timeout <= 0 or ns.slice_resync <= 0 or ns.health_interval <= 0:
-        raise ConfigError("--api-timeout, --slice-resync and --health-interval must be positive")
+    if ns.api_timeout <= 0 or ns.slice_resync <= 0 or ns.health_interval <= 0 or ns.watchdog_period <= 0:
+        raise ConfigError("--api-timeout, --slice-resync, --health-interval and --watchdog-period must be positive")
+    try:
+        Tolerance.parse(ns.watchdog_tolerance)
+    except WatchdogConfigError as exc:
+        raise ConfigError(str(exc)) from None
+    if ns.watchdog not in ("kill", "report", "off"):
+        raise ConfigError(f"--watchdog must be kill, report or off, got {ns.watchdog!r}")
     if ns.log_format not in ("json", "text"):
         raise ConfigError(f"--log-format must be json or text, got {ns.log_format!r}")
+    for flag, effect in (("--unhealthy-taint", ns.unhealthy_taint), ("--device-lost-taint", ns.device_lost_taint)):
+        if effect not in faults.EFFECTS:
+            raise ConfigError(f"{flag} must be one of {', '.join(faults.EFFECTS)}, got {effect!r}")
+    try:
+        ignored_xids = faults.parse_xids(ns.ignored_xids or "")
+    except ValueError as exc:
+        raise ConfigError(f"--ignored-xids: {exc}") from None
     try:
         policy = SharingPolicy(
             core_limit_policy=ns.core_policy,
@@ -233,6 +305,7 @@ def settings_from_args(argv: Sequence[str] | None = None, environ: Mapping[str, 
     failpoint = env.get(FAILPOINT_ENV) or None
     if failpoint is not None and failpoint not in FAILPOINTS:
         raise ConfigError(f"{FAILPOINT_ENV}={failpoint!r}: known steps are {', '.join(FAILPOINTS)}")
+    plugin_directory = os.path.abspath(ns.plugin_dir or plugin_dir(names.driver))
     settings = Settings(
         driver=names.driver,
         vendor=names.vendor,
@@ -240,7 +313,7 @@ def settings_from_args(argv: Sequence[str] | None = None, environ: Mapping[str, 
         mock_devices=ns.mock_devices,
         node_name=ns.node_name,
         kubeconfig=ns.kubeconfig or None,
-        plugin_dir=os.path.abspath(ns.plugin_dir or plugin_dir(names.driver)),
+        plugin_dir=plugin_directory,
         registry_dir=os.path.abspath(ns.registry_dir),
         cdi_dir=os.path.abspath(ns.cdi_dir),
         host_lib_dir=os.path.abspath(ns.host_lib_dir),
@@ -254,6 +327,15 @@ def settings_from_args(argv: Sequence[str] | None = None, environ: Mapping[str, 
         health_interval=ns.health_interval,
         hami_metrics=ns.hami_metrics,
         failpoint=failpoint,
+        mock_faults=os.path.abspath(ns.mock_faults or os.path.join(plugin_directory, "mock-faults")),
+        unhealthy_taint=ns.unhealthy_taint,
+        device_lost_taint=ns.device_lost_taint,
+        ignored_xids=ignored_xids,
+        watchdog=ns.watchdog,
+        watchdog_period=ns.watchdog_period,
+        watchdog_tolerance=ns.watchdog_tolerance,
+        watchdog_nvml_library=os.path.abspath(ns.watchdog_nvml_library) if ns.watchdog_nvml_library else None,
+        watchdog_pid_map=os.path.abspath(ns.watchdog_pid_map) if ns.watchdog_pid_map else None,
         policy=policy,
     )
     for sock in (settings.dra_socket, settings.registration_socket):

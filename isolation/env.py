@@ -1,4 +1,4 @@
-"""The isolation env contract (DESIGN §5): limits in, environment variables out.
+"""The isolation env contract (isolation/README.md, Env contract): limits in, environment variables out.
 
 The names and formats are HAMi-core compatible, so a workload image that already knows HAMi-core
 sees the same variables. ``libvgpu.so`` (``isolation/libvgpu``) is the reader; the DRA driver writes

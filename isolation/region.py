@@ -9,6 +9,7 @@ are not libvgpu regions of this layout.
 
 from __future__ import annotations
 
+import os
 import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -73,19 +74,20 @@ class Region:
     processes: tuple[ProcessSlot, ...]
 
 
-def parse_region(data: bytes, path: str = "<bytes>") -> Region:
-    """Decode a region image; RegionError if it is not one of ours."""
+def parse_region(data: bytes, path: str = "<bytes>", *, processes: bool = True, file_size: int | None = None) -> Region:
+    """Decode a region image; RegionError if it is not one of ours. Without ``processes`` only the
+    header and the devices are needed (``data`` may stop at the process slots; none are decoded) and
+    ``file_size`` is the file's full size (a truncated file is refused all the same)."""
     if len(data) < _HEADER.size:
         raise RegionError(f"{path}: truncated ({len(data)} bytes)")
-    (magic, version, size, max_dev, max_slots, dev_count, priority, policy, cid, created) = _HEADER.unpack_from(
-        data, 0
-    )
+    (magic, version, size, max_dev, max_slots, dev_count, priority, policy, cid, created) = _HEADER.unpack_from(data, 0)
     if magic != MAGIC:
         raise RegionError(f"{path}: not a libvgpu region (magic {magic:#x})")
     if version != LAYOUT_VERSION or size != REGION_SIZE or max_dev != MAX_DEVICES or max_slots != MAX_SLOTS:
         raise RegionError(f"{path}: layout version {version}, size {size}: this reader knows {LAYOUT_VERSION}")
-    if len(data) < REGION_SIZE:
-        raise RegionError(f"{path}: truncated ({len(data)} of {REGION_SIZE} bytes)")
+    total = len(data) if file_size is None else file_size
+    if total < REGION_SIZE or len(data) < (REGION_SIZE if processes else SLOT_OFFSET):
+        raise RegionError(f"{path}: truncated ({min(total, len(data))} of {REGION_SIZE} bytes)")
     devices = []
     for i in range(MAX_DEVICES):
         (limit, sm_limit, _sms, used, _tat, _scale, _tick, _waited, util, last, uuid) = _DEVICE.unpack_from(
@@ -105,9 +107,9 @@ def parse_region(data: bytes, path: str = "<bytes>") -> Region:
             )
         )
     procs = []
-    # The pid of every slot in one strided read; only the used slots are decoded (a scrape of a node
-    # reads every container's region, and most of the 1024 slots are empty).
-    pids = memoryview(data)[SLOT_OFFSET:REGION_SIZE].cast("i")[:: SLOT_SIZE // 4]
+    # The pid of every slot in one strided read; only the used slots are decoded (most of the 1024
+    # slots are empty).
+    pids = memoryview(data)[SLOT_OFFSET:REGION_SIZE].cast("i")[:: SLOT_SIZE // 4] if processes else []
     for s, slot_pid in enumerate(pids):
         if slot_pid:
             pid, host_pid, _start, *used = _SLOT.unpack_from(data, SLOT_OFFSET + s * SLOT_SIZE)
@@ -123,15 +125,19 @@ def parse_region(data: bytes, path: str = "<bytes>") -> Region:
     )
 
 
-def read_region(path: str | Path) -> Region:
-    """Read one region file; RegionError if it is missing, foreign, truncated or of another layout."""
+def read_region(path: str | Path, *, processes: bool = True) -> Region:
+    """Read one region file; RegionError if it is missing, foreign, truncated or of another layout.
+
+    Without ``processes`` (what a metrics scrape needs: the per-device figures) only the header and
+    the device records are read, 3 KiB of the 263 KiB; the file must still have its full size."""
     p = Path(path)
     try:
         with p.open("rb") as f:
-            data = f.read(REGION_SIZE)
+            file_size = None if processes else os.fstat(f.fileno()).st_size
+            data = f.read(REGION_SIZE if processes else SLOT_OFFSET)
     except OSError as e:
         raise RegionError(f"{p}: {e.strerror}") from e
-    return parse_region(data, str(p))
+    return parse_region(data, str(p), processes=processes, file_size=file_size)
 
 
 def scan_regions(root: str | Path, pattern: str = "*/*.cache") -> Iterator[Region | RegionError]:

@@ -18,6 +18,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol, runtime_checkable
 
+from tessera_common.quantity import QuantityError, parse_quantity
+
 DOMAIN = "tessera.dev"
 """Our API domain: annotations, labels and the opaque config live under it."""
 
@@ -28,12 +30,12 @@ OPT_OUT_KEY = f"{DOMAIN}/webhook"
 """Label or annotation on a pod, or label on a namespace; the value ``ignore`` opts out."""
 OPT_OUT_VALUE = "ignore"
 
-# Capacity names published on every shareable device (DESIGN §3).
+# Capacity names published on every shareable device (docs/driver.md, ResourceSlices).
 CAPACITY_MEMORY = "memory"
 CAPACITY_CORES = "cores"
 CAPACITY_SHARES = "shares"
 
-# Attribute names published on every device (DESIGN §3).
+# Attribute names published on every device (docs/driver.md, ResourceSlices).
 ATTR_UUID = "uuid"
 ATTR_INDEX = "index"
 ATTR_PRODUCT_NAME = "productName"
@@ -115,7 +117,7 @@ class DeviceAsk:
 
 @dataclass(frozen=True)
 class SharingConfig:
-    """The opaque, per-request config the webhook writes and the driver reads (DESIGN §3)."""
+    """The opaque, per-request config the webhook writes and the driver reads (docs/webhook.md)."""
 
     priority: int | None = None
     core_limit_policy: CoreLimitPolicy = "default"
@@ -493,29 +495,52 @@ class NodeVendor(Protocol):
         ...
 
 
+@runtime_checkable
+class HealthReportingVendor(Protocol):
+    """Optional node-side extension: the vendor tool's own view of each device's health.
+
+    The driver polls it every health interval; a device with a problem is reported unhealthy to the
+    kubelet and tainted in the ResourceSlice.
+    """
+
+    def device_health(self) -> dict[str, str]:
+        """Device UUID (as :meth:`NodeVendor.discover` reports it) -> what the tool says is wrong, ``""``
+        when healthy. Raises :class:`DiscoveryError` when the tool cannot be run or read."""
+        ...
+
+
 # --- helpers shared by vendor modules (pure) -----------------------------------------------------
 
-_INT_RE = re.compile(r"^\s*\+?(\d+)\s*$")
+_INT64_MAX = 2**63 - 1
+"""The largest value ``Quantity.Value()`` holds (HAMi reads resources as ``int(q.Value())``)."""
 
 
 def parse_count(value: Any, resource: str) -> int:
-    """A non-negative whole number from a container resource value (int or quantity string)."""
-    if isinstance(value, bool):
-        raise ConversionError(f"{resource}: expected a whole number, got {value!r}")
-    if isinstance(value, int):
-        number = value
-    else:
-        match = _INT_RE.match(str(value))
-        if not match:
-            raise ConversionError(
-                f"{resource}: expected a whole number, got {value!r}; write for example {resource}: 1"
-            )
-        number = int(match.group(1))
-    if number < 0:
+    """A non-negative whole number from a container resource value, read as HAMi reads it.
+
+    kube-apiserver sends every quantity in canonical form (``3000`` arrives as ``"3k"``, ``10240`` as
+    ``"10240"``, ``2048Mi`` as ``"2Gi"``), and HAMi takes ``Quantity.Value()`` of it: the number itself,
+    in the resource's own unit (``nvidia.com/gpumem: 3k`` is 3000 MiB, ``10Gi`` is 10737418240 MiB). A
+    fractional value (``1500m``) is refused, as kube-apiserver refuses it for every extended resource.
+    """
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        raise ConversionError(f"{resource}: expected a whole number, got {value!r}; write for example {resource}: 1")
+    try:
+        exact = parse_quantity(repr(value) if isinstance(value, float) else value)
+    except QuantityError:
+        raise ConversionError(
+            f"{resource}: expected a whole number, got {value!r}; write for example {resource}: 1"
+        ) from None
+    if exact < 0:
         raise ConversionError(f"{resource}: must not be negative, got {value!r}")
-    if number > 2**31 - 1:
+    if exact.denominator != 1:
+        raise ConversionError(
+            f"{resource}: expected a whole number, got {value!r} ({float(exact):g}); Kubernetes refuses it "
+            f"as well (an extended resource must be an integer)"
+        )
+    if exact > _INT64_MAX:
         raise ConversionError(f"{resource}: {value!r} is too large")
-    return number
+    return int(exact)
 
 
 def split_list(value: str) -> list[str]:

@@ -1,8 +1,9 @@
 """Container edits that put a CUDA-compatible workload under ``libvgpu.so`` (NVIDIA, Iluvatar CoreX).
 
 One place says how a set of shares becomes the isolation env (``isolation/env.py``) and the mounts
-of DESIGN §5: the library and ``/etc/ld.so.preload`` read-only, the claim directory (the container's
-shared region) and the node directory (task priority across containers) read-write.
+of the isolation contract (isolation/README.md): the library and ``/etc/ld.so.preload`` read-only,
+the claim directory (the container's shared region) and the node directory (task priority across
+containers) read-write.
 """
 
 from __future__ import annotations

@@ -4,10 +4,13 @@
 the environment variable ``TESSERA_FOO_BAR`` (the flag wins).
 
 ``convert`` converts the pods of a manifest offline and prints the result as multi-document YAML:
-each pod as the webhook would admit it, followed by its ResourceClaimTemplate; other objects pass
-through unchanged. Exit status: 0 every pod converted (or had nothing to convert), 2 bad input or
-usage (one line on stderr), 3 at least one pod was denied (each reason on stderr; the others are
-still printed).
+each pod as the webhook would admit it, followed by its ResourceClaimTemplate. A workload
+(Deployment, StatefulSet, DaemonSet, ReplicaSet, Job, CronJob, ReplicationController, PodTemplate)
+is printed with its pod template converted, which is what each of its pods becomes (said on
+stderr: the webhook itself sees the pods); other objects pass through unchanged, with a warning
+when they name a vendor resource. Exit status: 0 every pod converted (or had nothing to convert), 2
+bad input or usage (one line on stderr), 3 at least one pod or pod template was denied (each reason
+on stderr; the others are still printed).
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ import vendors as vendor_registry
 from tessera_common.flags import parse_bool, parse_list
 from vendors.base import CORE_LIMIT_POLICIES, AdmissionVendor, SharingPolicy
 
+from . import workloads
 from .convert import Converter
 from .inventory import Inventory, InventoryError, load_file, parse_documents
 
@@ -123,8 +127,10 @@ def build_parser() -> argparse.ArgumentParser:
         "convert",
         help="convert the pods of a manifest offline",
         description="Print the pods of FILE as the webhook would admit them, each followed by its "
-        "ResourceClaimTemplate, as multi-document YAML. Exit status: 0 all converted, 2 bad input, "
-        "3 at least one pod denied (reasons on stderr).",
+        "ResourceClaimTemplate, as multi-document YAML; Deployments, StatefulSets, DaemonSets, ReplicaSets, "
+        "Jobs, CronJobs, ReplicationControllers and PodTemplates with their pod template converted (what "
+        "their pods become). Exit status: 0 all converted, 2 bad input, 3 at least one pod or pod template "
+        "denied (reasons on stderr).",
     )
     convert.add_argument("-f", "--filename", required=True, metavar="FILE", help="YAML/JSON manifest; - for stdin")
     source = convert.add_mutually_exclusive_group()
@@ -282,13 +288,33 @@ def run_convert(args: argparse.Namespace, out: Any = None, err: Any = None) -> i
     templates: set[tuple[str, str]] = set()
     denied = 0
     for where, obj in objects:
-        if obj.get("kind") != "Pod" or obj.get("apiVersion") != "v1":
+        meta = obj.get("metadata") if isinstance(obj.get("metadata"), dict) else {}
+        namespace = str(meta.get("namespace") or args.namespace)
+        name = meta.get("name") or meta.get("generateName") or "?"
+        is_pod = obj.get("kind") == "Pod" and obj.get("apiVersion") == "v1"
+        path = None if is_pod else workloads.template_path(obj)
+        if not is_pod and path is None:
+            asked = workloads.vendor_resources(obj)
+            if asked:
+                print(
+                    f"convert: warning: {obj.get('apiVersion')} {obj.get('kind')} {namespace}/{name} ({where}) "
+                    f"names {', '.join(asked)} and is passed through unchanged: convert knows the pod templates of "
+                    f"{', '.join(sorted({k for _, k in workloads.TEMPLATE_PATHS}))}; the webhook will convert "
+                    f"the pods it creates",
+                    file=err,
+                )
             emitted.append(obj)
             continue
-        meta = obj.get("metadata") if isinstance(obj.get("metadata"), dict) else {}
-        namespace = meta.get("namespace") or args.namespace
-        label = f"pod {namespace}/{meta.get('name') or meta.get('generateName') or '?'} ({where})"
-        result = converter.convert(obj, str(namespace), inventory)
+        if is_pod:
+            label, pod = f"pod {namespace}/{name} ({where})", obj
+        else:
+            assert path is not None
+            label = f"{obj['kind']} {namespace}/{name} ({where})"
+            try:
+                pod = workloads.template_as_pod(obj, path, namespace)
+            except workloads.NotAWorkload as exc:
+                raise UsageError(f"{source}: {label}: {exc}") from None
+        result = converter.convert(pod, namespace, inventory)
         if not result.allowed:
             if result.malformed:
                 raise UsageError(f"{source}: {label} is not a well-formed Pod: {result.message}")
@@ -297,7 +323,18 @@ def run_convert(args: argparse.Namespace, out: Any = None, err: Any = None) -> i
             continue
         for note in (*result.notes, *result.warnings):
             print(f"convert: note: {label}: {note}", file=err)
-        emitted.append(jsonpatch.apply_patch(obj, result.patch) if result.patch else obj)
+        converted = jsonpatch.apply_patch(pod, result.patch) if result.patch else pod
+        if is_pod:
+            emitted.append(converted)
+        else:
+            assert path is not None
+            emitted.append(workloads.with_pod(obj, path, converted, namespace) if result.patch else obj)
+            what = "converted" if result.patch else "nothing to convert in"
+            print(
+                f"convert: note: {label}: {what} its pod template ({'.'.join(path)}), which is what each of its "
+                f"pods becomes (the webhook converts the pods as they are created)",
+                file=err,
+            )
         if result.template is not None:
             key = (result.template["metadata"]["namespace"], result.template["metadata"]["name"])
             if key not in templates:

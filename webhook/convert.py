@@ -1,4 +1,4 @@
-"""Pod -> JSONPatch + ResourceClaimTemplate: the webhook's conversion (DESIGN §4), a pure function.
+"""Pod -> JSONPatch + ResourceClaimTemplate: the webhook's conversion (docs/webhook.md), a pure function.
 
 :meth:`Converter.convert` reads a Pod (a plain dict, as the API server sends it), asks every enabled
 vendor what each container wants, and answers a :class:`Result`: allowed with no patch (nothing to

@@ -1,4 +1,4 @@
-"""What a pod that holds or asks for a device share may not do (DESIGN §4 denials), pure.
+"""What a pod that holds or asks for a device share may not do (docs/webhook.md, Denials), pure.
 
 A share is enforced inside the container (the isolation library the runtime mounts read-only and
 preloads, the limits the driver writes) and from the node (the driver's files, the watchdog). Each

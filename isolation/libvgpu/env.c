@@ -1,4 +1,4 @@
-/* The env contract (DESIGN §5, isolation/env.py): HAMi-core names and formats.
+/* The env contract (isolation/README.md, isolation/env.py): HAMi-core names and formats.
  * Sizes: digits with an optional k/m/g suffix (x1024^n), no suffix = bytes; per device
  * NAME_<i> overrides NAME; 0 means no limit; anything malformed (1.5g, 12q, -1, overflow) is
  * logged and ignored, never fatal. */

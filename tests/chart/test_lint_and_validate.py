@@ -104,5 +104,5 @@ def test_a_vendor_is_a_values_entry(helm_home: Path) -> None:
     more = helm.render(helm_home, sets={"vendors.cambricon.enabled": "true"})
     names = {(o["kind"], o["metadata"]["name"]) for o in more} - {(o["kind"], o["metadata"]["name"]) for o in base}
     assert names == {("DaemonSet", "tessera-cambricon-driver"), ("DeviceClass", "cambricon.tessera.dev")}
-    webhook = helm.env_of(helm.pod_spec(helm.one(more, "Deployment"))["containers"][0])
+    webhook = helm.env_of(helm.pod_spec(helm.one(more, "Deployment", "tessera-webhook"))["containers"][0])
     assert webhook["TESSERA_VENDORS"]["value"] == "cambricon,nvidia"

@@ -177,7 +177,7 @@ def test_isolation_install_command(objs: list[helm.Obj]) -> None:
 def test_webhook_env_is_what_the_webhook_parses(objs: list[helm.Obj]) -> None:
     from webhook import cli as webhook_cli
 
-    deployment = helm.one(objs, "Deployment")
+    deployment = helm.one(objs, "Deployment", "tessera-webhook")
     (container,) = helm.pod_spec(deployment)["containers"]
     assert container["command"] == ["python", "-m", "webhook", "serve"]
     env = _literal_env(container)
@@ -204,7 +204,7 @@ def test_webhook_env_is_what_the_webhook_parses(objs: list[helm.Obj]) -> None:
 def _webhook_converter(objs: list[helm.Obj]) -> Any:
     from webhook import cli as webhook_cli
 
-    (container,) = helm.pod_spec(helm.one(objs, "Deployment"))["containers"]
+    (container,) = helm.pod_spec(helm.one(objs, "Deployment", "tessera-webhook"))["containers"]
     argv = ["serve"]
     for name, value in _literal_env(container).items():
         if name not in WEBHOOK_SETTINGS:
@@ -264,7 +264,7 @@ def test_webhook_paths_are_the_servers_routes(default_objs: list[helm.Obj]) -> N
     routes = {(r.method, r.resource.canonical) for r in app.router.routes() if r.resource is not None}
     hook = helm.one(default_objs, "MutatingWebhookConfiguration")["webhooks"][0]
     assert ("POST", hook["clientConfig"]["service"]["path"]) in routes
-    container = helm.pod_spec(helm.one(default_objs, "Deployment"))["containers"][0]
+    container = helm.pod_spec(helm.one(default_objs, "Deployment", "tessera-webhook"))["containers"][0]
     for probe in ("livenessProbe", "readinessProbe"):
         assert ("GET", container[probe]["httpGet"]["path"]) in routes
 
@@ -274,3 +274,28 @@ def test_dockerfiles_exist_for_the_chart_images() -> None:
         assert (helm.REPO / "docker" / f"{name}.Dockerfile").is_file()
     assert VALUES["webhook"]["image"]["repository"].endswith("/webhook")
     assert VALUES["driver"]["image"]["repository"].endswith("/driver")
+
+
+def test_exporter_env_and_probes_are_what_the_exporter_serves(objs: list[helm.Obj]) -> None:
+    from tessera_exporter import cli as exporter_cli
+    from tessera_exporter.exporter import Exporter
+
+    deployment = helm.one(objs, "Deployment", "tessera-exporter")
+    assert deployment["spec"]["replicas"] == 1  # two would export every series twice
+    (container,) = helm.pod_spec(deployment)["containers"]
+    assert container["command"] == ["python", "-m", "tessera_exporter", "exporter"]
+    assert container["image"].split("@")[0].split(":")[0].endswith("/webhook")  # the image that carries it
+    argv = ["exporter"]
+    for name, value in _literal_env(container).items():
+        assert name.startswith("TESSERA_"), name
+        argv += ["--" + name.removeprefix("TESSERA_").lower().replace("_", "-"), value]
+    args = exporter_cli.build_parser().parse_args(argv)
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    assert args.port == ports["metrics"]
+    app = Exporter(kube=None).app()  # type: ignore[arg-type]
+    routes = {(r.method, r.resource.canonical) for r in app.router.routes() if r.resource is not None}
+    for probe in ("livenessProbe", "readinessProbe"):
+        assert container[probe]["httpGet"]["port"] == "metrics"
+        assert ("GET", container[probe]["httpGet"]["path"]) in routes
+    service = helm.one(objs, "Service", "tessera-exporter")
+    assert service["spec"]["ports"][0]["targetPort"] == "metrics"

@@ -14,11 +14,12 @@ from . import helm
 
 DRIVER_RULES = [
     {"apiGroups": ["resource.k8s.io"], "resources": ["resourceclaims"], "verbs": ["get"]},
+    {"apiGroups": ["resource.k8s.io"], "resources": ["resourceclaims/status"], "verbs": ["update"]},
     {"apiGroups": ["resource.k8s.io"], "resources": ["resourceslices"],
      "verbs": ["list", "watch", "create", "update", "delete"]},
     {"apiGroups": [""], "resources": ["nodes"], "verbs": ["get"]},
     {"apiGroups": [""], "resources": ["nodes/status"], "verbs": ["update"]},
-    {"apiGroups": [""], "resources": ["events"], "verbs": ["create"]},
+    {"apiGroups": [""], "resources": ["events"], "verbs": ["create", "patch"]},
 ]  # fmt: skip
 WEBHOOK_RULES = [
     {"apiGroups": ["resource.k8s.io"], "resources": ["resourceclaimtemplates"], "verbs": ["get", "create"]},
@@ -31,6 +32,10 @@ WEBHOOK_QUOTA_RULES = [
 ]
 WEBHOOK_LEDGER_RULES = [
     {"apiGroups": [""], "resources": ["configmaps"], "verbs": ["get", "list", "watch", "create", "update", "delete"]},
+]
+EXPORTER_RULES = [
+    {"apiGroups": ["resource.k8s.io"], "resources": ["resourceslices", "resourceclaims"], "verbs": ["list", "watch"]},
+    {"apiGroups": [""], "resources": ["pods"], "verbs": ["list", "watch"]},
 ]
 
 
@@ -85,7 +90,8 @@ def test_no_label_keeps_a_pod_from_the_webhook(objs: list[helm.Obj]) -> None:
 
 def test_opt_out_namespaces_reach_the_webhook(default_objs: list[helm.Obj], all_objs: list[helm.Obj]) -> None:
     def env(objs: list[helm.Obj]) -> dict[str, Any]:
-        return {e["name"]: e.get("value") for e in helm.pod_spec(helm.one(objs, "Deployment"))["containers"][0]["env"]}
+        container = helm.pod_spec(helm.one(objs, "Deployment", "tessera-webhook"))["containers"][0]
+        return {e["name"]: e.get("value") for e in container["env"]}
 
     assert env(default_objs)["TESSERA_OPT_OUT_NAMESPACES"] == ""  # honoured nowhere unless the admin lists some
     assert env(all_objs)["TESSERA_OPT_OUT_NAMESPACES"] == "legacy-gpu,team-b"
@@ -112,7 +118,7 @@ def test_webhook_client_config_points_at_the_webhook_service(objs: list[helm.Obj
     assert svc_ref["namespace"] == helm.NAMESPACE and svc_ref["path"] == "/mutate"
     (port,) = service["spec"]["ports"]
     assert port["port"] == svc_ref["port"] == 443
-    deployment = helm.one(objs, "Deployment")
+    deployment = helm.one(objs, "Deployment", "tessera-webhook")
     pod_labels = deployment["spec"]["template"]["metadata"]["labels"]
     assert service["spec"]["selector"].items() <= pod_labels.items()
     ports = {p["name"]: p for p in helm.pod_spec(deployment)["containers"][0]["ports"]}
@@ -181,7 +187,7 @@ def test_generated_tls_secret_feeds_the_ca_bundle(default_objs: list[helm.Obj]) 
     assert secret["type"] == "kubernetes.io/tls"
     assert hook["clientConfig"]["caBundle"] == secret["data"]["ca.crt"]
     assert base64.b64decode(secret["data"]["ca.crt"]).startswith(b"-----BEGIN CERTIFICATE-----")
-    volumes = {v["name"]: v for v in helm.pod_spec(helm.one(default_objs, "Deployment"))["volumes"]}
+    volumes = {v["name"]: v for v in helm.pod_spec(helm.one(default_objs, "Deployment", "tessera-webhook"))["volumes"]}
     assert volumes["tls"]["secret"]["secretName"] == secret["metadata"]["name"]
 
 
@@ -199,7 +205,7 @@ def test_cert_manager_mode(all_objs: list[helm.Obj]) -> None:
     )
     service = helm.one(all_objs, "Service", _mwc(all_objs)["clientConfig"]["service"]["name"])
     assert f"{service['metadata']['name']}.{helm.NAMESPACE}.svc" in cert["spec"]["dnsNames"]
-    volumes = {v["name"]: v for v in helm.pod_spec(helm.one(all_objs, "Deployment"))["volumes"]}
+    volumes = {v["name"]: v for v in helm.pod_spec(helm.one(all_objs, "Deployment", "tessera-webhook"))["volumes"]}
     assert volumes["tls"]["secret"]["secretName"] == cert["spec"]["secretName"]
 
 
@@ -214,7 +220,7 @@ def test_cert_manager_with_an_existing_issuer(helm_home: Any) -> None:
 
 
 def test_webhook_deployment_is_highly_available(objs: list[helm.Obj]) -> None:
-    deployment = helm.one(objs, "Deployment")
+    deployment = helm.one(objs, "Deployment", "tessera-webhook")
     assert deployment["spec"]["replicas"] >= 2
     assert deployment["spec"]["strategy"]["rollingUpdate"]["maxUnavailable"] == 0
     pdb = helm.one(objs, "PodDisruptionBudget")
@@ -227,7 +233,7 @@ def test_webhook_deployment_is_highly_available(objs: list[helm.Obj]) -> None:
 
 
 def test_webhook_runs_as_non_root_with_nothing_extra(objs: list[helm.Obj]) -> None:
-    deployment = helm.one(objs, "Deployment")
+    deployment = helm.one(objs, "Deployment", "tessera-webhook")
     spec = helm.pod_spec(deployment)
     assert spec["securityContext"]["runAsNonRoot"] is True
     assert spec["securityContext"]["runAsUser"] != 0
@@ -237,10 +243,22 @@ def test_webhook_runs_as_non_root_with_nothing_extra(objs: list[helm.Obj]) -> No
         assert sc.get("privileged", False) is False
 
 
+def _watchdog(workload: helm.Obj, *, kills: bool = False) -> bool:
+    """The NVIDIA driver with its real backend runs the watchdog (hostPID; capability KILL if it kills)."""
+    env = {e["name"]: e.get("value") for c in helm.containers(workload) for e in c.get("env", [])}
+    return (
+        workload["metadata"]["name"] == "tessera-nvidia-driver"
+        and env.get("TESSERA_BACKEND") != "mock"
+        and env.get("TESSERA_WATCHDOG") not in ("off", *(("report",) if kills else ()))
+    )
+
+
 def test_every_container_is_locked_down(objs: list[helm.Obj]) -> None:
     for workload in helm.workloads(objs):
         spec = helm.pod_spec(workload)
         for key in ("hostNetwork", "hostPID", "hostIPC"):
+            if key == "hostPID" and _watchdog(workload):
+                continue  # test_the_watchdog_adds_host_pids_and_kill_only
             assert not spec.get(key), f"{workload['metadata']['name']}: {key}"
         assert spec["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
         for c in helm.containers(workload):
@@ -251,7 +269,10 @@ def test_every_container_is_locked_down(objs: list[helm.Obj]) -> None:
             if sc.get("privileged"):
                 continue  # only where a value asked for it: test_privileged_only_on_request
             assert sc["allowPrivilegeEscalation"] is False, who
-            assert sc["capabilities"] == {"drop": ["ALL"]}, who
+            if _watchdog(workload, kills=True) and c["name"] == "driver":
+                assert sc["capabilities"] == {"drop": ["ALL"], "add": ["KILL"]}, who
+            else:
+                assert sc["capabilities"] == {"drop": ["ALL"]}, who
             assert sc["seccompProfile"] == {"type": "RuntimeDefault"}, who
             assert c["resources"]["requests"] and c["resources"]["limits"], who
             assert c["resources"]["limits"].get("memory"), who
@@ -335,7 +356,7 @@ def test_driver_host_paths_are_exactly_the_needed_ones(
     assert seen_real == real_backends & {ds["metadata"]["labels"]["tessera.dev/vendor"] for ds in daemonsets}
     if values == "all":
         assert sum(len(_host_paths(ds)) - 4 for ds in daemonsets) == 5  # ascend 3, hygon 1, iluvatar 1
-    deployment = helm.one(objs, "Deployment")
+    deployment = helm.one(objs, "Deployment", "tessera-webhook")
     assert not _host_paths(deployment)
 
 
@@ -350,8 +371,9 @@ def test_rbac_is_exactly_what_the_code_uses(objs: list[helm.Obj]) -> None:
     assert _rules(objs, "tessera-webhook-inventory") == WEBHOOK_INVENTORY_RULES
     assert _rules(objs, "tessera-webhook-quota") == WEBHOOK_QUOTA_RULES
     assert _rules(objs, "tessera-webhook-quota-ledger") == WEBHOOK_LEDGER_RULES
+    assert _rules(objs, "tessera-exporter") == EXPORTER_RULES
     assert not helm.find(objs, "Role")
-    assert len(helm.find(objs, "ClusterRole")) == 5
+    assert len(helm.find(objs, "ClusterRole")) == 6
 
 
 def test_quota_ledgers_are_bound_only_in_the_release_namespace(objs: list[helm.Obj]) -> None:
@@ -367,10 +389,11 @@ def test_quota_ledgers_are_bound_only_in_the_release_namespace(objs: list[helm.O
 def test_quota_off_renders_no_quota_rights_or_claim_webhook(helm_home: Any) -> None:
     objs = helm.render(helm_home, sets={"quota.enabled": "false"})
     assert not helm.find(objs, "ValidatingWebhookConfiguration")
-    assert {r["metadata"]["name"] for r in helm.find(objs, "ClusterRole")} == {
-        "tessera-driver", "tessera-webhook", "tessera-webhook-inventory"}  # fmt: skip
+    roles = {r["metadata"]["name"] for r in helm.find(objs, "ClusterRole")}
+    assert not {"tessera-webhook-quota", "tessera-webhook-quota-ledger"} & roles
+    assert {"tessera-driver", "tessera-webhook", "tessera-webhook-inventory"} <= roles
     assert not helm.find(objs, "RoleBinding")
-    (container,) = helm.containers(helm.one(objs, "Deployment"))
+    (container,) = helm.containers(helm.one(objs, "Deployment", "tessera-webhook"))
     env = {e["name"]: e.get("value") for e in container["env"]}
     assert env["TESSERA_QUOTA"] == "false" and "TESSERA_QUOTA_NAMESPACE" not in env
 
@@ -380,7 +403,9 @@ def test_no_wildcards_secrets_or_escalation_in_rbac(objs: list[helm.Obj]) -> Non
         for rule in role["rules"]:
             for key in ("apiGroups", "resources", "verbs", "resourceNames", "nonResourceURLs"):
                 assert "*" not in rule.get(key, []), f"{role['metadata']['name']}: wildcard in {key}"
-            assert not {"secrets", "pods", "serviceaccounts/token", "*"} & set(rule["resources"])
+            assert not {"secrets", "serviceaccounts/token", "*"} & set(rule["resources"])
+            if "pods" in rule["resources"]:  # the exporter only reads them (which container holds a share)
+                assert role["metadata"]["name"] == "tessera-exporter" and set(rule["verbs"]) == {"list", "watch"}
             assert not {"escalate", "bind", "impersonate", "approve"} & set(rule["verbs"])
 
 
@@ -406,7 +431,7 @@ def test_template_permissions_can_be_limited_to_namespaces(all_objs: list[helm.O
     role_bindings = [b for b in helm.find(all_objs, "RoleBinding") if b["roleRef"]["name"] == "tessera-webhook"]
     assert sorted(b["metadata"]["namespace"] for b in role_bindings) == ["team-a", "team-b"]
     cluster_bound = {b["roleRef"]["name"] for b in helm.find(all_objs, "ClusterRoleBinding")}
-    assert cluster_bound == {"tessera-driver", "tessera-webhook-inventory", "tessera-webhook-quota"}
+    assert cluster_bound == {"tessera-driver", "tessera-webhook-inventory", "tessera-webhook-quota", "tessera-exporter"}
 
 
 def test_network_policies_open_only_served_ports(all_objs: list[helm.Obj]) -> None:
@@ -424,7 +449,7 @@ def test_network_policies_open_only_served_ports(all_objs: list[helm.Obj]) -> No
 
 def test_service_monitors_select_what_serves_metrics(all_objs: list[helm.Obj]) -> None:
     monitors = {m["metadata"]["name"]: m for m in helm.find(all_objs, "ServiceMonitor")}
-    assert set(monitors) == {"tessera-webhook", "tessera-driver"}
+    assert set(monitors) == {"tessera-webhook", "tessera-driver", "tessera-exporter"}
     for monitor in monitors.values():
         assert monitor["metadata"]["labels"]["release"] == "prometheus"
         selector = monitor["spec"]["selector"]["matchLabels"]
@@ -444,3 +469,45 @@ def test_key_material_only_in_the_tls_secret(default_objs: list[helm.Obj]) -> No
     assert b"PRIVATE KEY" in base64.b64decode(key_b64)
     text = yaml.safe_dump_all(o for o in default_objs if o["kind"] != "Secret")
     assert "PRIVATE KEY" not in text and key_b64 not in text
+
+
+def _driver_container(workload: helm.Obj) -> dict[str, Any]:
+    container: dict[str, Any] = next(c for c in helm.containers(workload) if c["name"] == "driver")
+    return container
+
+
+def test_the_watchdog_adds_host_pids_and_kill_only(helm_home: Any, default_objs: list[helm.Obj]) -> None:
+    """Where the watchdog runs (NVIDIA, real backend), and only there: hostPID, and the capability KILL
+    when it kills; `off`, or the mock backend (no NVML), renders neither. Its settings reach every
+    driver as env."""
+    nvidia = next(w for w in helm.workloads(default_objs) if w["metadata"]["name"] == "tessera-nvidia-driver")
+    assert helm.pod_spec(nvidia)["hostPID"] is True
+    env = {e["name"]: e.get("value") for e in _driver_container(nvidia)["env"]}
+    assert (env["TESSERA_WATCHDOG"], env["TESSERA_WATCHDOG_PERIOD"], env["TESSERA_WATCHDOG_TOLERANCE"]) == (
+        "kill",
+        "5",
+        "512Mi",
+    )
+    for sets in (
+        {"driver.watchdog.action": "off"},
+        {"vendors.nvidia.backend": "mock"},
+    ):
+        objs = helm.render(helm_home, sets=sets)
+        driver = next(w for w in helm.workloads(objs) if w["metadata"]["name"] == "tessera-nvidia-driver")
+        assert "hostPID" not in helm.pod_spec(driver), sets
+        assert _driver_container(driver)["securityContext"]["capabilities"] == {"drop": ["ALL"]}, sets
+    objs = helm.render(
+        helm_home,
+        sets={"driver.watchdog.action": "report", "driver.watchdog.period": "2", "driver.watchdog.tolerance": "10%"},
+    )
+    driver = next(w for w in helm.workloads(objs) if w["metadata"]["name"] == "tessera-nvidia-driver")
+    assert helm.pod_spec(driver)["hostPID"] is True  # it still reads host PIDs, but kills nothing
+    assert _driver_container(driver)["securityContext"]["capabilities"] == {"drop": ["ALL"]}
+    env = {e["name"]: e.get("value") for e in _driver_container(driver)["env"]}
+    assert (env["TESSERA_WATCHDOG"], env["TESSERA_WATCHDOG_PERIOD"], env["TESSERA_WATCHDOG_TOLERANCE"]) == (
+        "report",
+        "2",
+        "10%",
+    )
+    bad = helm.run_helm(helm.template_args(sets={"driver.watchdog.action": "shoot"}), helm_home, check=False)
+    assert bad.returncode != 0 and "watchdog" in bad.stderr

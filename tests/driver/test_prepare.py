@@ -1,4 +1,4 @@
-"""A kubelet-like client prepares and unprepares claims over the real sockets (DESIGN §2 steps 4-7)."""
+"""A kubelet-like client prepares and unprepares claims over the real sockets (docs/architecture.md, steps 6-10)."""
 
 from __future__ import annotations
 

@@ -138,11 +138,19 @@ async def test_mutating_webhook_patch_is_applied(env: tuple[APIServer, KubeClien
             {"op": "remove", "path": "/spec/containers/0/resources/limits"},
         ]
     )
-    created = await kube.create(PODS, pod(None))
+    # an extended resource cannot be left with a request and no limit (kube-apiserver's validation)
+    with pytest.raises(KubeError) as exc:
+        await kube.create(PODS, pod(None))
+    assert exc.value.status == 422 and "Limit must be set for non overcommitable resources" in exc.value.reason
+    cpu = pod(None)
+    cpu["spec"]["containers"][0]["resources"] = {"limits": {"cpu": "1000m"}}
+    created = await kube.create(PODS, cpu)
     assert created["metadata"]["annotations"] == {"tessera.dev/seen": "yes"}
-    # scheme defaults ran before the webhook (requests copied from limits) and the patch kept them
-    assert created["spec"]["containers"][0]["resources"] == {"requests": {"nvidia.com/gpu": "1"}}
-    request = hook.reviews[0]["request"]
+    # scheme defaults ran before the webhook (requests copied from limits) and the patch kept them, in
+    # canonical form
+    assert created["spec"]["containers"][0]["resources"] == {"requests": {"cpu": "1"}}
+    request = hook.reviews[-1]["request"]
+    assert request["object"]["spec"]["containers"][0]["resources"]["limits"] == {"cpu": "1"}  # as decoded
     assert request["operation"] == "CREATE" and request["namespace"] == "default"
     assert request["name"] == ""  # generateName: no name yet, as on a real server
     assert request["kind"] == {"group": "", "version": "v1", "kind": "Pod"}
@@ -247,9 +255,16 @@ async def test_strict_schema_validation(env: tuple[APIServer, KubeClient, Script
     _api, kube, _hook = env
     bad = pod()
     bad["spec"]["containers"][0]["bogus"] = True
+    # unknown fields: refused with fieldValidation=Strict (what kubectl sends), else dropped (Warn, the default)
     with pytest.raises(KubeError) as exc:
-        await kube.create(PODS, bad)
-    assert exc.value.status == 422 and "bogus" in exc.value.reason
+        await kube.request("POST", PODS, body=bad, query={"fieldValidation": "Strict"})
+    assert exc.value.status == 400
+    assert 'strict decoding error: unknown field "spec.containers[0].bogus"' in exc.value.reason
+    created = await kube.create(PODS, bad)
+    assert "bogus" not in created["spec"]["containers"][0]
+    with pytest.raises(KubeError) as exc:
+        await kube.request("POST", PODS, body=pod("x"), query={"fieldValidation": "Loose"})
+    assert exc.value.status == 400 and "fieldValidation parameter unsupported" in exc.value.reason
     claim = {"apiVersion": "resource.k8s.io/v1", "kind": "ResourceClaim", "metadata": {"name": "Bad_Name"}, "spec": {}}
     with pytest.raises(KubeError) as exc:
         await kube.create(namespaced_path("resource.k8s.io/v1", "resourceclaims", "default"), claim)
@@ -304,6 +319,111 @@ async def test_capacity_policy_rules_and_gate(tmp_path: Path) -> None:
             assert device["capacity"] == {"tessera.dev/memory": {"value": "80Gi"}}
         finally:
             await kube.close()
+
+
+# --- matchConditions, as kube-apiserver evaluates them ------------------------------------------------
+GPU_ONLY = {
+    "name": "gpu-pods",
+    "expression": "object != null && object.spec.containers.exists(c, has(c.resources) && has(c.resources.limits)"
+    " && c.resources.limits.exists(r, r.startsWith('nvidia.com/')))",
+}
+
+
+def plain_pod(name: str) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": name},
+        "spec": {"containers": [{"name": "c", "image": "busybox:1.36"}]},
+    }
+
+
+async def test_match_conditions_choose_the_pods_sent(env: tuple[APIServer, KubeClient, ScriptedWebhook]) -> None:
+    _api, kube, hook = env
+    by_operation = {"name": "creates", "expression": "request.operation == 'CREATE' && oldObject == null"}
+    await kube.create(CONFIGS, config(hook, matchConditions=[by_operation, GPU_ONLY]))
+    await kube.create(PODS, plain_pod("plain"))  # a condition false: skipped
+    assert hook.reviews == []
+    await kube.create(PODS, pod("gpu"))  # all true: sent
+    assert [r["request"]["name"] for r in hook.reviews] == ["gpu"]
+
+
+async def test_match_condition_errors_follow_the_failure_policy(
+    env: tuple[APIServer, KubeClient, ScriptedWebhook],
+) -> None:
+    api, kube, hook = env
+    # no has() guard: a pod without limits makes the expression fail (no such key)
+    unguarded = {"name": "unguarded", "expression": "object.spec.containers[0].resources.limits.size() > 0"}
+    await kube.create(CONFIGS, config(hook, matchConditions=[unguarded]))
+    with pytest.raises(KubeError) as exc:
+        await kube.create(PODS, plain_pod("plain"))
+    assert exc.value.status == 403
+    assert exc.value.reason == (
+        f"pods \"plain\" is forbidden: expression '{unguarded['expression']}' resulted in error: no such key: limits"
+    )
+    assert api.store.get("pods", "default", "plain") is None and hook.reviews == []
+    # a false condition wins over an error in another one: skipped, not refused
+    never = {"name": "never", "expression": "false"}
+    await kube.replace(f"{CONFIGS}/tessera", config(hook, matchConditions=[unguarded, never]))
+    await kube.create(PODS, plain_pod("plain"))
+    # failurePolicy Ignore: the error skips the webhook
+    await kube.replace(f"{CONFIGS}/tessera", config(hook, matchConditions=[unguarded], failurePolicy="Ignore"))
+    await kube.create(PODS, plain_pod("plain-2"))
+    assert hook.reviews == []
+    await kube.create(PODS, pod("gpu"))  # the condition holds: sent
+    assert len(hook.reviews) == 1
+
+
+async def test_match_conditions_are_validated_on_write(env: tuple[APIServer, KubeClient, ScriptedWebhook]) -> None:
+    _api, kube, hook = env
+    many = [{"name": f"c{i}", "expression": "true"} for i in range(65)]
+    with pytest.raises(KubeError) as exc:
+        await kube.create(CONFIGS, config(hook, matchConditions=many))
+    assert exc.value.status == 422
+    assert "webhooks[0].matchConditions: Too many: 65: must have at most 64 items" in exc.value.reason
+    twice = [{"name": "a", "expression": "true"}, {"name": "a", "expression": "true"}]
+    with pytest.raises(KubeError) as exc:
+        await kube.create(CONFIGS, config(hook, matchConditions=twice))
+    assert 'webhooks[0].matchConditions[1].name: Duplicate value: "a"' in exc.value.reason.replace("'", '"')
+    broken = [{"name": "a", "expression": "object.spec.("}, {"name": "-b-", "expression": " "}]
+    with pytest.raises(KubeError) as exc:
+        await kube.create(CONFIGS, config(hook, matchConditions=broken))
+    reason = exc.value.reason
+    assert "webhooks[0].matchConditions[0].expression: Invalid value" in reason and "compilation failed" in reason
+    assert "webhooks[0].matchConditions[1].expression: Required value" in reason
+    assert "webhooks[0].matchConditions[1].name: Invalid value" in reason
+    await kube.create(CONFIGS, config(hook, matchConditions=many[:64]))  # 64 is the limit
+
+
+async def test_unreachable_webhook_is_worded_as_kube_apiserver_does(
+    env: tuple[APIServer, KubeClient, ScriptedWebhook],
+) -> None:
+    api, kube, hook = env
+    cfg = config(hook, matchConditions=[GPU_ONLY])
+    cfg["webhooks"][0]["clientConfig"] = {
+        "service": {"namespace": "tessera-system", "name": "tessera-webhook", "path": "/mutate", "port": 443},
+        "caBundle": hook.ca_bundle,
+    }
+    await kube.create(CONFIGS, cfg)
+    shown = "https://tessera-webhook.tessera-system.svc:443/mutate?timeout=5s"
+    with pytest.raises(KubeError) as exc:
+        await kube.create(PODS, pod("a"))
+    assert exc.value.reason == (
+        'Internal error occurred: failed calling webhook "pods.tessera.dev": failed to call webhook: '
+        f'Post "{shown}": services "tessera-webhook" not found'
+    )
+    api.webhooks.services[("tessera-system", "tessera-webhook")] = None  # the service, no ready endpoint
+    with pytest.raises(KubeError) as exc:
+        await kube.create(PODS, pod("a"))
+    assert exc.value.status == 500 and exc.value.reason.endswith(
+        f'Post "{shown}": no endpoints available for service "tessera-webhook"'
+    )
+    await hook.stop()
+    api.webhooks.services[("tessera-system", "tessera-webhook")] = ("127.0.0.1", hook.port)  # nothing listens
+    with pytest.raises(KubeError) as exc:
+        await kube.create(PODS, pod("a"))
+    assert exc.value.reason.endswith(f'Post "{shown}": dial tcp 127.0.0.1:{hook.port}: connect: connection refused')
+    await kube.create(PODS, plain_pod("plain"))  # not matched: created while the webhook is down
 
 
 async def test_ephemeral_containers_subresource(env: tuple[APIServer, KubeClient, ScriptedWebhook]) -> None:
@@ -401,38 +521,6 @@ async def test_validating_webhooks_see_the_generated_name_and_uid(
         refused.value.reason
     )
     assert api.store.raw("pods", "default", "refused") is None
-
-
-async def test_match_conditions(env: tuple[APIServer, KubeClient, ScriptedWebhook]) -> None:
-    """All true: called; any false: skipped (even next to an error); an error alone fails the request
-    under failurePolicy Fail and skips the webhook under Ignore."""
-    _, kube, hook = env
-    limits = "object.spec.containers[0].resources.limits"
-    gpu = f"has({limits}) && 'nvidia.com/gpu' in {limits}"
-    conditions = [
-        {"name": "gpu", "expression": gpu},
-        {"name": "create", "expression": "request.operation == 'CREATE' && oldObject == null"},
-    ]
-    await kube.create(CONFIGS, config(hook, matchConditions=conditions))
-    await kube.create(PODS, pod("gpu"))
-    assert len(hook.reviews) == 1
-    plain = pod("plain")
-    plain["spec"]["containers"][0]["resources"] = {}
-    await kube.create(PODS, plain)
-    assert len(hook.reviews) == 1  # a false condition skips the webhook
-    broken = [{"name": "broken", "expression": "object.spec.nosuchfield == 1"}]
-    await kube.delete(f"{CONFIGS}/tessera")
-    await kube.create(CONFIGS, config(hook, matchConditions=broken))
-    with pytest.raises(KubeError) as failed:
-        await kube.create(PODS, pod("err"))
-    assert failed.value.status == 500 and "matchConditions" in failed.value.reason
-    await kube.delete(f"{CONFIGS}/tessera")
-    await kube.create(CONFIGS, config(hook, matchConditions=broken, failurePolicy="Ignore"))
-    await kube.create(PODS, pod("ignored"))
-    await kube.delete(f"{CONFIGS}/tessera")
-    await kube.create(CONFIGS, config(hook, matchConditions=[*broken, {"name": "no", "expression": "false"}]))
-    await kube.create(PODS, pod("false-wins"))
-    assert len(hook.reviews) == 1
 
 
 async def test_a_service_with_several_endpoints_is_called_in_turn(

@@ -20,8 +20,12 @@ from .fakegpu import GIB, LIBVGPU, MIB, WORKLOAD, FakeNode, workload
     [
         ["/bin/true"],
         ["/bin/sh", "-c", "exit 3"],
-        [sys.executable, "-c", "import os, ctypes, ctypes.util; ctypes.CDLL(ctypes.util.find_library('m'));"
-         " print(len(os.listdir('/proc/self/task')))"],
+        [
+            sys.executable,
+            "-c",
+            "import os, ctypes, ctypes.util; ctypes.CDLL(ctypes.util.find_library('m'));"
+            " print(len(os.listdir('/proc/self/task')))",
+        ],
     ],
 )
 def test_inert_without_cuda(node: FakeNode, cmd: list[str]) -> None:
@@ -36,12 +40,31 @@ def test_inert_without_cuda(node: FakeNode, cmd: list[str]) -> None:
 
 
 def test_region_reads_back_what_the_library_wrote(node: FakeNode) -> None:
-    env = node.container("meter", CUDA_DEVICE_MEMORY_LIMIT_0="6g", CUDA_DEVICE_SM_LIMIT="50", CUDA_TASK_PRIORITY="0",
-                         GPU_CORE_UTILIZATION_POLICY="force")
+    env = node.container(
+        "meter",
+        CUDA_DEVICE_MEMORY_LIMIT_0="6g",
+        CUDA_DEVICE_SM_LIMIT="50",
+        CUDA_TASK_PRIORITY="0",
+        GPU_CORE_UTILIZATION_POLICY="force",
+    )
     holder = subprocess.Popen(
-        [str(WORKLOAD), "--json", "--total-mib", "1536", "--step-mib", "512", "--launch-seconds", "1.5",
-         "--kernel-us", "500", "--hold-seconds", "2"],
-        env=env, stdout=subprocess.PIPE, text=True,
+        [
+            str(WORKLOAD),
+            "--json",
+            "--total-mib",
+            "1536",
+            "--step-mib",
+            "512",
+            "--launch-seconds",
+            "1.5",
+            "--kernel-us",
+            "500",
+            "--hold-seconds",
+            "2",
+        ],
+        env=env,
+        stdout=subprocess.PIPE,
+        text=True,
     )
     try:
         assert holder.stdout is not None

@@ -61,8 +61,9 @@ def test_same_priority_does_not_pause(node: FakeNode, tmp_path: Path) -> None:
 def test_default_policy_limits_only_under_contention(node: FakeNode, tmp_path: Path) -> None:
     node_dir = tmp_path / "node"
     node_dir.mkdir()
-    limited = node.container("lim", TESSERA_NODE_DIR=str(node_dir), CUDA_DEVICE_SM_LIMIT="30",
-                             GPU_CORE_UTILIZATION_POLICY="default")
+    limited = node.container(
+        "lim", TESSERA_NODE_DIR=str(node_dir), CUDA_DEVICE_SM_LIMIT="30", GPU_CORE_UTILIZATION_POLICY="default"
+    )
     other = node.container("other", TESSERA_NODE_DIR=str(node_dir))
     args = ["--kernel-us", "500", "--grid", "264"]
     lp = subprocess.Popen([str(WORKLOAD), "--launch-seconds", "7", *args], env=limited, stdout=subprocess.DEVNULL)

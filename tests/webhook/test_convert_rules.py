@@ -1,4 +1,4 @@
-"""The conversion rules of DESIGN §4, one by one, on small pods."""
+"""The conversion rules of docs/webhook.md, one by one, on small pods."""
 
 from __future__ import annotations
 
@@ -347,7 +347,8 @@ def test_opt_out_leaves_the_pod_alone_where_the_admin_allows_it(where: str):
         ({"nvidia.com/gpu": -1}, ["nvidia.com/gpu", "negative"]),
         ({"nvidia.com/gpu": "two"}, ["nvidia.com/gpu", "whole number"]),
         ({"nvidia.com/gpu": 1.5}, ["nvidia.com/gpu", "whole number"]),
-        ({"nvidia.com/gpumem": "10Gi"}, ["nvidia.com/gpumem", "whole number"]),
+        ({"nvidia.com/gpumem": "1500m"}, ["nvidia.com/gpumem", "whole number", "must be an integer"]),
+        ({"nvidia.com/gpu": "1e-3"}, ["nvidia.com/gpu", "must be an integer"]),
         ({"nvidia.com/gpumem": [1]}, ["nvidia.com/gpumem", "whole number"]),
         ({"nvidia.com/gpumem-percentage": 101}, ["between 0 and 100"]),
         ({"nvidia.com/gpucores": 101}, ["at most 100"]),

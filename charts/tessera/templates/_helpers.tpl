@@ -177,13 +177,27 @@ paths only with the real backend; the other settings shape what both backends pu
 {{- end -}}
 {{- end -}}
 
-{{/* The security context every container gets, root or not: no privilege gain, no capabilities,
-read-only root filesystem, the runtime's default seccomp profile. */}}
+{{/* The security context every container gets, root or not: no privilege gain, no capabilities
+(but those a caller passing (dict "addCapabilities" (list ...)) names), read-only root filesystem,
+the runtime's default seccomp profile. */}}
 {{- define "tessera.restrictedContainer" -}}
 allowPrivilegeEscalation: false
 readOnlyRootFilesystem: true
 capabilities:
   drop: ["ALL"]
+  {{- if and (kindIs "map" .) (hasKey . "addCapabilities") }}
+  add: {{ .addCapabilities | toJson }}
+  {{- end }}
 seccompProfile:
   type: RuntimeDefault
+{{- end -}}
+
+{{/* Cluster exporter names. */}}
+{{- define "tessera.exporter.fullname" -}}
+{{- printf "%s-exporter" (include "tessera.fullname" .) | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+{{- define "tessera.exporter.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "tessera.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/component: exporter
 {{- end -}}
