@@ -45,6 +45,8 @@ from .metrics import Metrics
 from .review import FORBIDDEN, UNAVAILABLE
 
 QUOTAS_PATH = "/api/v1/resourcequotas"
+HAMI_ZONE = "vGPU"
+"""The const label HAMi puts on its scheduler's metrics (and the cluster exporter on its ``hami_*``)."""
 CLAIMS_PATH = "/apis/resource.k8s.io/v1/resourceclaims"
 
 
@@ -441,16 +443,16 @@ class _QuotaCollector(Collector):
             "hami_resource_quota_used",
             "Usage of a namespace's ResourceQuota limit on a Tessera resource (HAMi's name; memory in the "
             "resource's unit, cores in percent).",
-            labels=["namespace", "quota_name", "limit"],
+            labels=["namespace", "quota_name", "limit", "zone"],
         )
         limit = GaugeMetricFamily(
             "hami_resource_quota_limit",
             "A namespace's ResourceQuota limit on a Tessera resource (the lowest where several quotas name it).",
-            labels=["namespace", "quota_name"],
+            labels=["namespace", "quota_name", "zone"],
         )
         for namespace, resource, amount, lim in self.controller.usage():
-            used.add_metric([namespace, resource.name, str(lim.value)], amount)
-            limit.add_metric([namespace, resource.name], lim.value)
+            used.add_metric([namespace, resource.name, str(lim.value), HAMI_ZONE], amount)
+            limit.add_metric([namespace, resource.name, HAMI_ZONE], lim.value)
         yield used
         yield limit
 

@@ -273,7 +273,7 @@ async def test_claims_are_counted_when_the_quota_comes_and_usage_is_reported(clu
     assert "pods" not in used  # the quota controller's names are left alone
     for replica in cluster.replicas:
         page = await cluster.metrics(replica)
-        labels = {"namespace": NS, "quota_name": "nvidia.com/gpumem"}
+        labels = {"namespace": NS, "quota_name": "nvidia.com/gpumem", "zone": "vGPU"}
         assert _sample(page, "hami_resource_quota_used", limit="200000", **labels) == 4096 + 143771
         assert _sample(page, "hami_resource_quota_limit", **labels) == 200000
 
