@@ -120,8 +120,8 @@ class QuotaController:
         )
         self._gone: dict[str, float] = {}
         """Uids of claims seen deleted, with when (so a pass drops them at once, whatever their age)."""
-        self._charges: dict[str, q.Charge | None] = {}
-        """What each claim seen costs, computed once (the spec is immutable); ``None``: cannot be charged."""
+        self._charges: dict[str, q.Charge] = {}
+        """What each claim seen costs, computed once (the spec is immutable)."""
         self._dirty: dict[str, None] = {}
         self._wake = asyncio.Event()
         metrics.registry.register(_QuotaCollector(self))
@@ -230,18 +230,20 @@ class QuotaController:
             return charged
 
     def _claim_charge(self, claim: Mapping[str, Any]) -> q.Charge | None:
+        """What an existing claim costs (kept: the spec is immutable); ``None`` when it cannot be charged yet
+        (a whole device before the inventory publishes one: computed again on the next pass)."""
         uid = str((claim.get("metadata") or {}).get("uid", ""))
-        if uid not in self._charges:
+        charge = self._charges.get(uid)
+        if charge is None:
             try:
-                self._charges[uid] = self.catalog.charge(claim.get("spec"), self.inventory()).amounts
+                charge = self._charges[uid] = self.catalog.charge(claim.get("spec"), self.inventory()).amounts
             except q.QuotaError as exc:
                 meta = claim.get("metadata") or {}
                 logger().warning(
                     f"quota: claim cannot be charged: {exc}",
                     extra={"namespace": meta.get("namespace"), "claim": meta.get("name")},
                 )
-                self._charges[uid] = None
-        return self._charges[uid]
+        return charge
 
     async def _existing(self, namespace: str) -> dict[str, q.Existing]:
         if self.claims.synced.is_set():
