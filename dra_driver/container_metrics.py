@@ -1,15 +1,16 @@
 """Per-container metrics from libvgpu's shared regions, read at scrape time (DESIGN §2 step 6).
 
-Every container that got a share writes one region file (``CUDA_DEVICE_MEMORY_SHARED_CACHE``, in
-its claim directory ``<host-lib-dir>/claims/<uid>/``): per device the bytes its processes hold, the
-limit, the utilisation the library last measured and the time of the last kernel launch. The
-prepared claims in the checkpoint say which files exist and whose they are: the path is the env
-value in each claim's CDI spec, the request (= the container) is the CDI device's request. Nothing
-runs between scrapes: :class:`ContainerCollector` reads the files when Prometheus asks.
+Every container that got a share writes one usage region (in its claim directory
+``<host-lib-dir>/claims/<uid>/``): per device the bytes its processes hold, the utilisation the
+library last measured and the time of the last kernel launch. The container can write that file, so
+the limit and the device of each figure come from the driver's own limits file instead, as recorded
+in the checkpoint (:mod:`isolation.limits`): the one mounted at libvgpu's limits path in each CDI
+device names the region; the request (= the container) is the CDI device's request. Nothing runs
+between scrapes: :class:`ContainerCollector` reads the files when Prometheus asks.
 
-A file that is missing (no CUDA call yet), truncated, foreign (a HAMi-core cache, anything else) or
-of another layout is skipped with a debug log and counted in ``tessera_container_regions``; it never
-fails the scrape.
+A file that is missing (no CUDA call yet), truncated, foreign (a HAMi-core cache, anything else), of
+another layout or written over (its totals fail their checks) is skipped with a debug log and counted
+in ``tessera_container_regions``; it never fails the scrape.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from dataclasses import dataclass
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from isolation import env as isolation_env
+from isolation import limits as isolation_limits
 from isolation import region as regions
 from vendors.base import DeviceInfo, VendorNames
 
@@ -48,11 +49,14 @@ class RegionSource:
     request: str
     pods: tuple[str, ...]
     path: str
+    limits: isolation_limits.Limits
+    """The driver's limits of the container (never the region's word)."""
 
 
 def region_sources(uid: str, entry: ClaimEntry) -> list[RegionSource]:
-    """The region files of one prepared claim, one per request: ``CUDA_DEVICE_MEMORY_SHARED_CACHE`` in
-    the env of its CDI devices (inside the claim directory). Pure."""
+    """The region files of one prepared claim, one per request: the region its limits file names (the
+    file mounted at libvgpu's limits path in its CDI devices, as recorded in the checkpoint), inside
+    the claim directory. Pure."""
     if not entry.completed:
         return []
     requests: dict[str, str] = {}
@@ -60,16 +64,27 @@ def region_sources(uid: str, entry: ClaimEntry) -> list[RegionSource]:
         for cdi_id in device.cdi_device_ids:
             if device.request_names:
                 requests.setdefault(cdi_id.rpartition("=")[2], device.request_names[0])
-    prefix = isolation_env.SHARED_CACHE + "="
     claim_dir = os.path.normpath(entry.claim_dir) + os.sep
     out: dict[str, RegionSource] = {}
     for cdi_device in entry.cdi_spec.get("devices") or []:
         edits = cdi_device.get("containerEdits") or {}
-        path = next((e[len(prefix) :] for e in edits.get("env") or [] if str(e).startswith(prefix)), "")
-        if not path or path in out or not os.path.normpath(path).startswith(claim_dir):
+        host = next(
+            (
+                str(m.get("hostPath"))
+                for m in edits.get("mounts") or []
+                if m.get("containerPath") == isolation_limits.CONTAINER_PATH
+            ),
+            "",
+        )
+        try:
+            limits = isolation_limits.parse(entry.files[host])
+        except (KeyError, isolation_limits.LimitsError):
+            continue
+        path = limits.region
+        if path in out or not os.path.normpath(path).startswith(claim_dir):
             continue
         request = requests.get(str(cdi_device.get("name"))) or os.path.splitext(os.path.basename(path))[0]
-        out[path] = RegionSource(entry.namespace, entry.name, uid, request, entry.pods, path)
+        out[path] = RegionSource(entry.namespace, entry.name, uid, request, entry.pods, path, limits)
     return list(out.values())
 
 
@@ -151,13 +166,19 @@ class ContainerCollector(Collector):
                 continue
             pods = ",".join(source.pods)
             for dev in region.devices:
-                info = by_uuid.get(dev.uuid)
+                if dev.index >= len(source.limits.devices):
+                    continue  # not one of the container's devices (the region is the container's to write)
+                mine = source.limits.devices[dev.index]
+                info = by_uuid.get(mine.uuid)
                 name = self._names.device_name(info.index) if info else ""
                 index = str(info.index) if info else ""
-                labels = [source.namespace, source.claim, source.claim_uid, pods, source.request, name, dev.uuid, index]
-                memory_limit = dev.memory_limit or (info.memory_bytes if info else 0)
+                labels = [source.namespace, source.claim, source.claim_uid, pods, source.request, name, mine.uuid, index]
+                memory_limit = mine.memory_bytes or (info.memory_bytes if info else 0)
+                memory_used = dev.memory_used
+                if memory_used >= regions.USED_INVALID and memory_limit:
+                    memory_used = memory_limit  # a damaged live slot: libvgpu counts the device as full
                 since = max(0.0, now - dev.last_kernel_unix) if dev.last_kernel_unix else None
-                used.add_metric(labels, float(dev.memory_used))
+                used.add_metric(labels, float(memory_used))
                 if memory_limit:
                     limit.add_metric(labels, float(memory_limit))
                 util.add_metric(labels, dev.utilization)
@@ -165,7 +186,7 @@ class ContainerCollector(Collector):
                     age.add_metric(labels, since)
                 if not self._hami:
                     continue
-                hami = (source.namespace, pods, source.request, str(dev.index), dev.uuid, HAMI_ZONE)
+                hami = (source.namespace, pods, source.request, str(dev.index), mine.uuid, HAMI_ZONE)
                 if hami in seen_hami:
                     # Two claims of one pod-less namespace with the same request on one device: HAMi's
                     # labels cannot tell them apart (Tessera's can); a duplicate series would fail the scrape.
@@ -175,7 +196,7 @@ class ContainerCollector(Collector):
                     )
                     continue
                 seen_hami.add(hami)
-                hami_used.add_metric(list(hami), float(dev.memory_used))
+                hami_used.add_metric(list(hami), float(memory_used))
                 if memory_limit:
                     hami_limit.add_metric(list(hami), float(memory_limit))
                 hami_util.add_metric(list(hami), dev.utilization * 100.0)

@@ -24,7 +24,7 @@ from contextlib import asynccontextmanager
 
 from kubeapi import KubeClient, KubeError, namespaced_path
 from tessera_common import files as fsutil
-from vendors.base import DeviceInfo, NodeLayout, NodeVendor
+from vendors.base import DeviceInfo, NodeLayout, NodeVendor, node_dir
 
 from . import cdi
 from .checkpoint import COMPLETED, STARTED, Checkpoint, ClaimEntry, DeviceHold, PreparedDevice
@@ -211,7 +211,7 @@ class Preparer:
             await self._remove_files(entry)
         self._check_overlap(plan)
         claim_dir = os.path.join(self.host_lib_dir, "claims", ref.uid)
-        spec, devices, files = self._build(plan, claim_dir)
+        spec, devices, files, writable = self._build(plan, claim_dir)
         holds = tuple(DeviceHold(r.device, r.share_id, r.memory_bytes, r.cores, r.admin_access) for r in plan.results)
         started = ClaimEntry(
             state=STARTED,
@@ -223,6 +223,7 @@ class Preparer:
             holds=holds,
             cdi_spec=spec,
             files=files,
+            writable_files=writable,
             pods=reserved_pods(claim),
         )
         completed = dataclasses.replace(started, state=COMPLETED)
@@ -250,8 +251,8 @@ class Preparer:
         self.checkpoint.write_record(uid, started, durable=False)
         self._fail("after-started")
         if started.cdi_spec.get("devices"):
-            fsutil.make_shared_dir(started.claim_dir)
-            _write_files(started.files)
+            fsutil.make_shared_dir(started.claim_dir, 0o755)  # containers get single files, never the directory
+            _write_files(started.files, started.writable_files)
             self._fail("after-claim-dir")
             cdi.write_spec(started.cdi_spec_path, started.cdi_spec)
             self._fail("after-cdi")
@@ -291,7 +292,7 @@ class Preparer:
 
     def _build(
         self, plan: ClaimPlan, claim_dir: str
-    ) -> tuple[dict[str, object], tuple[PreparedDevice, ...], dict[str, str]]:
+    ) -> tuple[dict[str, object], tuple[PreparedDevice, ...], dict[str, str], tuple[str, ...]]:
         # The other claims' vendor files come from the checkpoint held in memory, which a concurrent
         # prepare has already updated before its first await: no two claims get the same partition.
         peer_files = {
@@ -304,16 +305,18 @@ class Preparer:
         cdi_devices: list[tuple[str, Mapping[str, object]]] = []
         prepared: list[PreparedDevice] = []
         files: dict[str, str] = {}
+        writable: list[str] = []
         for request in plan.requests:
             vendor_edits = self.vendor.container_edits(request.shares, request.config, layout)
-            for path, content in vendor_edits.files.items():
-                inside = os.path.normpath(path).startswith(os.path.normpath(claim_dir) + os.sep)
-                if not os.path.isabs(path) or not inside:
+            for path in (*vendor_edits.files, *vendor_edits.writable_files):
+                if not _file_place(path, claim_dir, layout.node_dir, plan.ref.uid):
                     raise ClaimError(
                         "io",
-                        f"ResourceClaim {plan.ref}: vendor file {path} lies outside the claim directory {claim_dir}",
+                        f"ResourceClaim {plan.ref}: vendor file {path} lies outside the claim directory {claim_dir} "
+                        f"and is not one of the claim's files in {layout.node_dir}",
                     )
-                files[path] = content
+            files.update(vendor_edits.files)
+            writable.extend(p for p in vendor_edits.writable_files if p not in writable)
             edits = vendor_edits.to_cdi()
             for res in request.results:
                 name = cdi.device_name(plan.ref.uid, res.device, res.share_id)
@@ -327,7 +330,7 @@ class Preparer:
                         share_id=res.share_id,
                     )
                 )
-        return cdi.build_spec(self.names, cdi_devices), tuple(prepared), files
+        return cdi.build_spec(self.names, cdi_devices), tuple(prepared), files, tuple(writable)
 
     # -- unprepare ------------------------------------------------------------------------------
 
@@ -394,6 +397,8 @@ class Preparer:
             return True
         if not os.path.isdir(entry.claim_dir):
             return False
+        if not all(os.path.isfile(path) and not os.path.islink(path) for path in entry.writable_files):
+            return False
         expected = {entry.cdi_spec_path: cdi.encode(entry.cdi_spec)}
         expected.update({path: content.encode() for path, content in entry.files.items()})
         for path, data in expected.items():
@@ -407,8 +412,8 @@ class Preparer:
 
     async def _restore_files(self, entry: ClaimEntry) -> None:
         try:
-            await asyncio.to_thread(fsutil.make_shared_dir, entry.claim_dir)
-            await asyncio.to_thread(_write_files, entry.files)
+            await asyncio.to_thread(fsutil.make_shared_dir, entry.claim_dir, 0o755)
+            await asyncio.to_thread(_write_files, entry.files, entry.writable_files)
             await asyncio.to_thread(cdi.write_spec, entry.cdi_spec_path, entry.cdi_spec)
         except OSError as exc:
             raise ClaimError(
@@ -419,6 +424,7 @@ class Preparer:
         await asyncio.to_thread(cdi.remove_spec, entry.cdi_spec_path)
         if failpoints:
             self._fail("unprepare-after-cdi")
+        await asyncio.to_thread(_remove_node_files, node_dir(self.host_lib_dir), os.path.basename(entry.claim_dir))
         await asyncio.to_thread(fsutil.remove_tree, entry.claim_dir)
         if failpoints:
             self._fail("unprepare-after-claim-dir")
@@ -437,9 +443,46 @@ class Preparer:
         return {"claim": f"{namespace}/{name}", "uid": uid}
 
 
-def _write_files(files: Mapping[str, str]) -> None:
-    """Write the vendor's files (inside the claim directory) atomically; like the CDI spec they are
-    rebuilt from the checkpoint record if a power cut damages them. Blocking."""
+def _file_place(path: str, claim_dir: str, node: str, uid: str) -> bool:
+    """A vendor file lies in the claim directory, or in the node directory under a name starting with
+    ``<claim uid>.`` (so unprepare finds it from the UID alone). Pure."""
+    norm = os.path.normpath(path)
+    if not os.path.isabs(path) or norm != path.rstrip("/"):
+        return False
+    if norm.startswith(os.path.normpath(claim_dir) + os.sep):
+        return True
+    return os.path.dirname(norm) == os.path.normpath(node) and os.path.basename(norm).startswith(uid + ".")
+
+
+def _write_files(files: Mapping[str, str], writable: Sequence[str] = ()) -> None:
+    """Write the vendor's files atomically; like the CDI spec they are rebuilt from the checkpoint
+    record if a power cut damages them. Create the files the containers write, empty and writable by
+    any user of the container, where they are missing; never touch one that exists (a container
+    has it mounted, and its content is the container's). Blocking."""
     for path, content in files.items():
         os.makedirs(os.path.dirname(path), exist_ok=True)
         fsutil.write_atomic(path, content.encode(), mode=0o644, durable=False)
+    for path in writable:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o666)
+        except FileExistsError:
+            continue
+        try:
+            os.fchmod(fd, 0o666)
+        finally:
+            os.close(fd)
+
+
+def _remove_node_files(node: str, uid: str) -> None:
+    """Remove a claim's files in the node directory (``<claim uid>.*``): its containers' records and
+    meta files. Blocking."""
+    if not uid or "/" in uid or uid.startswith("."):
+        return
+    try:
+        names = os.listdir(node)
+    except FileNotFoundError:
+        return
+    for name in names:
+        if name.startswith(uid + "."):
+            fsutil.remove_file(os.path.join(node, name), durable=False)
