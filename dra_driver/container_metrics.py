@@ -8,9 +8,9 @@ in the checkpoint (:mod:`isolation.limits`): the one mounted at libvgpu's limits
 device names the region; the request (= the container) is the CDI device's request. Nothing runs
 between scrapes: :class:`ContainerCollector` reads the files when Prometheus asks.
 
-A file that is missing (no CUDA call yet), truncated, foreign (a HAMi-core cache, anything else), of
-another layout or written over (its totals fail their checks) is skipped with a debug log and counted
-in ``tessera_container_regions``; it never fails the scrape.
+A file that is missing or empty (no CUDA call yet), truncated, foreign (a HAMi-core cache, anything
+else), of another layout or written over (its totals fail their checks) is skipped with a debug log
+and counted in ``tessera_container_regions``; it never fails the scrape.
 """
 
 from __future__ import annotations
@@ -133,8 +133,8 @@ class ContainerCollector(Collector):
         )
         files = GaugeMetricFamily(
             "tessera_container_regions",
-            "Region files of prepared containers at this scrape, by state: ok, missing (no CUDA call yet), "
-            "invalid (truncated, foreign or another layout; skipped).",
+            "Region files of prepared containers at this scrape, by state: ok, missing (empty: no CUDA call yet), "
+            "invalid (truncated, foreign, another layout, or written over; skipped).",
             labels=["state"],
         )
         hami_used = GaugeMetricFamily(
@@ -172,7 +172,9 @@ class ContainerCollector(Collector):
                 info = by_uuid.get(mine.uuid)
                 name = self._names.device_name(info.index) if info else ""
                 index = str(info.index) if info else ""
-                labels = [source.namespace, source.claim, source.claim_uid, pods, source.request, name, mine.uuid, index]
+                labels = [
+                    source.namespace, source.claim, source.claim_uid, pods, source.request, name, mine.uuid, index
+                ]
                 memory_limit = mine.memory_bytes or (info.memory_bytes if info else 0)
                 memory_used = dev.memory_used
                 if memory_used >= regions.USED_INVALID and memory_limit:
@@ -218,7 +220,8 @@ def _read(source: RegionSource) -> tuple[str, regions.Region | None]:
     try:
         return "ok", regions.read_region(source.path)
     except regions.RegionError as exc:
-        state = "missing" if not os.path.exists(source.path) else "invalid"
+        # the driver creates the file empty: nothing written yet counts as missing
+        state = "missing" if not os.path.exists(source.path) or not os.path.getsize(source.path) else "invalid"
         log.debug(
             "region file skipped",
             extra={

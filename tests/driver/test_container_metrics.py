@@ -1,8 +1,9 @@
 """Per-container metrics on /metrics, read at scrape time from region files the real libvgpu wrote.
 
 A claim is prepared through the driver's DRA socket; a real process (``cuda-workload`` on the fake
-CUDA driver, with ``libvgpu.so`` preloaded) runs with the env of the claim's CDI spec, so the region
-file is the one a container on a node would write. Missing, foreign and truncated files are skipped.
+CUDA driver, with ``libvgpu.so`` preloaded) runs with the env and the limits file of the claim's CDI
+spec, so the region file is the one a container on a node would write. Missing (empty), foreign and
+truncated files are skipped; the limits come from the driver's limits file, never from the region.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from dra_driver import cdi
 from dra_driver.checkpoint import COMPLETED, STARTED, ClaimEntry, PreparedDevice
 from dra_driver.container_metrics import RegionSource, region_sources
 from e2e.apiserver import APIServer
+from isolation import limits as iso_limits
 from vendors import nvidia
 
 from .helpers import claim, request, result, running_driver, settings, sharing_config
@@ -69,9 +71,14 @@ def container_env(cdi_path: str, fake_dir: str, gpus: str) -> dict[str, str]:
     with open(cdi_path, encoding="utf-8") as f:
         spec = json.load(f)
     env = {k: v for k, v in os.environ.items() if not k.startswith(("CUDA_", "GPU_CORE", "TESSERA_", "LD_"))}
-    for entry in spec["devices"][0]["containerEdits"]["env"]:
+    edits = spec["devices"][0]["containerEdits"]
+    for entry in edits["env"]:
         key, _, value = entry.partition("=")
         env[key] = value
+    # the limits file's fixed container path, as the harness maps it to the host file
+    limits = [m["hostPath"] for m in edits.get("mounts") or [] if m["containerPath"] == iso_limits.CONTAINER_PATH]
+    if limits:
+        env["TESSERA_LIMITS_FILE"] = limits[0]
     env.update(
         TESSERA_FAKE_STATE=os.path.join(fake_dir, "fake.state"),
         TESSERA_FAKE_GPUS=gpus,
@@ -215,15 +222,20 @@ async def test_container_metrics_from_real_regions(
     assert one(after, "tessera_container_last_kernel_age_seconds", **ours) >= age
 
 
-def test_region_sources_come_from_the_cdi_env() -> None:
+def test_region_sources_come_from_the_limits_files() -> None:
     uid = "0b6d3c52-0000-4000-8000-000000000001"
     claim_dir = f"/usr/local/tessera/claims/{uid}"
-    names = [f"{uid}-gpu-0-s1", f"{uid}-gpu-1-s2", f"{uid}-gpu-2"]
+    names = [f"{uid}-gpu-0-s1", f"{uid}-gpu-1-s2", f"{uid}-gpu-2", f"{uid}-gpu-3"]
 
-    def device(name: str, cache: str | None) -> dict[str, Any]:
-        env = ["NVIDIA_VISIBLE_DEVICES=GPU-a"] + ([f"CUDA_DEVICE_MEMORY_SHARED_CACHE={cache}"] if cache else [])
-        return {"name": name, "containerEdits": {"env": env}}
+    def device(name: str, limits: str | None) -> dict[str, Any]:
+        env = ["NVIDIA_VISIBLE_DEVICES=GPU-a", f"CUDA_DEVICE_MEMORY_SHARED_CACHE={claim_dir}/env-says.cache"]
+        mounts = [{"hostPath": limits, "containerPath": iso_limits.CONTAINER_PATH}] if limits else []
+        return {"name": name, "containerEdits": {"env": env, "mounts": mounts}}
 
+    def limits(region: str, memory: int) -> str:
+        return iso_limits.Limits(region=region, devices=(iso_limits.DeviceLimits("GPU-a", memory, 0),)).render()
+
+    train = limits(f"{claim_dir}/train.cache", 4 * GIB)
     entry = ClaimEntry(
         state=COMPLETED,
         namespace="ml",
@@ -234,15 +246,21 @@ def test_region_sources_come_from_the_cdi_env() -> None:
             PreparedDevice(("train",), "node1", "gpu-0", (f"k8s.nvidia.tessera.dev/claim={names[0]}",), "s1"),
             PreparedDevice(("train",), "node1", "gpu-1", (f"k8s.nvidia.tessera.dev/claim={names[1]}",), "s2"),
             PreparedDevice(("eval",), "node1", "gpu-2", (f"k8s.nvidia.tessera.dev/claim={names[2]}",)),
+            PreparedDevice(("old",), "node1", "gpu-3", (f"k8s.nvidia.tessera.dev/claim={names[3]}",)),
         ),
         cdi_spec={
             "devices": [
-                device(names[0], f"{claim_dir}/train.cache"),
-                device(names[1], f"{claim_dir}/train.cache"),  # both devices of one request: one file
-                device(names[2], "/etc/passwd"),  # outside the claim directory: never read
+                device(names[0], f"{claim_dir}/train.limits"),
+                device(names[1], f"{claim_dir}/train.limits"),  # both devices of one request: one file
+                device(names[2], f"{claim_dir}/eval.limits"),  # names a region outside the claim dir: never read
+                device(names[3], None),  # no limits file (an older driver's claim): no source
             ]
         },
+        files={f"{claim_dir}/train.limits": train, f"{claim_dir}/eval.limits": limits("/etc/passwd", GIB)},
         pods=("p-1",),
     )
-    assert region_sources(uid, entry) == [RegionSource("ml", "c", uid, "train", ("p-1",), f"{claim_dir}/train.cache")]
+    assert region_sources(uid, entry) == [
+        RegionSource("ml", "c", uid, "train", ("p-1",), f"{claim_dir}/train.cache", iso_limits.parse(train))
+    ]
     assert region_sources(uid, dataclasses.replace(entry, state=STARTED)) == [], "only prepared claims"
+    assert region_sources(uid, dataclasses.replace(entry, files={})) == [], "only the driver's recorded files"

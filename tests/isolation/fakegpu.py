@@ -28,7 +28,7 @@ from typing import Any
 from isolation import limits as limits_file
 from isolation import region as usage
 from vendors import libvgpu as vendor_libvgpu
-from vendors.base import DeviceInfo, NodeLayout, Share, SharingConfig
+from vendors.base import CoreLimitPolicy, DeviceInfo, NodeLayout, Share, SharingConfig
 
 ROOT = Path(__file__).resolve().parents[2]
 BUILD = ROOT / "isolation" / "build"
@@ -122,7 +122,7 @@ def prepare_container(
     memory: int | None = None,
     sm: int | None = None,
     priority: int | None = None,
-    policy: str = "default",
+    policy: CoreLimitPolicy = "default",
     oversubscribe: bool = False,
 ) -> Container:
     """Write the files the driver writes for one container (claim ``name``, request ``gpu``) on ``node``."""
@@ -136,7 +136,7 @@ def prepare_container(
         )
         for i in devices
     ]
-    config = SharingConfig(priority=priority, core_limit_policy=policy, oversubscribe=oversubscribe)  # type: ignore[arg-type]
+    config = SharingConfig(priority=priority, core_limit_policy=policy, oversubscribe=oversubscribe)
     edits = vendor_libvgpu.container_edits(shares, config, layout)
     for path, content in edits.files.items():
         Path(path).parent.mkdir(parents=True, exist_ok=True)
@@ -175,14 +175,14 @@ def namespace_prefix() -> tuple[str, ...] | None:
 
 def contained(c: Container, argv: Sequence[str | Path]) -> list[str]:
     """``argv`` run with the container's mounts made real: a tmpfs at ``/run`` holding the limits file
-    (a read-only bind mount at libvgpu's fixed path), the claim directory read-only with the region
-    bound read-write by itself on top, the node directory read-only with the container's record on
-    top (in path-depth order, as CDI sorts them). The library and ``/etc/ld.so.preload`` stay as
-    ``LD_PRELOAD`` (see :attr:`Container.plumbing`)."""
+    (a read-only bind mount at libvgpu's fixed path), the region bound read-write by itself, the node
+    directory read-only with the container's record on top (in path-depth order, as CDI sorts them).
+    The rest of the host library directory, which a container does not see at all, is read-only. The
+    library and ``/etc/ld.so.preload`` stay as ``LD_PRELOAD`` (see :attr:`Container.plumbing`)."""
     prefix = namespace_prefix()
     assert prefix is not None, "no mount namespace here"
-    binds = [(str(c.region.parent), str(c.region.parent), True)]
     lib = str(c.region.parent.parent.parent)
+    binds = [(lib, lib, True)]  # the rest of the host library directory: not in a container at all
     binds += [(h, t, ro) for h, t, ro in c.mounts if t.startswith(lib + "/") and os.path.exists(h)]
     steps = [
         "set -e",
@@ -204,7 +204,9 @@ _FLOCK = struct.Struct("@hhqqi4x")
 
 
 @contextmanager
-def forged_process(region: Path, used: Sequence[int], *, slot: int = usage.MAX_SLOTS - 1, valid: bool = True) -> Iterator[None]:
+def forged_process(
+    region: Path, used: Sequence[int], *, slot: int = usage.MAX_SLOTS - 1, valid: bool = True
+) -> Iterator[None]:
     """A process of the container that holds ``used`` bytes per device: its slot written (with a good
     check value unless ``valid`` is false) and locked, as libvgpu does, while the context lasts."""
     fd = os.open(region, os.O_RDWR)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import subprocess
 import time
+
 from .fakegpu import WORKLOAD, FakeNode, prepare_container
 
 
