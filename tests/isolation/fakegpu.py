@@ -11,11 +11,8 @@ and claim directories read-only), as a container runtime would.
 from __future__ import annotations
 
 import fcntl
-import functools
 import json
 import os
-import shlex
-import shutil
 import struct
 import subprocess
 import uuid
@@ -25,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from e2e.kubelet.cdi import namespace_argv
 from isolation import limits as limits_file
 from isolation import region as usage
 from vendors import libvgpu as vendor_libvgpu
@@ -162,42 +160,17 @@ def prepare_container(
     )
 
 
-@functools.cache
-def namespace_prefix() -> tuple[str, ...] | None:
-    """How to get a private mount namespace here (root, or an unprivileged user namespace); None if
-    neither works."""
-    for prefix in (("unshare", "--mount", "--propagation", "private"),
-                   ("unshare", "--user", "--map-root-user", "--mount", "--propagation", "private")):
-        if shutil.which("unshare") and subprocess.run([*prefix, "true"], capture_output=True).returncode == 0:
-            return prefix
-    return None
-
-
 def contained(c: Container, argv: Sequence[str | Path]) -> list[str]:
-    """``argv`` run with the container's mounts made real: a tmpfs at ``/run`` holding the limits file
-    (a read-only bind mount at libvgpu's fixed path), the region bound read-write by itself, the node
-    directory read-only with the container's record on top (in path-depth order, as CDI sorts them).
-    The rest of the host library directory, which a container does not see at all, is read-only. The
-    library and ``/etc/ld.so.preload`` stay as ``LD_PRELOAD`` (see :attr:`Container.plumbing`)."""
-    prefix = namespace_prefix()
-    assert prefix is not None, "no mount namespace here"
+    """``argv`` run with the container's mounts made real in a private mount namespace, by the local
+    harness's runtime (``e2e.kubelet.cdi.namespace_argv``): the limits file a read-only bind mount at
+    libvgpu's fixed path, the region and the record bound read-write by themselves, the node
+    directory read-only, and the rest of the host library directory (which a container does not see
+    at all) read-only. The library and ``/etc/ld.so.preload`` stay as ``LD_PRELOAD`` (see
+    :attr:`Container.plumbing`)."""
     lib = str(c.region.parent.parent.parent)
-    binds = [(lib, lib, True)]  # the rest of the host library directory: not in a container at all
-    binds += [(h, t, ro) for h, t, ro in c.mounts if t.startswith(lib + "/") and os.path.exists(h)]
-    steps = [
-        "set -e",
-        "mount -t tmpfs -o size=64k,mode=755 tessera-run /run",
-        "mkdir /run/tessera",
-        ": >/run/tessera/limits",
-        f"mount --bind {shlex.quote(str(c.limits))} /run/tessera/limits",
-        "mount -o remount,bind,ro /run/tessera/limits",
-    ]
-    for host, target, ro in sorted(binds, key=lambda m: m[1].count("/")):
-        steps.append(f"mount --bind {shlex.quote(host)} {shlex.quote(target)}")
-        # a bind inherits the read-only flag of the mount its source is seen through here
-        steps.append(f"mount -o remount,bind,{'ro' if ro else 'rw'} {shlex.quote(target)}")
-    steps.append('exec "$@"')
-    return [*prefix, "sh", "-c", "\n".join(steps), "sh", *(str(a) for a in argv)]
+    wrapped = namespace_argv([(lib, lib, True), *c.mounts], [str(a) for a in argv])
+    assert wrapped is not None, "no mount namespace here"
+    return wrapped
 
 
 _FLOCK = struct.Struct("@hhqqi4x")

@@ -6,8 +6,8 @@ region was one file every container wrote. Now the limits come from the driver's
 damage to the region only tightens the limit, and a container writes nothing but its own record.
 
 The attacks that clear the whole environment run with the container's mounts made real in a
-private mount namespace (:func:`fakegpu.contained`); they are skipped where no mount namespace can
-be had (neither root nor unprivileged user namespaces)."""
+private mount namespace (:func:`fakegpu.contained`, the local harness's runtime); they are skipped
+where no mount namespace can be had (neither root nor unprivileged user namespaces)."""
 
 from __future__ import annotations
 
@@ -23,6 +23,7 @@ from typing import Any
 
 import pytest
 
+from e2e.kubelet.cdi import namespace_prefix
 from isolation import limits as limits_file
 from isolation import region
 
@@ -33,7 +34,6 @@ from .fakegpu import (
     FakeNode,
     contained,
     events,
-    namespace_prefix,
     prepare_container,
     workload,
 )
