@@ -52,7 +52,8 @@ def check(salt: int, tag: int, words: Sequence[int]) -> int:
 
 
 def total_check(salt: int, device: int, used: int) -> int:
-    return check(salt, (1 << 32) | device, [used])
+    """A keyed hash of the device plus the weighted bytes (region.c updates it with one multiply)."""
+    return ((check(salt, (1 << 32) | device, []) + used * 0x9FB21C651E98DF25) & _M64) or 1
 
 
 def slot_check(salt: int, index: int, pid: int, host_pid: int, used: Sequence[int]) -> int:

@@ -30,6 +30,21 @@
 #endif
 
 static int32_t g_hostpid; /* the truth behind our slot's hostpid */
+static int32_t g_pid; /* ours, from registration (getpid is a system call) */
+
+/* Under the region lock the lock orders everything: plain (relaxed) accesses on the hot path. */
+#define STORE(p, v) atomic_store_explicit((p), (v), memory_order_relaxed)
+#define LOAD(p) atomic_load_explicit((p), memory_order_relaxed)
+
+/* The keyed parts of the check values, computed again when the salt or our slot's identity
+ * changes; `sigma` is the weighted sum of vgpu.mine, kept up to date with each charge. All under
+ * the region lock. */
+static struct {
+    uint64_t salt, total[VGPU_MAX_DEVICES], slot, sigma;
+    int index;
+    int32_t pid, hostpid;
+    int valid;
+} g_keys;
 
 /* ---- check values ---- */
 static uint64_t mix(uint64_t h, uint64_t w)
@@ -46,24 +61,50 @@ uint64_t vgpu_check(uint64_t salt, uint64_t tag, const uint64_t *words, int n)
     return h ? h : 1;
 }
 
-uint64_t vgpu_total_check(uint64_t salt, int dev, uint64_t used)
+/* Checks are a keyed hash of what identifies the record plus a weighted sum of its byte counts, so
+ * the hot path, with the keyed part cached (keys_locked), costs a multiply per figure. */
+#define TOTAL_WEIGHT 0x9FB21C651E98DF25ULL
+static uint64_t weight(int d) { return ((uint64_t)(2 * d + 1) * 0xD6E8FEB86659FD93ULL) | 1; }
+static uint64_t nonzero(uint64_t c) { return c ? c : 1; }
+static uint64_t total_key(uint64_t salt, int dev) { return vgpu_check(salt, (1ULL << 32) | (uint32_t)dev, NULL, 0); }
+
+static uint64_t slot_key(uint64_t salt, int i, int32_t pid, int32_t hostpid)
 {
-    return vgpu_check(salt, (1ULL << 32) | (uint32_t)dev, &used, 1);
+    uint64_t id = (uint32_t)pid | ((uint64_t)(uint32_t)hostpid << 32);
+    return vgpu_check(salt, (2ULL << 32) | (uint32_t)i, &id, 1);
 }
 
-/* A slot's check: a keyed hash of (pid, hostpid) plus a weighted sum of its per-device bytes, so a
- * charge can update it from private memory with one multiply per device. */
-static uint64_t weight(int d) { return ((uint64_t)(2 * d + 1) * 0xD6E8FEB86659FD93ULL) | 1; }
+uint64_t vgpu_total_check(uint64_t salt, int dev, uint64_t used)
+{
+    return nonzero(total_key(salt, dev) + used * TOTAL_WEIGHT);
+}
 
 static uint64_t slot_check(uint64_t salt, int i, int32_t pid, int32_t hostpid, const uint64_t *used)
 {
-    uint64_t id = (uint32_t)pid | ((uint64_t)(uint32_t)hostpid << 32);
-    uint64_t c = vgpu_check(salt, (2ULL << 32) | (uint32_t)i, &id, 1);
+    uint64_t c = slot_key(salt, i, pid, hostpid);
     for (int d = 0; d < VGPU_MAX_DEVICES; d++) c += used[d] * weight(d);
-    return c ? c : 1;
+    return nonzero(c);
 }
 
 static uint64_t sat_add(uint64_t a, uint64_t b) { return a + b < a ? UINT64_MAX : a + b; }
+
+static void keys_locked(struct vgpu_region *r)
+{
+    uint64_t salt = LOAD(&r->salt);
+    int index = vgpu.slot ? (int)(vgpu.slot - r->slot) : -1;
+    if (g_keys.valid && g_keys.salt == salt && g_keys.index == index && g_keys.pid == g_pid &&
+        g_keys.hostpid == g_hostpid)
+        return;
+    g_keys.salt = salt;
+    g_keys.index = index;
+    g_keys.pid = g_pid;
+    g_keys.hostpid = g_hostpid;
+    for (int d = 0; d < VGPU_MAX_DEVICES; d++) g_keys.total[d] = total_key(salt, d);
+    g_keys.slot = index >= 0 ? slot_key(salt, index, g_pid, g_hostpid) : 0;
+    g_keys.sigma = 0;
+    for (int d = 0; d < VGPU_MAX_DEVICES; d++) g_keys.sigma += LOAD(&vgpu.mine[d]) * weight(d);
+    g_keys.valid = 1;
+}
 
 /* ---- slots ---- */
 static int slot_index(const struct vgpu_region *r, const struct vgpu_slot *s) { return (int)(s - r->slot); }
@@ -174,7 +215,7 @@ static void publish_own_locked(struct vgpu_region *r)
 {
     uint64_t used[VGPU_MAX_DEVICES];
     for (int d = 0; d < VGPU_MAX_DEVICES; d++) used[d] = atomic_load(&vgpu.mine[d]);
-    slot_write(r, slot_index(r, vgpu.slot), getpid(), g_hostpid, used);
+    slot_write(r, slot_index(r, vgpu.slot), g_pid, g_hostpid, used);
 }
 
 /* The application closed (and maybe reused) our descriptor, which dropped our slot's lock: open
@@ -237,20 +278,23 @@ void vgpu_region_recompute_locked(struct vgpu_region *r)
 /* A total that fails its check is rebuilt from the slots (never taken at its word). */
 static uint64_t total_locked(struct vgpu_region *r, int i)
 {
-    uint64_t u = atomic_load(&r->dev[i].used);
-    if (atomic_load(&r->dev[i].used_check) != vgpu_total_check(atomic_load(&r->salt), i, u)) {
+    keys_locked(r);
+    uint64_t u = LOAD(&r->dev[i].used);
+    if (LOAD(&r->dev[i].used_check) != nonzero(g_keys.total[i] + u * TOTAL_WEIGHT)) {
         static int said;
         if (!said++) vgpu_log(LOG_WARN, "the usage region's total of device %d was written over: rebuilt", i);
         vgpu_region_recompute_locked(r);
+        keys_locked(r); /* our slot may have moved */
         u = atomic_load(&r->dev[i].used);
     }
     return u;
 }
 
+/* After total_locked (which brings g_keys up to date). */
 static void set_total_locked(struct vgpu_region *r, int i, uint64_t u)
 {
-    atomic_store(&r->dev[i].used, u);
-    atomic_store(&r->dev[i].used_check, vgpu_total_check(atomic_load(&r->salt), i, u));
+    STORE(&r->dev[i].used, u);
+    STORE(&r->dev[i].used_check, nonzero(g_keys.total[i] + u * TOTAL_WEIGHT));
 }
 
 int vgpu_region_lock(struct vgpu_region *r)
@@ -384,7 +428,9 @@ struct vgpu_slot *vgpu_region_register(struct vgpu_region *r)
         if (slot_take(vgpu.region_fd, i)) mine = &r->slot[i];
     if (mine) {
         for (int d = 0; d < VGPU_MAX_DEVICES; d++) atomic_store(&vgpu.mine[d], 0);
+        g_keys.valid = 0;
         g_hostpid = 0;
+        g_pid = getpid();
         vgpu.slot = mine;
         vgpu_region_recompute_locked(r); /* what the slot's last (dead) owner held goes */
     }
@@ -404,6 +450,7 @@ void vgpu_region_after_fork(void)
     vgpu.region_fd = fd;
     vgpu.slot = NULL;
     for (int d = 0; d < VGPU_MAX_DEVICES; d++) atomic_store(&vgpu.mine[d], 0);
+    g_keys.valid = 0;
     if (fd >= 0) vgpu.slot = vgpu_region_register(vgpu.region);
 }
 
@@ -416,7 +463,7 @@ void vgpu_region_heal(void)
     uint64_t salt = atomic_load(&r->salt), used[VGPU_MAX_DEVICES];
     int32_t pid, hp;
     slot_read(s, &pid, &hp, used);
-    int bad = pid != getpid() || hp != g_hostpid ||
+    int bad = pid != g_pid || hp != g_hostpid ||
               atomic_load(&s->check) != slot_check(salt, slot_index(r, s), pid, hp, used);
     for (int d = 0; d < VGPU_MAX_DEVICES && !bad; d++) {
         uint64_t t = atomic_load(&r->dev[d].used);
@@ -457,6 +504,7 @@ void vgpu_region_release(void)
     }
     slot_free(r, slot_index(r, s));
     vgpu.slot = NULL;
+    g_keys.valid = 0;
     vgpu_region_unlock(r);
     struct flock fl;
     if (fd_is_ours(vgpu.region_fd)) slot_lock_op(vgpu.region_fd, F_OFD_SETLK, slot_index(r, s), F_UNLCK, &fl);
@@ -476,13 +524,14 @@ uint64_t vgpu_used_at(int idx)
 
 /* Our slot's device word and check, from private memory (the rest of the slot is as we wrote it;
  * if someone wrote over it, the check fails and the tick republishes all of it). */
-static void note_own_locked(struct vgpu_region *r, int i)
+/* After total_locked (which brings g_keys up to date). */
+static void note_own_locked(struct vgpu_region *r, int i, uint64_t mine)
 {
-    uint64_t used[VGPU_MAX_DEVICES];
-    for (int d = 0; d < VGPU_MAX_DEVICES; d++) used[d] = atomic_load(&vgpu.mine[d]);
-    struct vgpu_slot *s = vgpu.slot;
-    atomic_store(&s->used[i], used[i]);
-    atomic_store(&s->check, slot_check(atomic_load(&r->salt), slot_index(r, s), getpid(), g_hostpid, used));
+    (void)r;
+    g_keys.sigma += (mine - LOAD(&vgpu.mine[i])) * weight(i); /* modulo 2^64, as the check */
+    STORE(&vgpu.mine[i], mine);
+    STORE(&vgpu.slot->used[i], mine);
+    STORE(&vgpu.slot->check, nonzero(g_keys.slot + g_keys.sigma));
 }
 
 /* -1: refuse (the file's limits do not cover the device, or we have no slot); 1: not tracked */
@@ -503,14 +552,14 @@ int vgpu_charge(int dev, uint64_t bytes)
     uint64_t lim = vgpu.cfg.mem_limit[i], used = total_locked(r, i);
     if (lim && (bytes > lim || used > lim - bytes)) {
         vgpu_region_recompute_locked(r); /* a dead process's memory is free again */
+        keys_locked(r);
         used = atomic_load(&r->dev[i].used);
         if (bytes > lim || used > lim - bytes) {
             vgpu_region_unlock(r);
             return -1;
         }
     }
-    atomic_fetch_add(&vgpu.mine[i], bytes);
-    note_own_locked(r, i);
+    note_own_locked(r, i, LOAD(&vgpu.mine[i]) + bytes);
     set_total_locked(r, i, sat_add(used, bytes));
     vgpu_region_unlock(r);
     return 0;
@@ -522,8 +571,7 @@ void vgpu_charge_force(int dev, uint64_t bytes)
     int i;
     if (target(dev, &i) || !bytes || vgpu_region_lock(r)) return;
     uint64_t used = total_locked(r, i);
-    atomic_fetch_add(&vgpu.mine[i], bytes);
-    note_own_locked(r, i);
+    note_own_locked(r, i, LOAD(&vgpu.mine[i]) + bytes);
     set_total_locked(r, i, sat_add(used, bytes));
     vgpu_region_unlock(r);
 }
@@ -533,10 +581,9 @@ void vgpu_uncharge(int dev, uint64_t bytes)
     struct vgpu_region *r = vgpu.region;
     int i;
     if (target(dev, &i) || !bytes || vgpu_region_lock(r)) return;
-    uint64_t tot = total_locked(r, i), mine = atomic_load(&vgpu.mine[i]);
+    uint64_t tot = total_locked(r, i), mine = LOAD(&vgpu.mine[i]);
     if (bytes > mine) bytes = mine; /* never more than this process charged */
-    atomic_store(&vgpu.mine[i], mine - bytes);
-    note_own_locked(r, i);
+    note_own_locked(r, i, mine - bytes);
     set_total_locked(r, i, tot >= bytes ? tot - bytes : 0);
     vgpu_region_unlock(r);
 }
