@@ -6,7 +6,7 @@ import importlib.util
 import subprocess
 import sys
 
-MODULES = ["webhook", "driver", "isolation"]
+MODULES = ["webhook", "driver", "node_metrics", "watchdog", "isolation", "exporter"]
 
 
 def main() -> int:

@@ -1,4 +1,4 @@
-"""DRA driver benchmarks (DESIGN §7): prepare latency, concurrent prepares, slice publish time.
+"""DRA driver benchmarks (targets in docs/benchmarks.md): prepare latency, concurrent prepares, slice publish time.
 
 The real driver runs in this process; the API server stand-in runs in its own process (as a real API
 server would), with its Python schema validation off (that validation is the stand-in's cost, not

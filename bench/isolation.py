@@ -5,7 +5,7 @@ kernel launch with no SM limit, a cuMemAlloc/cuMemFree pair under a memory limit
 cuGetProcAddress resolution. libvgpu takes its limit from a limits file, as in a Tessera container
 (named by ``TESSERA_LIMITS_FILE`` here; the fixed path only changes where it is read, once). Runs
 alternate plain and hooked so both see the same machine load; the figure per metric is the median
-over the runs. Targets (DESIGN §7): <= 50 ns added per launch,
+over the runs. Targets (docs/benchmarks.md): <= 50 ns added per launch,
 <= 500 ns per alloc/free pair.
 
     python -m bench.isolation [--runs N] [--iterations N]

@@ -1,4 +1,4 @@
-"""Webhook benchmarks (DESIGN §7): conversion in process, and HTTPS under load from another process.
+"""Webhook benchmarks (targets in docs/benchmarks.md): conversion in process, and HTTPS under load from another process.
 
 1. In-process conversion latency, per seed pod and for a pod without accelerators (the fast path):
    warm (the memos of :class:`webhook.convert.Converter` hit, as for the replicas of one workload)
@@ -404,7 +404,7 @@ def report(rows: list[dict[str, Any]], https: dict[str, Any] | None, n: int, com
         f"Command: `{command}`; {time.strftime('%Y-%m-%d %H:%M')}; Python {platform.python_version()}, "
         f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f} at the end (a shared machine).",
         "",
-        "## Summary against DESIGN §7",
+        "## Summary against the targets (docs/benchmarks.md)",
         "",
         "| Target | Measured | |",
         "|---|---|---|",

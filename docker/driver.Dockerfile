@@ -34,6 +34,7 @@ COPY dra_driver/ dra_driver/
 COPY isolation/ isolation/
 COPY kubeapi/ kubeapi/
 COPY tessera_common/ tessera_common/
+COPY tessera_exporter/ tessera_exporter/
 RUN python -m venv /opt/venv \
  && /opt/venv/bin/pip install --no-compile . \
  && /opt/venv/bin/python -m compileall -q /opt/venv/lib \

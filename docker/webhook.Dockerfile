@@ -1,5 +1,6 @@
 # syntax=docker/dockerfile:1
-# Tessera admission webhook: `python -m webhook serve`.
+# Tessera admission webhook (`python -m webhook serve`); the chart runs the cluster exporter from this
+# image too (`python -m tessera_exporter exporter`).
 # Build from the repository root:  docker build -f docker/webhook.Dockerfile -t tessera/webhook:0.1.0 .
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm
 
@@ -14,10 +15,11 @@ COPY dra_driver/ dra_driver/
 COPY isolation/ isolation/
 COPY kubeapi/ kubeapi/
 COPY tessera_common/ tessera_common/
+COPY tessera_exporter/ tessera_exporter/
 RUN python -m venv /opt/venv \
  && /opt/venv/bin/pip install --no-compile . \
  && /opt/venv/bin/python -m compileall -q /opt/venv/lib \
- && /opt/venv/bin/python -c "import webhook.cli; webhook.cli.build_parser()"
+ && /opt/venv/bin/python -c "import webhook.cli, tessera_exporter.cli; webhook.cli.build_parser(); tessera_exporter.cli.build_parser()"
 
 # --- runtime: no compiler, no build files, a non-root user --------------------------------------------
 FROM ${PYTHON_IMAGE}

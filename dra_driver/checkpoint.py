@@ -1,15 +1,18 @@
 """What survives a restart: the prepared claims, one record per claim in ``<plugin-dir>/checkpoint/``.
 
 Two-phase per claim: a record is written ``PrepareStarted`` before any file of the claim is created
-and turned ``PrepareCompleted`` (fsynced, file and rename) once everything is in place, before the
-kubelet gets its answer. A restarted driver rolls a started claim back and redoes it; a completed one
-is answered from its record (the claim may be gone from the API server by then). Unprepare needs
-nothing else. Every write is atomic (temp file, rename).
+and turned ``PrepareCompleted`` once everything is in place, before the kubelet gets its answer;
+both are fsynced (file and directory) before the step they guard. A restarted driver rolls a started
+claim back and redoes it; a completed one is answered from its record (the claim may be gone from
+the API server by then). Unprepare needs nothing else. Every write is atomic (temp file, rename).
+
+A record that cannot be read at start-up (zero-length, truncated, garbage, the wrong claim) never
+stops the driver: it is moved aside to ``<uid>.json.damaged`` and its UID listed in
+:attr:`Checkpoint.damaged`, for the preparer to roll the claim forward or back from what is on disk.
 """
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import os
@@ -18,6 +21,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from tessera_common import files as fsutil
+from tessera_common import safefs
+
+from .identifiers import uid_problem
 
 log = logging.getLogger("dra_driver.checkpoint")
 
@@ -25,6 +31,9 @@ API_VERSION = "tessera.dev/v1alpha1"
 KIND = "DRAClaimCheckpoint"
 STARTED = "PrepareStarted"
 COMPLETED = "PrepareCompleted"
+DAMAGED_SUFFIX = ".damaged"
+"""Suffix of records moved aside at start-up because they could not be read."""
+MAX_RECORD_BYTES = 16 << 20
 
 
 class CheckpointError(RuntimeError):
@@ -110,6 +119,10 @@ class ClaimEntry:
     """Files the containers write (created empty when missing, never rewritten), removed at unprepare."""
     pods: tuple[str, ...] = ()
     """Pods the claim was reserved for when it was prepared (``status.reservedFor``), for the metrics."""
+    containers: Mapping[str, str] = field(default_factory=dict)
+    """Request -> the container it belongs to (:func:`claimstatus.container_names`), for the metrics."""
+    pod_uids: Mapping[str, str] = field(default_factory=dict)
+    """The same pods by UID (UID -> name): the watchdog finds a process's pod by UID in its cgroup."""
 
     @property
     def completed(self) -> bool:
@@ -128,6 +141,8 @@ class ClaimEntry:
             "files": dict(self.files),
             "writableFiles": list(self.writable_files),
             "pods": list(self.pods),
+            "containers": dict(self.containers),
+            "podUIDs": dict(self.pod_uids),
         }
 
     @classmethod
@@ -147,6 +162,8 @@ class ClaimEntry:
             files={str(k): str(v) for k, v in (data.get("files") or {}).items()},
             writable_files=tuple(str(p) for p in data.get("writableFiles") or ()),
             pods=tuple(str(p) for p in data.get("pods") or ()),
+            containers={str(k): str(v) for k, v in (data.get("containers") or {}).items()},
+            pod_uids={str(k): str(v) for k, v in (data.get("podUIDs") or {}).items()},
         )
 
 
@@ -163,7 +180,7 @@ class Checkpoint:
 
     ``<directory>/<claim uid>.json`` holds the claim's state; :meth:`put`/:meth:`delete` change the
     in-memory view at once (so that a concurrent prepare sees a device reserved before any await) and
-    :meth:`flush` makes one claim's record durable. Per-claim files keep every write small and let
+    :meth:`sync` makes one claim's record durable. Per-claim files keep every write small and let
     claims commit concurrently; the caller serialises work on one claim.
     """
 
@@ -175,10 +192,16 @@ class Checkpoint:
         self._claims: dict[str, ClaimEntry] = {}
         self._holders: dict[str, set[str]] = {}
         """Device name -> UIDs of the claims holding it (the overlap check looks up, never scans)."""
+        self.damaged: set[str] = set()
+        """UIDs whose record could not be read at start-up (moved aside; see :meth:`load`)."""
 
     @classmethod
     def load(cls, directory: str, driver: str) -> Checkpoint:
-        """Read every claim record (a missing directory is an empty checkpoint). Blocking; at start-up."""
+        """Read every claim record (a missing directory is an empty checkpoint). Blocking; at start-up.
+
+        A record that cannot be read is moved aside and its UID added to :attr:`damaged` (logged);
+        only a record of another driver (two drivers on one plugin directory, a configuration error)
+        stops the start with :class:`CheckpointError`."""
         cp = cls(directory, driver, boot_id=read_boot_id())
         os.makedirs(directory, exist_ok=True)
         fsutil.remove_temp_files(directory)
@@ -186,25 +209,45 @@ class Checkpoint:
             if not name.endswith(".json"):
                 continue
             path = os.path.join(directory, name)
+            uid = name[: -len(".json")]
             try:
-                with open(path, encoding="utf-8") as f:
-                    data = json.load(f)
+                raw = safefs.read_beneath(directory, name, max_bytes=MAX_RECORD_BYTES)
+                if not raw.strip():
+                    raise ValueError(f"empty ({len(raw)} bytes)")
+                try:
+                    data = json.loads(raw)
+                except ValueError as exc:
+                    raise ValueError(f"truncated or not JSON ({len(raw)} bytes): {exc}") from None
                 if not isinstance(data, dict) or data.get("kind") != KIND:
                     raise ValueError(f"not a {KIND}")
                 if data.get("driver") not in (None, driver):
-                    raise ValueError(f"belongs to driver {data.get('driver')!r}, not {driver!r}")
-                uid = str(data["uid"])
-                if name != f"{uid}.json":
-                    raise ValueError(f"holds claim {uid}")
+                    raise CheckpointError(
+                        f"checkpoint record {path} belongs to driver {data.get('driver')!r}, not {driver!r}: two "
+                        "drivers share one plugin directory; give each its own --plugin-dir"
+                    )
+                if uid_problem(uid) or str(data.get("uid")) != uid:
+                    raise ValueError(f"holds claim {data.get('uid')!r}")
                 cp.put(uid, ClaimEntry.from_json(data["claim"]))
             except (OSError, KeyError, TypeError, ValueError) as exc:
-                raise CheckpointError(
-                    f"cannot read checkpoint record {path}: {exc}. It records a prepared claim; if it is damaged, "
-                    "move it away and restart, then delete the pods using this claim so that kubelet prepares "
-                    "it again"
-                ) from exc
+                cp._set_aside(path, uid, exc)
+                continue
             cp.previous_boot_id = str(data.get("nodeBootID") or cp.previous_boot_id)
+        if cp.damaged:
+            fsutil.fsync_dir(directory)
         return cp
+
+    def _set_aside(self, path: str, uid: str, exc: Exception) -> None:
+        """Move a record that cannot be read out of the way (kept for inspection), never fatal."""
+        try:
+            os.replace(path, path + DAMAGED_SUFFIX)
+        except OSError as move:
+            log.error("cannot move a damaged checkpoint record aside", extra={"path": path, "error": str(move)})
+        if not uid_problem(uid):
+            self.damaged.add(uid)
+        log.error(
+            "checkpoint record damaged; moved aside, the claim is recovered from the files on disk",
+            extra={"path": path, "moved_to": path + DAMAGED_SUFFIX, "uid": uid, "error": str(exc)},
+        )
 
     def path(self, uid: str) -> str:
         return os.path.join(self.directory, f"{uid}.json")
@@ -258,10 +301,10 @@ class Checkpoint:
         """Write one claim's record atomically; ``durable``: the file and its rename are fsynced. Blocking."""
         fsutil.write_atomic(self.path(uid), self.encode(uid, entry), mode=0o600, durable=durable)
 
-    async def flush(self, uid: str) -> None:
-        """Make the in-memory state of one claim durable (write its record, or remove it)."""
+    def sync(self, uid: str) -> None:
+        """Make the in-memory state of one claim durable (write its record, or remove it). Blocking."""
         entry = self._claims.get(uid)
         if entry is None:
-            await asyncio.to_thread(fsutil.remove_file, self.path(uid))
+            fsutil.remove_file(self.path(uid))
         else:
-            await asyncio.to_thread(self.write_record, uid, entry)
+            self.write_record(uid, entry)

@@ -3,16 +3,34 @@
 ``plan_claim`` reads ``status.allocation`` (the results of this driver in this node's pool, the
 consumed capacity of each share, the opaque ``SharingConfig``) and ``spec.devices`` (whether a
 request asked for cores) and yields one :class:`RequestPlan` per request of the claim.
+
+The ``SharingConfig`` of a request follows the cluster's :class:`~vendors.base.SharingPolicy`: config
+the scheduler copied from the DeviceClass (``source: FromClass``, the admin's) is honoured as it is;
+config from the claim itself (``source: FromClaim``, which whoever can create a claim or a template
+wrote, the webhook or a user alike) only within the policy, else the claim is refused with the field,
+the setting that forbids it and how to fix it. Refused, not clamped: a share never runs with other
+settings than its claim says.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from tessera_common.quantity import QuantityError, quantity_ceil
-from vendors.base import CAPACITY_CORES, CAPACITY_MEMORY, DeviceInfo, Share, SharingConfig, VendorNames
+from vendors.base import (
+    CAPACITY_CORES,
+    CAPACITY_MEMORY,
+    DeviceInfo,
+    Share,
+    SharingConfig,
+    SharingPolicy,
+    VendorNames,
+)
+
+FROM_CLASS = "FromClass"
+"""``source`` of an allocation config entry copied from the DeviceClass (resource.k8s.io/v1)."""
 
 
 class ClaimError(Exception):
@@ -96,14 +114,19 @@ def _asked_capacity(claim: Mapping[str, Any], request: str) -> Mapping[str, Any]
 
 
 def _sharing_config(
-    ref: ClaimRef, configs: Sequence[Mapping[str, Any]], names: VendorNames, result_names: set[str]
+    ref: ClaimRef,
+    configs: Sequence[Mapping[str, Any]],
+    names: VendorNames,
+    result_names: set[str],
+    policy: SharingPolicy,
 ) -> SharingConfig:
-    """The SharingConfig for one request: class configs first, claim configs later; the last one wins."""
+    """The SharingConfig for one request: class configs first, claim configs later; the last one wins,
+    fields it leaves out take the policy's defaults. A claim config beyond the policy is refused."""
     ordered = sorted(
         (c for c in configs if ((c.get("opaque") or {}).get("driver")) == names.driver),
-        key=lambda c: 0 if c.get("source") == "FromClass" else 1,
+        key=lambda c: 0 if c.get("source") == FROM_CLASS else 1,
     )
-    chosen: SharingConfig | None = None
+    chosen = policy.defaults()
     for entry in ordered:
         applies_to = entry.get("requests") or []
         if applies_to and not (set(applies_to) & result_names):
@@ -112,12 +135,23 @@ def _sharing_config(
         if not isinstance(params, Mapping):
             raise ClaimError("config", f"ResourceClaim {ref}: opaque config for {names.driver} is not a JSON object")
         try:
-            chosen = SharingConfig.from_parameters(params)
+            config = SharingConfig.from_parameters(params, policy.defaults())
         except ValueError as exc:
             raise ClaimError(
                 "config", f"ResourceClaim {ref}: invalid opaque config for request(s) {sorted(result_names)}: {exc}"
             ) from exc
-    return chosen or SharingConfig()
+        if entry.get("source") != FROM_CLASS:
+            problems = policy.check_claim(config, chosen)
+            if problems:
+                raise ClaimError(
+                    "policy",
+                    f"ResourceClaim {ref}: its opaque config for request(s) {sorted(result_names)} goes beyond the "
+                    f"cluster's sharing policy: {'; '.join(problems)}. Remove the setting from the claim's "
+                    "spec.devices.config (or its template's), or ask the cluster admin to allow it in the policy "
+                    f"or to offer it through a DeviceClass config",
+                )
+        chosen = config
+    return chosen
 
 
 def reserved_pods(claim: Mapping[str, Any]) -> tuple[str, ...]:
@@ -129,14 +163,36 @@ def reserved_pods(claim: Mapping[str, Any]) -> tuple[str, ...]:
     return tuple(sorted(names))
 
 
+def reserved_pod_uids(claim: Mapping[str, Any]) -> dict[str, str]:
+    """UID -> name of the pods the claim is reserved for (``status.reservedFor``, core ``pods``): the
+    watchdog finds a process's pod by UID in its cgroup path."""
+    out: dict[str, str] = {}
+    for ref in (claim.get("status") or {}).get("reservedFor") or []:
+        if isinstance(ref, Mapping) and ref.get("resource") == "pods" and not ref.get("apiGroup") and ref.get("uid"):
+            out[str(ref["uid"])] = str(ref.get("name") or "")
+    return dict(sorted(out.items()))
+
+
+def pod_refs(namespace: str, names: Iterable[str], uids: Mapping[str, str]) -> dict[tuple[str, str], str]:
+    """``{(namespace, pod name): uid}`` from the pods' names and their UIDs (UID -> name, as
+    :func:`reserved_pod_uids` and the checkpoint keep them; a name without a UID gets ``""``): the pods an
+    Event is recorded on. Pure."""
+    by_name = {name: uid for uid, name in uids.items()}
+    return {(namespace, name): by_name.get(name, "") for name in names}
+
+
 def plan_claim(
     claim: Mapping[str, Any],
     ref: ClaimRef,
     names: VendorNames,
     pool: str,
     devices: Mapping[str, DeviceInfo],
+    policy: SharingPolicy | None = None,
 ) -> ClaimPlan:
-    """What to prepare for ``claim`` on this node; :class:`ClaimError` when it cannot be prepared."""
+    """What to prepare for ``claim`` on this node; :class:`ClaimError` when it cannot be prepared.
+
+    ``policy``: the cluster's sharing policy (default: :class:`SharingPolicy`'s defaults)."""
+    policy = policy or SharingPolicy()
     meta = claim.get("metadata") or {}
     if meta.get("uid") != ref.uid:
         raise ClaimError(
@@ -193,7 +249,7 @@ def plan_claim(
     plans: list[RequestPlan] = []
     for base in dict.fromkeys(r.base_request for r in results):
         mine = tuple(r for r in results if r.base_request == base)
-        config = _sharing_config(ref, configs, names, {base} | {r.request for r in mine})
+        config = _sharing_config(ref, configs, names, {base} | {r.request for r in mine}, policy)
         plans.append(RequestPlan(name=base, results=mine, shares=_merge_shares(mine, base, devices), config=config))
     return ClaimPlan(ref=ref, requests=tuple(plans))
 

@@ -9,18 +9,28 @@ from __future__ import annotations
 import argparse
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import vendors
-from vendors.base import DEFAULT_SPLIT_COUNT
+from tessera_common.flags import parse_bool
+from vendors.base import (
+    CORE_LIMIT_POLICIES,
+    DEFAULT_CDI_DIR,
+    DEFAULT_HOST_LIB_DIR,
+    DEFAULT_KUBELET_DIR,
+    DEFAULT_SPLIT_COUNT,
+    SharingPolicy,
+    plugin_dir,
+    registry_dir,
+)
 
+from . import faults
 from .prepare import FAILPOINTS
+from .watchdog import Tolerance, WatchdogConfigError
 
 ENV_PREFIX = "TESSERA_"
 FAILPOINT_ENV = "TESSERA_FAILPOINT"
 MAX_SOCKET_PATH = 107
-_TRUE = {"1", "true", "yes", "on"}
-_FALSE = {"0", "false", "no", "off", ""}
 
 
 class ConfigError(ValueError):
@@ -41,12 +51,10 @@ def _env(environ: Mapping[str, str], flag: str, *aliases: str) -> str | None:
 def _bool(value: str | None, flag: str) -> bool:
     if value is None:
         return False
-    text = value.strip().lower()
-    if text in _TRUE:
-        return True
-    if text in _FALSE:
-        return False
-    raise ConfigError(f"{env_name(flag)}={value!r}: expected true or false")
+    try:
+        return parse_bool(value)
+    except ValueError:
+        raise ConfigError(f"{env_name(flag)}={value!r}: expected true or false") from None
 
 
 def build_parser(environ: Mapping[str, str] | None = None) -> argparse.ArgumentParser:
@@ -81,16 +89,19 @@ def build_parser(environ: Mapping[str, str] | None = None) -> argparse.ArgumentP
     )
     add("--node-name", aliases=("NODE_NAME",), help="name of this node (required; the pool and slice owner)")
     add("--kubeconfig", help="kubeconfig file; in-cluster service account config when absent")
-    add("--plugin-dir", help="DRA socket and checkpoint directory; default /var/lib/kubelet/plugins/<driver name>")
+    add(
+        "--plugin-dir",
+        help=f"DRA socket and checkpoint directory; default {plugin_dir('<driver name>')}",
+    )
     add(
         "--registry-dir",
-        default="/var/lib/kubelet/plugins_registry",
+        default=registry_dir(DEFAULT_KUBELET_DIR),
         help="kubelet plugin registration directory (the registration socket goes here)",
     )
-    add("--cdi-dir", default="/var/run/cdi", help="directory for the per-claim CDI specs (host path)")
+    add("--cdi-dir", default=DEFAULT_CDI_DIR, help="directory for the per-claim CDI specs (host path)")
     add(
         "--host-lib-dir",
-        default="/usr/local/tessera",
+        default=DEFAULT_HOST_LIB_DIR,
         help="host directory holding libvgpu.so, ld.so.preload, claims/<uid>/ and node/",
     )
     add("--split-count", default=str(DEFAULT_SPLIT_COUNT), type=int, help="shares per device (tasks per card)")
@@ -107,16 +118,82 @@ def build_parser(environ: Mapping[str, str] | None = None) -> argparse.ArgumentP
     )
     add(
         "--health-interval",
-        default="30",
+        default="10",
         type=float,
         help="seconds between device health checks streamed to the kubelet",
     )
+    add(
+        "--mock-faults",
+        help="fault control file of the mock backend (lines '<device> <fault> [<xid>]', e.g. 'gpu-1 xid 79'); "
+        "default <plugin-dir>/mock-faults",
+    )
+    add(
+        "--unhealthy-taint",
+        default=faults.NO_SCHEDULE,
+        choices=list(faults.EFFECTS),
+        help="taint effect on an unhealthy device in the ResourceSlice (XID, ECC, vendor tool); off: no taint",
+    )
+    add(
+        "--device-lost-taint",
+        default=faults.NO_EXECUTE,
+        choices=list(faults.EFFECTS),
+        help="taint effect on a lost device (fallen off the bus, gone from discovery); off: no taint",
+    )
+    add(
+        "--ignored-xids",
+        default="",
+        help="XIDs that leave a GPU healthy besides the application errors 13,31,43,45,68 (comma list)",
+    )
+    add(
+        "--watchdog",
+        default="kill",
+        choices=["kill", "report", "off"],
+        help="node-side check of each container's real device memory (NVML) against its limit: kill the "
+        "processes over it and record an Event, only report (Event and metric), or off",
+    )
+    add("--watchdog-period", default="5", type=float, help="seconds between watchdog scans")
+    add(
+        "--watchdog-tolerance",
+        default="512Mi",
+        help="how far over its limit a container may go before the watchdog acts: a quantity (512Mi) or a "
+        "percentage of the limit (10%%); NVML also counts each process's CUDA context, which libvgpu does not",
+    )
+    add(
+        "--watchdog-nvml-library",
+        help="libnvidia-ml.so.1 the watchdog reads (default: the node's); with --backend mock the fake NVML of "
+        "the tests, without which the mock backend runs no watchdog",
+    )
+    add(
+        "--watchdog-pid-map",
+        help="TEST ONLY: a JSON file {pid: {podUID, containerID}} the harness kubelet writes when it cannot "
+        "create cgroups; never set it on a real node",
+    )
+    add(
+        "--core-policy",
+        default="default",
+        choices=list(CORE_LIMIT_POLICIES),
+        help="the cluster's core limit policy: what a share gets when no config names one, and the loosest "
+        "a claim's own config may name",
+    )
+    policy_help = {
+        "--allow-high-priority": ("true", "claims may ask for task priority 0 (high)"),
+        "--allow-oversubscribe": ("false", "claims may ask for oversubscribe: true"),
+        "--allow-core-limit-disable": ("false", "claims may ask for coreLimitPolicy: disable"),
+    }
+    for flag, (default, text) in policy_help.items():
+        p.add_argument(
+            flag,
+            action=argparse.BooleanOptionalAction,
+            default=_bool(_env(env, flag) or default, flag),
+            help=f"{text}; config from a DeviceClass is honoured whatever this says (default {default}) "
+            f"[env {env_name(flag)}]",
+        )
     hami = _env(env, "--hami-metrics")
     p.add_argument(
         "--hami-metrics",
         action=argparse.BooleanOptionalAction,
         default=_bool(hami, "--hami-metrics"),
-        help="also export HAMi's metric names (hami_gpu_memory_allocated_bytes, ...) "
+        help="also export the names of HAMi's vGPU monitor (hami_vgpu_memory_used_bytes, hami_host_gpu_*, ...) "
         f"[env {env_name('--hami-metrics')}]",
     )
     return p
@@ -145,6 +222,19 @@ class Settings:
     health_interval: float
     hami_metrics: bool
     failpoint: str | None = None
+    mock_faults: str = ""
+    """The mock backend's fault control file."""
+    unhealthy_taint: str = faults.NO_SCHEDULE
+    device_lost_taint: str = faults.NO_EXECUTE
+    ignored_xids: frozenset[int] = frozenset()
+    watchdog: str = "kill"
+    """``kill``, ``report`` or ``off``."""
+    watchdog_period: float = 5.0
+    watchdog_tolerance: str = "512Mi"
+    watchdog_nvml_library: str | None = None
+    watchdog_pid_map: str | None = None
+    policy: SharingPolicy = field(default_factory=SharingPolicy)
+    """The cluster's sharing policy: which loosening settings a claim's own config may ask for."""
 
     @property
     def dra_socket(self) -> str:
@@ -186,13 +276,36 @@ def settings_from_args(argv: Sequence[str] | None = None, environ: Mapping[str, 
     for flag, port in (("--metrics-port", ns.metrics_port), ("--healthz-port", ns.healthz_port)):
         if not 0 <= port <= 65535:
             raise ConfigError(f"{flag} must be between 0 and 65535, got {port}")
-    if ns.api_timeout <= 0 or ns.slice_resync <= 0 or ns.health_interval <= 0:
-        raise ConfigError("--api-timeout, --slice-resync and --health-interval must be positive")
+    if ns.api_timeout <= 0 or ns.slice_resync <= 0 or ns.health_interval <= 0 or ns.watchdog_period <= 0:
+        raise ConfigError("--api-timeout, --slice-resync, --health-interval and --watchdog-period must be positive")
+    try:
+        Tolerance.parse(ns.watchdog_tolerance)
+    except WatchdogConfigError as exc:
+        raise ConfigError(str(exc)) from None
+    if ns.watchdog not in ("kill", "report", "off"):
+        raise ConfigError(f"--watchdog must be kill, report or off, got {ns.watchdog!r}")
     if ns.log_format not in ("json", "text"):
         raise ConfigError(f"--log-format must be json or text, got {ns.log_format!r}")
+    for flag, effect in (("--unhealthy-taint", ns.unhealthy_taint), ("--device-lost-taint", ns.device_lost_taint)):
+        if effect not in faults.EFFECTS:
+            raise ConfigError(f"{flag} must be one of {', '.join(faults.EFFECTS)}, got {effect!r}")
+    try:
+        ignored_xids = faults.parse_xids(ns.ignored_xids or "")
+    except ValueError as exc:
+        raise ConfigError(f"--ignored-xids: {exc}") from None
+    try:
+        policy = SharingPolicy(
+            core_limit_policy=ns.core_policy,
+            allow_high_priority=ns.allow_high_priority,
+            allow_oversubscribe=ns.allow_oversubscribe,
+            allow_core_limit_disable=ns.allow_core_limit_disable,
+        )
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
     failpoint = env.get(FAILPOINT_ENV) or None
     if failpoint is not None and failpoint not in FAILPOINTS:
         raise ConfigError(f"{FAILPOINT_ENV}={failpoint!r}: known steps are {', '.join(FAILPOINTS)}")
+    plugin_directory = os.path.abspath(ns.plugin_dir or plugin_dir(names.driver))
     settings = Settings(
         driver=names.driver,
         vendor=names.vendor,
@@ -200,7 +313,7 @@ def settings_from_args(argv: Sequence[str] | None = None, environ: Mapping[str, 
         mock_devices=ns.mock_devices,
         node_name=ns.node_name,
         kubeconfig=ns.kubeconfig or None,
-        plugin_dir=os.path.abspath(ns.plugin_dir or f"/var/lib/kubelet/plugins/{names.driver}"),
+        plugin_dir=plugin_directory,
         registry_dir=os.path.abspath(ns.registry_dir),
         cdi_dir=os.path.abspath(ns.cdi_dir),
         host_lib_dir=os.path.abspath(ns.host_lib_dir),
@@ -214,6 +327,16 @@ def settings_from_args(argv: Sequence[str] | None = None, environ: Mapping[str, 
         health_interval=ns.health_interval,
         hami_metrics=ns.hami_metrics,
         failpoint=failpoint,
+        mock_faults=os.path.abspath(ns.mock_faults or os.path.join(plugin_directory, "mock-faults")),
+        unhealthy_taint=ns.unhealthy_taint,
+        device_lost_taint=ns.device_lost_taint,
+        ignored_xids=ignored_xids,
+        watchdog=ns.watchdog,
+        watchdog_period=ns.watchdog_period,
+        watchdog_tolerance=ns.watchdog_tolerance,
+        watchdog_nvml_library=os.path.abspath(ns.watchdog_nvml_library) if ns.watchdog_nvml_library else None,
+        watchdog_pid_map=os.path.abspath(ns.watchdog_pid_map) if ns.watchdog_pid_map else None,
+        policy=policy,
     )
     for sock in (settings.dra_socket, settings.registration_socket):
         if len(sock.encode()) > MAX_SOCKET_PATH:

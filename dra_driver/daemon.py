@@ -26,11 +26,17 @@ from vendors.base import DeviceInfo, NodeVendor
 
 from . import backends, health, plugin, registration
 from .checkpoint import Checkpoint, CheckpointError
+from .claims import pod_refs
+from .claimstatus import ClaimStatusWriter
 from .cli import Settings
-from .metrics import DriverMetrics
+from .events import NORMAL, WARNING, EventRecorder, Target
+from .metrics import DeviceHealthFigures, DriverMetrics
 from .metrics import serve as serve_metrics
+from .podmap import OwnerCache
 from .prepare import Preparer
+from .proto import drahealth_v1alpha1_pb2 as health_pb
 from .slices import SlicePublisher
+from .watchdog import Tolerance, Watchdog
 
 log = logging.getLogger("dra_driver")
 
@@ -53,6 +59,9 @@ class Driver:
         self.preparer: Preparer | None = None
         self.publisher: SlicePublisher | None = None
         self.monitor: health.DeviceHealthMonitor | None = None
+        self.events: EventRecorder | None = None
+        self.status_writer: ClaimStatusWriter | None = None
+        self.watchdog: Watchdog | None = None
         self._dra_server: grpc.aio.Server | None = None
         self._reg_server: grpc.aio.Server | None = None
         self._live_server: grpc.aio.Server | None = None
@@ -99,6 +108,8 @@ class Driver:
                 f"cannot configure the Kubernetes client ({exc}); pass --kubeconfig or run in a pod with a "
                 "service account"
             ) from exc
+        self.events = EventRecorder(self.client, s.node_name)
+        self.status_writer = ClaimStatusWriter(self.client, self.names, s.node_name, timeout=s.api_timeout)
         self.preparer = Preparer(
             vendor=self.vendor,
             node_name=s.node_name,
@@ -110,12 +121,30 @@ class Driver:
             metrics=self.metrics,
             api_timeout=s.api_timeout,
             failpoint=s.failpoint,
+            status_writer=self.status_writer,
+            events=self.events,
+            known_vendors=[n.vendor for n in vendors.all_names()],
+            policy=s.policy,
         )
         await self.preparer.restore()
 
         self.monitor = health.DeviceHealthMonitor(
-            self.names, s.node_name, self.devices, self._rediscover, interval=s.health_interval
+            self.names,
+            s.node_name,
+            self.devices,
+            self._rediscover,
+            interval=s.health_interval,
+            sources=backends.health_sources(
+                self.vendor, s.backend, self.devices, mock_faults=s.mock_faults, ignored_xids=s.ignored_xids
+            ),
+            unhealthy_effect=s.unhealthy_taint,
+            lost_effect=s.device_lost_taint,
+            on_change=self._on_health_change,
         )
+        self.metrics.health_provider = self._health_figures
+        self.metrics.telemetry = backends.telemetry(s.backend)
+        self.monitor.start()
+        await self.monitor.check()
         self._dra_server = grpc.aio.server()
         plugin.add_to_server(self._dra_server, self.preparer)
         health.add_to_server(self._dra_server, self.monitor)
@@ -129,6 +158,8 @@ class Driver:
             s.split_count,
             self.metrics,
             resync_seconds=s.slice_resync,
+            device_taints=self.monitor.taints,
+            events=self.events,
         )
         self.publisher.start()
 
@@ -140,8 +171,9 @@ class Driver:
         await self._listen_unix(self._reg_server, s.registration_socket)
 
         self._tasks.append(asyncio.create_task(self.monitor.run(), name="device-health"))
+        self._start_watchdog()
         if s.healthz_port:
-            live = health.Liveness(s.registration_socket, s.dra_socket)
+            live = health.Liveness(s.registration_socket, s.dra_socket, checks=[self.preparer.check_progress])
             self._live_server = await health.serve_liveness(live, s.listen_address, s.healthz_port)
         if s.metrics_port:
             self._metrics_runner = await serve_metrics(self.metrics, s.listen_address, s.metrics_port)
@@ -155,6 +187,37 @@ class Driver:
                 "prepared_claims": len(self.checkpoint),
             },
         )
+
+    def _start_watchdog(self) -> None:
+        """The node-side memory check, where the vendor and backend can read per-process memory; a
+        watchdog that cannot start is logged and never stops the driver."""
+        s = self.settings
+        if s.watchdog == "off":
+            log.info("watchdog off (--watchdog off)", extra={"node": s.node_name})
+            return
+        try:
+            reader, why = backends.process_reader(self.vendor, s.backend, s.watchdog_nvml_library)
+        except backends.BackendError as exc:
+            log.error("watchdog not started: %s", exc, extra={"node": s.node_name})
+            return
+        if reader is None:
+            log.info("watchdog not started: %s", why, extra={"node": s.node_name})
+            return
+        assert self.checkpoint is not None
+        self.watchdog = Watchdog(
+            reader,
+            self.checkpoint.items,
+            self.devices,
+            self.names,
+            self.metrics,
+            node=s.node_name,
+            events=self.events,
+            action=s.watchdog,
+            period=s.watchdog_period,
+            tolerance=Tolerance.parse(s.watchdog_tolerance),
+            owners=OwnerCache(pid_map=s.watchdog_pid_map),
+        )
+        self._tasks.append(asyncio.create_task(self.watchdog.run(), name="watchdog"))
 
     def _take_lock(self) -> None:
         path = os.path.join(self.settings.plugin_dir, "plugin.lock")
@@ -184,6 +247,54 @@ class Driver:
     async def _rediscover(self) -> list[DeviceInfo]:
         s = self.settings
         return await backends.discover(self.vendor, s.backend, node_name=s.node_name, mock_devices=s.mock_devices)
+
+    def check_health_soon(self) -> None:
+        """Re-check device health now (SIGUSR1; e.g. after writing the mock fault file)."""
+        if self.monitor is not None:
+            self._tasks.append(asyncio.get_running_loop().create_task(self._check_health(), name="device-health-now"))
+
+    async def _check_health(self) -> None:
+        if self.monitor is not None:
+            await self.monitor.check()
+
+    def _health_figures(self) -> dict[str, DeviceHealthFigures]:
+        if self.monitor is None:
+            return {}
+        out = {}
+        for s in self.monitor.statuses:
+            kinds: dict[str, int] = {}
+            for fault in s.faults:
+                kinds[fault.kind] = kinds.get(fault.kind, 0) + 1
+            out[s.device] = DeviceHealthFigures(s.health == health_pb.HEALTHY, kinds)
+        return out
+
+    async def _on_health_change(self, changed: list[tuple[health.DeviceStatus, health.DeviceStatus]]) -> None:
+        """A device's health changed: republish the slices (taints), tell the Node and the pods using it."""
+        if self.publisher is not None:
+            self.publisher.trigger("device health changed")
+        if self.events is None or self.monitor is None:
+            return
+        node = Target.node(self.settings.node_name)
+        taints = self.monitor.taints()
+        for old, new in changed:
+            if new.health == health_pb.UNHEALTHY:
+                effects = ", ".join(f"{t['key']}={t['value']}:{t['effect']}" for t in taints.get(new.device, []))
+                taint = f"tainted {effects}" if effects else "not tainted (taints are off)"
+                message = f"device {new.device} ({new.uuid}) is unhealthy: {new.message}; {taint}"
+                await self.events.record(node, WARNING, "DeviceUnhealthy", message)
+                holders = self.checkpoint.holders(new.device) if self.checkpoint is not None else []
+                pods: dict[tuple[str, str], str] = {}
+                for _, entry in holders:
+                    pods.update(pod_refs(entry.namespace, entry.pods, entry.pod_uids))
+                pod_message = (
+                    f"device {new.device} ({new.uuid}) on node {self.settings.node_name}, which this pod uses, "
+                    f"is unhealthy: {new.message}"
+                )
+                await self.events.pods(pods, WARNING, "DeviceUnhealthy", pod_message)
+            elif new.health == health_pb.HEALTHY and old.health != health_pb.HEALTHY:
+                await self.events.record(
+                    node, NORMAL, "DeviceHealthy", f"device {new.device} ({new.uuid}) is healthy again"
+                )
 
     def _on_registered(self, registered: bool, error: str) -> None:
         if registered and self.publisher is not None:
@@ -217,12 +328,23 @@ class Driver:
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        if self.monitor is not None:
+            await self.monitor.stop()
+        if self.status_writer is not None:
+            await self.status_writer.flush(timeout=2.0)
+        close = getattr(self.metrics.telemetry, "close", None)
+        if callable(close):
+            close()
         if self.publisher is not None:
             await self.publisher.stop()
         if self._live_server is not None:
             await self._live_server.stop(grace=1)
         if self._metrics_runner is not None:
             await self._metrics_runner.cleanup()
+        if self.preparer is not None:
+            self.preparer.close()
+        if self.watchdog is not None:
+            self.watchdog.close()
         if self.client is not None:
             await self.client.close()
         if self._lock_file is not None:
@@ -237,6 +359,7 @@ async def run(settings: Settings) -> int:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, driver.request_stop)
+    loop.add_signal_handler(signal.SIGUSR1, driver.check_health_soon)
     try:
         await driver.start()
     except StartupError as exc:

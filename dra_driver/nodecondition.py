@@ -1,4 +1,4 @@
-"""The Node condition that says whether this driver's devices are shared (DESIGN §1).
+"""The Node condition that says whether this driver's devices are shared (docs/driver.md, Node condition).
 
 One condition per driver, ``Tessera<Vendor>Sharing`` (:func:`condition_type`): ``True`` while the
 devices are published as shareable, ``False`` with reason ``ConsumableCapacityDisabled`` while the API

@@ -1,4 +1,4 @@
-"""ResourceSlices: what the scheduler learns about this node's devices (DESIGN §3).
+"""ResourceSlices: what the scheduler learns about this node's devices (docs/driver.md, ResourceSlices).
 
 The pure half builds the slices (one pool per node, named after the node) and compares them with
 what the API server holds; :class:`SlicePublisher` is the I/O half: it publishes, repairs slices
@@ -15,7 +15,7 @@ import copy
 import logging
 import re
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -39,6 +39,7 @@ from vendors.base import (
     VendorNames,
 )
 
+from .events import EventRecorder, Target
 from .metrics import DriverMetrics
 from .nodecondition import NodeConditionWriter
 
@@ -48,7 +49,10 @@ SLICES_PATH = f"{RESOURCE_V1}/resourceslices"
 MAX_DEVICES_PER_SLICE = 128
 MAX_STRING_ATTRIBUTE = 64
 ATTR_COMPUTE_CAPABILITY = "computeCapability"
-EVENT_COMPONENT = "tessera-dra-driver"
+
+TAINTS_FIELD = "taints"
+DeviceTaints = Mapping[str, Sequence[Mapping[str, Any]]]
+"""Device name -> its ``taints`` (``{key, value, effect, timeAdded}``); devices not named have none."""
 
 # --- pure: building ------------------------------------------------------------------------------
 
@@ -107,9 +111,17 @@ def memory_capacity_bytes(device: DeviceInfo) -> int:
     return max((device.memory_bytes // MIB) * MIB, largest)
 
 
-def device_entry(device: DeviceInfo, names: VendorNames, split_count: int, *, shareable: bool) -> dict[str, Any]:
-    """One ``spec.devices[]`` entry. Shareable: consumable memory, cores and shares (DESIGN §3);
-    otherwise the same capacities without request policies (whole-device mode).
+def device_entry(
+    device: DeviceInfo,
+    names: VendorNames,
+    split_count: int,
+    *,
+    shareable: bool,
+    taints: Sequence[Mapping[str, Any]] = (),
+) -> dict[str, Any]:
+    """One ``spec.devices[]`` entry. Shareable: consumable memory, cores and shares (docs/driver.md);
+    otherwise the same capacities without request policies (whole-device mode). ``taints``: the
+    device's taints (an unhealthy device, see :mod:`health`).
 
     Memory is a range in 1 MiB steps, or the vendor's fixed amounts (``memory_valid_mib``, e.g. Ascend
     vNPU templates) as ``validValues``; ``cores`` is left out for devices whose compute cannot be split
@@ -137,14 +149,32 @@ def device_entry(device: DeviceInfo, names: VendorNames, split_count: int, *, sh
         capacity[CAPACITY_SHARES]["requestPolicy"] = {"default": "1", "validValues": ["1"]}
         entry["allowMultipleAllocations"] = True
     entry["capacity"] = capacity
+    if taints:
+        entry["taints"] = [dict(t) for t in taints]
     return entry
 
 
 def build_slice_specs(
-    devices: Sequence[DeviceInfo], names: VendorNames, node_name: str, split_count: int, *, shareable: bool
+    devices: Sequence[DeviceInfo],
+    names: VendorNames,
+    node_name: str,
+    split_count: int,
+    *,
+    shareable: bool,
+    taints: DeviceTaints | None = None,
+    without_tainted: bool = False,
 ) -> list[dict[str, Any]]:
-    """The ``spec`` of each slice of the node's pool (without generation), at most 128 devices each."""
-    entries = [device_entry(d, names, split_count, shareable=shareable) for d in sorted(devices, key=lambda d: d.index)]
+    """The ``spec`` of each slice of the node's pool (without generation), at most 128 devices each.
+
+    ``taints`` go on their devices; with ``without_tainted`` (the API server drops device taints,
+    gate ``DRADeviceTaints`` off) a tainted device is left out of the pool instead, so that nothing new
+    is allocated on it either."""
+    taints = taints or {}
+    entries = [
+        device_entry(d, names, split_count, shareable=shareable, taints=taints.get(names.device_name(d.index), ()))
+        for d in sorted(devices, key=lambda d: d.index)
+        if not (without_tainted and taints.get(names.device_name(d.index)))
+    ]
     chunks = [entries[i : i + MAX_DEVICES_PER_SLICE] for i in range(0, len(entries), MAX_DEVICES_PER_SLICE)] or [[]]
     return [
         {
@@ -210,13 +240,16 @@ def spec_matches(existing: Mapping[str, Any], desired: Mapping[str, Any]) -> boo
 
 
 def dropped_fields(sent: Mapping[str, Any], stored: Mapping[str, Any]) -> list[str]:
-    """Fields of ``sent`` (a slice spec) the API server did not keep: the consumable-capacity gate is off."""
+    """Fields of ``sent`` (a slice spec) the API server did not keep: the consumable-capacity gate is off
+    (``allowMultipleAllocations``, request policies), or the device-taints gate is (``taints``)."""
     stored_devices = {d.get("name"): d for d in stored.get("devices") or []}
     dropped: set[str] = set()
     for device in sent.get("devices") or []:
         got = stored_devices.get(device.get("name")) or {}
         if device.get("allowMultipleAllocations") and not got.get("allowMultipleAllocations"):
             dropped.add("allowMultipleAllocations")
+        if device.get("taints") and not got.get("taints"):
+            dropped.add(TAINTS_FIELD)
         got_capacity = got.get("capacity") or {}
         for name, cap in (device.get("capacity") or {}).items():
             if "requestPolicy" in cap and "requestPolicy" not in (got_capacity.get(name) or {}):
@@ -245,6 +278,10 @@ class PublishResult:
         return bool(self.created or self.updated or self.deleted)
 
 
+class DeviceTaintsDisabled(Exception):
+    """The API server dropped device taints; the publisher leaves tainted devices out instead."""
+
+
 class ConsumableCapacityDisabled(Exception):
     """The API server dropped the sharing fields; the publisher switches to whole devices."""
 
@@ -270,6 +307,8 @@ class SlicePublisher:
         *,
         resync_seconds: float = 60.0,
         probe_seconds: float = 600.0,
+        device_taints: Callable[[], DeviceTaints] | None = None,
+        events: EventRecorder | None = None,
     ) -> None:
         self._client = client
         self._names = names
@@ -285,6 +324,12 @@ class SlicePublisher:
         self.shareable: bool | None = None
         """``None`` until probed; ``False`` when the API server dropped the sharing fields."""
         self._last_probe = 0.0
+        self._device_taints = device_taints
+        self.taints_supported: bool | None = None
+        """``None`` until a taint was written; ``False`` when the API server dropped it (gate
+        ``DRADeviceTaints`` off): tainted devices are then left out of the pool."""
+        self._last_taint_probe = 0.0
+        self.events = events or EventRecorder(client, node_name)
         self._wake = asyncio.Event()
         self._reconcile_lock = asyncio.Lock()
         self._tasks: list[asyncio.Task[None]] = []
@@ -390,7 +435,15 @@ class SlicePublisher:
         return self._node_uid
 
     def desired_specs(self) -> list[dict[str, Any]]:
-        return build_slice_specs(self._devices, self._names, self._node, self._split, shareable=bool(self.shareable))
+        return build_slice_specs(
+            self._devices,
+            self._names,
+            self._node,
+            self._split,
+            shareable=bool(self.shareable),
+            taints=self._device_taints() if self._device_taints else None,
+            without_tainted=self.taints_supported is False,
+        )
 
     async def reconcile(self) -> PublishResult:
         """Make the API server's slices of this pool equal to the desired ones; return what changed.
@@ -405,10 +458,18 @@ class SlicePublisher:
             self.shareable is False and time.monotonic() - self._last_probe >= self.probe_interval
         ):
             await self._probe(uid)
-        try:
-            result = await self._apply(uid)
-        except ConsumableCapacityDisabled as exc:
-            await self._set_shareable(False, exc.fields)
+        if self.taints_supported is False and time.monotonic() - self._last_taint_probe >= self.probe_interval:
+            self.taints_supported = None  # try taints again: the API server may have been reconfigured
+        result = None
+        for _ in range(3):
+            try:
+                result = await self._apply(uid)
+                break
+            except ConsumableCapacityDisabled as exc:
+                await self._set_shareable(False, exc.fields)
+            except DeviceTaintsDisabled:
+                await self._set_taints_supported(False)
+        if result is None:
             result = await self._apply(uid)
         elapsed = time.perf_counter() - started
         if result.changed:
@@ -475,27 +536,22 @@ class SlicePublisher:
             log.warning(message, extra={"node": self._node, "dropped": fields})
             await self._event("Warning", "DRAConsumableCapacityDisabled", message)
 
+    async def _set_taints_supported(self, supported: bool) -> None:
+        previous = self.taints_supported
+        self.taints_supported = supported
+        self._last_taint_probe = time.monotonic()
+        if not supported and previous is not False:
+            message = (
+                f"the API server dropped the device taints from ResourceSlices of {self._names.driver}: the "
+                "DRADeviceTaints feature gate is off. Unhealthy devices are left out of the ResourceSlice "
+                "instead (nothing new is allocated on them; pods holding them are not evicted). Enable "
+                "DRADeviceTaints on kube-apiserver, kube-scheduler and kube-controller-manager to taint them"
+            )
+            log.warning(message, extra={"node": self._node})
+            await self._event("Warning", "DRADeviceTaintsDisabled", message)
+
     async def _event(self, kind: str, reason: str, message: str) -> None:
-        now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-        event = {
-            "apiVersion": "v1",
-            "kind": "Event",
-            "metadata": {"generateName": f"{self._node}.", "namespace": "default"},
-            "involvedObject": {"apiVersion": "v1", "kind": "Node", "name": self._node, "uid": self._node_uid or ""},
-            "reason": reason,
-            "message": message[:1024],
-            "type": kind,
-            "source": {"component": EVENT_COMPONENT, "host": self._node},
-            "reportingComponent": EVENT_COMPONENT,
-            "reportingInstance": f"{EVENT_COMPONENT}-{self._node}",
-            "firstTimestamp": now,
-            "lastTimestamp": now,
-            "count": 1,
-        }
-        try:
-            await self._client.create("/api/v1/namespaces/default/events", event)
-        except KubeError as exc:
-            log.warning("cannot record Node event", extra={"node": self._node, "reason": reason, "error": str(exc)})
+        await self.events.record(Target.node(self._node, self._node_uid or ""), kind, reason, message)
 
     async def _apply(self, uid: str) -> PublishResult:
         listed = await self._client.list(SLICES_PATH, fieldSelector=self._field_selector())
@@ -549,8 +605,12 @@ class SlicePublisher:
                 stored = await self._client.create(SLICES_PATH, body)
                 result.created += 1
             dropped = dropped_fields(body["spec"], stored.get("spec") or {})
+            if TAINTS_FIELD in dropped:
+                raise DeviceTaintsDisabled()
             if dropped:
                 raise ConsumableCapacityDisabled(dropped)
+            if any(d.get("taints") for d in body["spec"].get("devices") or []):
+                self.taints_supported = True
             published.append(stored)
         keep = {id(o) for o in in_pool[: len(desired)]}
         for obj in ours:

@@ -11,6 +11,7 @@ The region holds usage only. The limits are the driver's (:mod:`isolation.limits
 
 from __future__ import annotations
 
+import os
 import struct
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -36,6 +37,10 @@ _M64 = (1 << 64) - 1
 
 class RegionError(Exception):
     """The file is not a readable libvgpu region (foreign, truncated, other layout, inconsistent)."""
+
+
+class RegionInconsistent(RegionError):
+    """A device total fails its check value: written over, or read half-way through an update."""
 
 
 def _mix(h: int, w: int) -> int:
@@ -100,8 +105,11 @@ class Region:
     processes: tuple[ProcessSlot, ...]
 
 
-def parse_region(data: bytes, path: str = "<bytes>") -> Region:
-    """Decode a region image; RegionError if it is not one of ours or its totals fail their checks."""
+def parse_region(data: bytes, path: str = "<bytes>", *, processes: bool = True, file_size: int | None = None) -> Region:
+    """Decode a region image; RegionError if it is not one of ours or its totals fail their checks.
+    Without ``processes`` only the header and the devices are needed (``data`` may stop at the process
+    slots; none are decoded) and ``file_size`` is the file's full size (a truncated file is refused
+    all the same)."""
     if len(data) < _HEADER.size:
         raise RegionError(f"{path}: truncated ({len(data)} bytes)")
     magic, version, size, max_dev, max_slots, dev_count, salt, created = _HEADER.unpack_from(data, 0)
@@ -109,15 +117,16 @@ def parse_region(data: bytes, path: str = "<bytes>") -> Region:
         raise RegionError(f"{path}: not a libvgpu region (magic {magic:#x})")
     if version != LAYOUT_VERSION or size != REGION_SIZE or max_dev != MAX_DEVICES or max_slots != MAX_SLOTS:
         raise RegionError(f"{path}: layout version {version}, size {size}: this reader knows {LAYOUT_VERSION}")
-    if len(data) < REGION_SIZE:
-        raise RegionError(f"{path}: truncated ({len(data)} of {REGION_SIZE} bytes)")
+    total = len(data) if file_size is None else file_size
+    if total < REGION_SIZE or len(data) < (REGION_SIZE if processes else SLOT_OFFSET):
+        raise RegionError(f"{path}: truncated ({min(total, len(data))} of {REGION_SIZE} bytes)")
     devices = []
     for i in range(MAX_DEVICES):
         (used, used_check, _sms, _pad, _tat, _scale, _tick, _waited, util, last, uuid) = _DEVICE.unpack_from(
             data, DEVICE_OFFSET + i * DEVICE_SIZE
         )
         if used_check != total_check(salt, i, used):
-            raise RegionError(f"{path}: device {i}: the total fails its check (written over, or mid-update)")
+            raise RegionInconsistent(f"{path}: device {i}: the total fails its check (written over, or mid-update)")
         if i >= dev_count and not used:
             continue
         devices.append(
@@ -130,9 +139,9 @@ def parse_region(data: bytes, path: str = "<bytes>") -> Region:
             )
         )
     procs = []
-    # The pid of every slot in one strided read; only the used slots are decoded (a scrape of a node
-    # reads every container's region, and most of the 1024 slots are empty).
-    pids = memoryview(data)[SLOT_OFFSET:REGION_SIZE].cast("i")[:: SLOT_SIZE // 4]
+    # The pid of every slot in one strided read; only the used slots are decoded (most of the 1024
+    # slots are empty).
+    pids = memoryview(data)[SLOT_OFFSET:REGION_SIZE].cast("i")[:: SLOT_SIZE // 4] if processes else []
     for s, slot_pid in enumerate(pids):
         if slot_pid:
             pid, host_pid, stored, *used = _SLOT.unpack_from(data, SLOT_OFFSET + s * SLOT_SIZE)
@@ -141,24 +150,26 @@ def parse_region(data: bytes, path: str = "<bytes>") -> Region:
     return Region(path=path, created_unix=created, devices=tuple(devices), processes=tuple(procs))
 
 
-def read_region(path: str | Path, attempts: int = 3) -> Region:
+def read_region(path: str | Path, *, processes: bool = True, attempts: int = 3) -> Region:
     """Read one region file; RegionError if it is missing, foreign, truncated, of another layout, or
-    inconsistent on every attempt (a read can catch a total half-way through its update)."""
+    inconsistent on every attempt (a read can catch a total half-way through its update).
+
+    Without ``processes`` (what a metrics scrape needs: the per-device figures) only the header and
+    the device records are read, 3 KiB of the 263 KiB; the file must still have its full size."""
     p = Path(path)
-    error = RegionError(f"{p}: not read")
-    for _ in range(max(1, attempts)):
+    for attempt in range(max(1, attempts)):
         try:
             with p.open("rb") as f:
-                data = f.read(REGION_SIZE)
+                file_size = None if processes else os.fstat(f.fileno()).st_size
+                data = f.read(REGION_SIZE if processes else SLOT_OFFSET)
         except OSError as e:
             raise RegionError(f"{p}: {e.strerror}") from e
         try:
-            return parse_region(data, str(p))
-        except RegionError as exc:
-            error = exc
-            if "fails its check" not in str(exc):
-                break
-    raise error
+            return parse_region(data, str(p), processes=processes, file_size=file_size)
+        except RegionInconsistent:
+            if attempt == attempts - 1:
+                raise
+    raise RegionError(f"{p}: not read")
 
 
 def scan_regions(root: str | Path, pattern: str = "*/*.cache") -> Iterator[Region | RegionError]:

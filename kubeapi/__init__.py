@@ -9,6 +9,7 @@ client supplies configuration loading (kubeconfig or in-cluster), authentication
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
@@ -46,6 +47,13 @@ class KubeError(Exception):
         return self.status == 0
 
 
+def default_kubeconfig_exists() -> bool:
+    """Whether kubectl would find a kubeconfig: a file named by ``$KUBECONFIG``, else ``~/.kube/config``."""
+    listed = os.environ.get("KUBECONFIG")
+    paths = listed.split(os.pathsep) if listed else [os.path.join("~", ".kube", "config")]
+    return any(os.path.isfile(os.path.expanduser(p)) for p in paths if p)
+
+
 def namespaced_path(group_version: str, plural: str, namespace: str, name: str | None = None) -> str:
     """``/api/v1/namespaces/ns/pods[/name]`` or ``/apis/<g>/<v>/namespaces/ns/<plural>[/name]``."""
     prefix = "/api/v1" if group_version == "v1" else f"/apis/{group_version}"
@@ -67,11 +75,22 @@ class KubeClient:
         self.timeout = timeout
 
     @classmethod
-    async def connect(cls, kubeconfig: str | None = None, *, timeout: float = 10.0) -> KubeClient:
-        """From a kubeconfig file, else the in-cluster service account."""
+    async def connect(
+        cls,
+        kubeconfig: str | None = None,
+        *,
+        context: str | None = None,
+        timeout: float = 10.0,
+        like_kubectl: bool = False,
+    ) -> KubeClient:
+        """From a kubeconfig file (its ``context``, else its current one), else the in-cluster service
+        account. With ``like_kubectl`` and no file given, ``$KUBECONFIG`` (a ``:`` list is merged) or
+        ``~/.kube/config`` is used when there is one, as kubectl does, before the service account."""
         configuration = k8s_client.Configuration()
-        if kubeconfig:
-            await k8s_config.load_kube_config(config_file=kubeconfig, client_configuration=configuration)
+        if kubeconfig or context or (like_kubectl and default_kubeconfig_exists()):
+            await k8s_config.load_kube_config(
+                config_file=kubeconfig or None, context=context, client_configuration=configuration
+            )
         else:
             k8s_config.load_incluster_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
         return cls(k8s_client.ApiClient(configuration), timeout=timeout)

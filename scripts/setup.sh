@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs everything the tests, the demo and the benchmarks need, into the repository only:
-# a virtual environment (.venv), the official helm binary (.tools/bin/helm, sha256-checked) and
-# checkov, the chart's security linter, in its own environment (.tools/checkov).
+# a virtual environment (.venv), the official helm binary (.tools/bin/helm, sha256-checked),
+# checkov, the chart's security linter, in its own environment (.tools/checkov), and kubectl
+# (.tools/bin/kubectl, sha256-checked) where the machine has none.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -14,3 +15,4 @@ fi
 
 bash scripts/install-helm.sh
 bash scripts/install-checkov.sh
+bash scripts/install-kubectl.sh

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from . import ascend, cambricon, hygon, iluvatar, nvidia
-from .base import AdmissionVendor, NodeVendor, VendorNames
+from .base import DOMAIN, AdmissionVendor, NodeVendor, VendorNames
 
 
 class UnknownVendorError(KeyError):
@@ -24,6 +24,19 @@ RESOURCE_PREFIXES: dict[str, tuple[str, ...]] = {
     "hygon": ("hygon.com/",),
     "iluvatar": ("iluvatar.ai/",),
 }
+
+
+HAMI_ANNOTATION_PREFIX = "hami.io/"
+"""HAMi's own annotation domain (scheduling policies, per-chip UUID choices)."""
+
+ANNOTATION_PREFIXES: tuple[str, ...] = (
+    f"{DOMAIN}/",
+    HAMI_ANNOTATION_PREFIX,
+    *sorted({prefix.split("/", 1)[0] + "/" for prefixes in RESOURCE_PREFIXES.values() for prefix in prefixes}),
+)
+"""Key prefixes of every pod annotation the webhook reads: ours, HAMi's and each vendor's domain
+(``nvidia.com/use-gputype``, ``huawei.com/vnpu-mode``, ...). With :data:`RESOURCE_PREFIXES` this is
+what the chart's ``matchConditions`` send to the webhook (a pod with none of them is not converted)."""
 
 
 def vendor_for_resource(resource_name: str) -> str | None:

@@ -364,6 +364,13 @@ class Ascend:
             )
         return devices
 
+    def device_health(self) -> dict[str, str]:
+        """``npu-smi info``'s Health column per chip: ``OK`` and ``Warning`` are healthy, anything else
+        (``Alarm``, ``Critical``...) is reported."""
+        output = run_tool([self.npu_smi, "info"], timeout_s=self.timeout_s, hint="npu-smi info failed")
+        node = self.node_name or os.environ.get("NODE_NAME") or socket.gethostname()
+        return {device_uuid(node, c.bus_id, c.device_id): chip_problem(c) for c in parse_npu_smi_info(output)}
+
     def container_edits(self, shares: Sequence[Share], config: SharingConfig, layout: NodeLayout) -> ContainerEdits:
         ordered = sorted(shares, key=lambda s: s.device.index)
         if not ordered:
@@ -444,6 +451,17 @@ _UUID_NS = uuid.UUID("0b0f3f7e-6a8e-4d44-9b1e-8a2f5b1c4d21")
 def device_uuid(node_name: str, bus_id: str, device_id: int) -> str:
     """A stable, cluster-unique UUID for a chip npu-smi shows no UUID for: node name + PCI bus id."""
     return f"Ascend-{uuid.uuid5(_UUID_NS, f'{node_name}/{bus_id.lower()}/{device_id}')}"
+
+
+HEALTHY_STATES = ("OK", "Warning")
+"""npu-smi Health values that leave a chip in service (``Warning`` is a minor alarm)."""
+
+
+def chip_problem(chip: NpuChip) -> str:
+    """What is wrong with a chip by its Health column, ``""`` when nothing. Pure."""
+    if chip.health in HEALTHY_STATES:
+        return ""
+    return f"npu-smi reports NPU {chip.npu_id} chip {chip.chip_id} ({chip.bus_id}) health {chip.health!r}"
 
 
 # --- npu-smi info parser ---------------------------------------------------------------------------

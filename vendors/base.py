@@ -18,6 +18,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol, runtime_checkable
 
+from tessera_common.quantity import QuantityError, parse_quantity
+
 DOMAIN = "tessera.dev"
 """Our API domain: annotations, labels and the opaque config live under it."""
 
@@ -28,12 +30,12 @@ OPT_OUT_KEY = f"{DOMAIN}/webhook"
 """Label or annotation on a pod, or label on a namespace; the value ``ignore`` opts out."""
 OPT_OUT_VALUE = "ignore"
 
-# Capacity names published on every shareable device (DESIGN §3).
+# Capacity names published on every shareable device (docs/driver.md, ResourceSlices).
 CAPACITY_MEMORY = "memory"
 CAPACITY_CORES = "cores"
 CAPACITY_SHARES = "shares"
 
-# Attribute names published on every device (DESIGN §3).
+# Attribute names published on every device (docs/driver.md, ResourceSlices).
 ATTR_UUID = "uuid"
 ATTR_INDEX = "index"
 ATTR_PRODUCT_NAME = "productName"
@@ -115,7 +117,7 @@ class DeviceAsk:
 
 @dataclass(frozen=True)
 class SharingConfig:
-    """The opaque, per-request config the webhook writes and the driver reads (DESIGN §3)."""
+    """The opaque, per-request config the webhook writes and the driver reads (docs/webhook.md)."""
 
     priority: int | None = None
     core_limit_policy: CoreLimitPolicy = "default"
@@ -133,8 +135,13 @@ class SharingConfig:
         return params
 
     @classmethod
-    def from_parameters(cls, params: Mapping[str, Any]) -> SharingConfig:
-        """Parse and validate opaque parameters; raise ``ValueError`` with the offending field."""
+    def from_parameters(cls, params: Mapping[str, Any], defaults: SharingConfig | None = None) -> SharingConfig:
+        """Parse and validate opaque parameters; raise ``ValueError`` with the offending field.
+
+        A field the parameters leave out takes its value from ``defaults`` (the cluster's
+        :class:`SharingPolicy` defaults on the node), else the dataclass default.
+        """
+        base = defaults or cls()
         if params.get("apiVersion") != SHARING_CONFIG_API_VERSION or params.get("kind") != SHARING_CONFIG_KIND:
             raise ValueError(
                 f"opaque config is not a {SHARING_CONFIG_API_VERSION} {SHARING_CONFIG_KIND}: "
@@ -144,18 +151,106 @@ class SharingConfig:
         unknown = sorted(set(params) - known)
         if unknown:
             raise ValueError(f"{SHARING_CONFIG_KIND} has unknown fields {unknown}")
-        priority = params.get("priority")
+        priority = params.get("priority", base.priority)
         if priority is not None and (isinstance(priority, bool) or priority not in (0, 1)):
             raise ValueError(f"{SHARING_CONFIG_KIND}.priority must be 0 (high) or 1 (low), got {priority!r}")
-        policy = params.get("coreLimitPolicy", "default")
+        policy = params.get("coreLimitPolicy", base.core_limit_policy)
         if policy not in CORE_LIMIT_POLICIES:
             raise ValueError(
                 f"{SHARING_CONFIG_KIND}.coreLimitPolicy must be one of {list(CORE_LIMIT_POLICIES)}, got {policy!r}"
             )
-        oversubscribe = params.get("oversubscribe", False)
+        oversubscribe = params.get("oversubscribe", base.oversubscribe)
         if not isinstance(oversubscribe, bool):
             raise ValueError(f"{SHARING_CONFIG_KIND}.oversubscribe must be a boolean, got {oversubscribe!r}")
         return cls(priority=priority, core_limit_policy=policy, oversubscribe=oversubscribe)
+
+
+_CORE_STRICTNESS: Mapping[str, int] = {"disable": 0, "default": 1, "force": 2}
+"""How strictly each ``coreLimitPolicy`` holds a share to its SM limit: ``disable`` never, ``default``
+while other tenants use the device, ``force`` always."""
+
+
+class PolicyError(ValueError):
+    """A ``SharingConfig`` goes beyond the cluster's :class:`SharingPolicy`; the message names the field,
+    the policy setting that forbids it and how to fix it."""
+
+
+@dataclass(frozen=True)
+class PolicySetting:
+    """Where an admin sets one part of the policy: the Helm value and the flag of both programs."""
+
+    value: str
+    flag: str
+
+    def __str__(self) -> str:
+        return f"Helm value {self.value}, flag {self.flag}"
+
+
+CORE_POLICY_SETTING = PolicySetting("policy.coreLimitPolicy", "--core-policy")
+HIGH_PRIORITY_SETTING = PolicySetting("policy.allowHighPriority", "--allow-high-priority")
+OVERSUBSCRIBE_SETTING = PolicySetting("policy.allowOversubscribe", "--allow-oversubscribe")
+CORE_DISABLE_SETTING = PolicySetting("policy.allowCoreLimitDisable", "--allow-core-limit-disable")
+
+
+@dataclass(frozen=True)
+class SharingPolicy:
+    """The cluster's sharing policy: one set of values (the chart's ``policy``) read by the webhook, which
+    writes claims within it, and by every driver, which honours a claim's ``SharingConfig`` only within it.
+
+    Three settings loosen isolation between tenants: ``coreLimitPolicy: disable`` (no SM limit even
+    while others share the device), ``priority: 0`` (the share's kernels pause other tenants' on the
+    device) and ``oversubscribe: true`` (allocations past the physical free memory fall back to
+    managed memory). Config from a DeviceClass (``source: FromClass``, written by the admin) is
+    honoured as it is; config from a claim (``source: FromClaim``, which any user who can create a
+    claim or a template can write) only within this policy.
+    """
+
+    core_limit_policy: CoreLimitPolicy = "default"
+    """What a share gets when no config names a policy; also the loosest a claim may name (``disable``
+    needs :attr:`allow_core_limit_disable` as well)."""
+    allow_high_priority: bool = True
+    """Claims may ask for ``priority: 0`` (HAMi lets every pod do so; turn off where tenants do not trust
+    each other)."""
+    allow_oversubscribe: bool = False
+    allow_core_limit_disable: bool = False
+
+    def __post_init__(self) -> None:
+        if self.core_limit_policy not in CORE_LIMIT_POLICIES:
+            raise ValueError(
+                f"core limit policy must be one of {list(CORE_LIMIT_POLICIES)}, got {self.core_limit_policy!r}"
+            )
+        if self.core_limit_policy == "disable" and not self.allow_core_limit_disable:
+            raise ValueError(
+                f"the cluster's core limit policy is disable but disabling the core limit is not allowed: set "
+                f"{CORE_DISABLE_SETTING.value} (flag {CORE_DISABLE_SETTING.flag}) to true as well, or choose "
+                "default or force"
+            )
+
+    def defaults(self) -> SharingConfig:
+        """The config of a share whose claim and class name none."""
+        return SharingConfig(core_limit_policy=self.core_limit_policy)
+
+    def check_claim(self, config: SharingConfig, current: SharingConfig) -> list[str]:
+        """What in ``config`` (from a claim) goes beyond this policy; one sentence per field, empty if nothing.
+
+        A field may be as loose as the policy allows, or as loose as ``current`` (the config in effect
+        before this claim entry: the DeviceClass's, or the policy's defaults): a claim can never loosen
+        what the admin set, but it may repeat it.
+        """
+        problems: list[str] = []
+        loosest_core = 0 if self.allow_core_limit_disable else _CORE_STRICTNESS[self.core_limit_policy]
+        floor = min(loosest_core, _CORE_STRICTNESS[current.core_limit_policy])
+        if _CORE_STRICTNESS[config.core_limit_policy] < floor:
+            if config.core_limit_policy == "disable" and not self.allow_core_limit_disable:
+                why = f"disabling the core limit is not allowed ({CORE_DISABLE_SETTING} is false)"
+            else:
+                why = f"the cluster's core limit policy is {self.core_limit_policy} ({CORE_POLICY_SETTING})"
+            problems.append(f"coreLimitPolicy: {config.core_limit_policy} is looser than this cluster allows: {why}")
+        if config.priority == 0 and not self.allow_high_priority and current.priority != 0:
+            problems.append(f"priority: 0 (high) is not allowed in this cluster ({HIGH_PRIORITY_SETTING} is false)")
+        if config.oversubscribe and not self.allow_oversubscribe and not current.oversubscribe:
+            problems.append(f"oversubscribe: true is not allowed in this cluster ({OVERSUBSCRIBE_SETTING} is false)")
+        return problems
 
 
 AttributeValue = int | bool | str
@@ -278,6 +373,38 @@ class ContainerEdits:
         return edits
 
 
+DEFAULT_KUBELET_DIR = "/var/lib/kubelet"
+DEFAULT_CDI_DIR = "/var/run/cdi"
+DEFAULT_HOST_LIB_DIR = "/usr/local/tessera"
+"""The node's directories Tessera uses, as the driver's flags and the chart's values default them."""
+
+
+def plugin_dir(driver: str, kubelet_dir: str = DEFAULT_KUBELET_DIR) -> str:
+    """The driver's own kubelet plugin directory: its DRA socket and checkpoint."""
+    return f"{kubelet_dir.rstrip('/')}/plugins/{driver}"
+
+
+def registry_dir(kubelet_dir: str = DEFAULT_KUBELET_DIR) -> str:
+    """The kubelet's plugin registration directory."""
+    return f"{kubelet_dir.rstrip('/')}/plugins_registry"
+
+
+def host_dirs(
+    drivers: Sequence[str],
+    *,
+    kubelet_dir: str = DEFAULT_KUBELET_DIR,
+    cdi_dir: str = DEFAULT_CDI_DIR,
+    host_lib_dir: str = DEFAULT_HOST_LIB_DIR,
+) -> tuple[str, ...]:
+    """The host directories the drivers of ``drivers`` own or write to (no workload may mount them)."""
+    return (
+        host_lib_dir.rstrip("/") or "/",
+        cdi_dir.rstrip("/") or "/",
+        registry_dir(kubelet_dir),
+        *(plugin_dir(d, kubelet_dir) for d in drivers),
+    )
+
+
 @dataclass(frozen=True)
 class NodeLayout:
     """Where the driver keeps things on the host, as the container edits refer to them."""
@@ -360,29 +487,52 @@ class NodeVendor(Protocol):
         ...
 
 
+@runtime_checkable
+class HealthReportingVendor(Protocol):
+    """Optional node-side extension: the vendor tool's own view of each device's health.
+
+    The driver polls it every health interval; a device with a problem is reported unhealthy to the
+    kubelet and tainted in the ResourceSlice.
+    """
+
+    def device_health(self) -> dict[str, str]:
+        """Device UUID (as :meth:`NodeVendor.discover` reports it) -> what the tool says is wrong, ``""``
+        when healthy. Raises :class:`DiscoveryError` when the tool cannot be run or read."""
+        ...
+
+
 # --- helpers shared by vendor modules (pure) -----------------------------------------------------
 
-_INT_RE = re.compile(r"^\s*\+?(\d+)\s*$")
+_INT64_MAX = 2**63 - 1
+"""The largest value ``Quantity.Value()`` holds (HAMi reads resources as ``int(q.Value())``)."""
 
 
 def parse_count(value: Any, resource: str) -> int:
-    """A non-negative whole number from a container resource value (int or quantity string)."""
-    if isinstance(value, bool):
-        raise ConversionError(f"{resource}: expected a whole number, got {value!r}")
-    if isinstance(value, int):
-        number = value
-    else:
-        match = _INT_RE.match(str(value))
-        if not match:
-            raise ConversionError(
-                f"{resource}: expected a whole number, got {value!r}; write for example {resource}: 1"
-            )
-        number = int(match.group(1))
-    if number < 0:
+    """A non-negative whole number from a container resource value, read as HAMi reads it.
+
+    kube-apiserver sends every quantity in canonical form (``3000`` arrives as ``"3k"``, ``10240`` as
+    ``"10240"``, ``2048Mi`` as ``"2Gi"``), and HAMi takes ``Quantity.Value()`` of it: the number itself,
+    in the resource's own unit (``nvidia.com/gpumem: 3k`` is 3000 MiB, ``10Gi`` is 10737418240 MiB). A
+    fractional value (``1500m``) is refused, as kube-apiserver refuses it for every extended resource.
+    """
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        raise ConversionError(f"{resource}: expected a whole number, got {value!r}; write for example {resource}: 1")
+    try:
+        exact = parse_quantity(repr(value) if isinstance(value, float) else value)
+    except QuantityError:
+        raise ConversionError(
+            f"{resource}: expected a whole number, got {value!r}; write for example {resource}: 1"
+        ) from None
+    if exact < 0:
         raise ConversionError(f"{resource}: must not be negative, got {value!r}")
-    if number > 2**31 - 1:
+    if exact.denominator != 1:
+        raise ConversionError(
+            f"{resource}: expected a whole number, got {value!r} ({float(exact):g}); Kubernetes refuses it "
+            f"as well (an extended resource must be an integer)"
+        )
+    if exact > _INT64_MAX:
         raise ConversionError(f"{resource}: {value!r} is too large")
-    return number
+    return int(exact)
 
 
 def split_list(value: str) -> list[str]:

@@ -205,6 +205,12 @@ class Cambricon:
             )
         return devices
 
+    def device_health(self) -> dict[str, str]:
+        """``cnmon``'s Ecc-Error column per card: any error count is reported."""
+        cards = parse_cnmon(run_tool([self.cnmon], timeout_s=self.timeout_s, hint="cnmon failed"))
+        node = self.node_name or os.environ.get("NODE_NAME") or socket.gethostname()
+        return {device_uuid(node, card.bus_id): card_problem(card) for card in cards}
+
     def container_edits(self, shares: Sequence[Share], config: SharingConfig, layout: NodeLayout) -> ContainerEdits:
         ordered = sorted(shares, key=lambda s: s.device.index)
         if not ordered:
@@ -269,6 +275,8 @@ class MluCard:
     bus_id: str
     memory_mib: int
     driver_version: str
+    ecc_errors: int | None = None
+    """The Ecc-Error column (``None`` where cnmon shows ``N/A``)."""
 
 
 _DRIVER_RE = re.compile(r"Driver\s+(v?[0-9][0-9A-Za-z.\-]*)")
@@ -313,12 +321,26 @@ def parse_cnmon(text: str) -> list[MluCard]:
                 bus_id=row[1],
                 memory_mib=memory[1],
                 driver_version=version,
+                ecc_errors=_ecc_errors(row[2] if len(row) > 2 else ""),
             )
         )
         i += 2
     if not cards:
         raise DiscoveryError("cnmon: the MLU table lists no card")
     return cards
+
+
+def _ecc_errors(cell: str) -> int | None:
+    """The last word of the ``Util  Ecc-Error`` cell: a count, or ``None`` for ``N/A``."""
+    words = cell.split()
+    return int(words[-1]) if words and words[-1].isdigit() else None
+
+
+def card_problem(card: MluCard) -> str:
+    """What is wrong with a card by its Ecc-Error column, ``""`` when nothing. Pure."""
+    if card.ecc_errors:
+        return f"cnmon reports {card.ecc_errors} ECC errors on MLU {card.index} ({card.bus_id})"
+    return ""
 
 
 VENDOR = Cambricon.from_env()

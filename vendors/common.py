@@ -1,7 +1,7 @@
 """Helpers shared by the vendor modules (NVIDIA uses the container-resource reader).
 
 * admission: reading a container's vendor resources and turning HAMi's count/memory/cores triple into
-  a :class:`~vendors.base.DeviceAsk` with the same rules and denials as NVIDIA (DESIGN §4);
+  a :class:`~vendors.base.DeviceAsk` with the same rules and denials as NVIDIA (docs/webhook.md);
 * node: running the vendor's management tool as a subprocess with a timeout, and reading the boxed
   tables those tools print (``| a | b |`` rows between ``+---+`` rules).
 

@@ -1,4 +1,4 @@
-"""Device asks -> one ResourceClaimTemplate (DESIGN §3-4), pure.
+"""Device asks -> one ResourceClaimTemplate (docs/webhook.md), pure.
 
 One template per pod; one request per (container, vendor) that asks; named by a hash of its content
 so identical pods share it. Capacity requests name ``memory`` only when the container gave a size

@@ -4,10 +4,13 @@
 the environment variable ``TESSERA_FOO_BAR`` (the flag wins).
 
 ``convert`` converts the pods of a manifest offline and prints the result as multi-document YAML:
-each pod as the webhook would admit it, followed by its ResourceClaimTemplate; other objects pass
-through unchanged. Exit status: 0 every pod converted (or had nothing to convert), 2 bad input or
-usage (one line on stderr), 3 at least one pod was denied (each reason on stderr; the others are
-still printed).
+each pod as the webhook would admit it, followed by its ResourceClaimTemplate. A workload
+(Deployment, StatefulSet, DaemonSet, ReplicaSet, Job, CronJob, ReplicationController, PodTemplate)
+is printed with its pod template converted, which is what each of its pods becomes (said on
+stderr: the webhook itself sees the pods); other objects pass through unchanged, with a warning
+when they name a vendor resource. Exit status: 0 every pod converted (or had nothing to convert), 2
+bad input or usage (one line on stderr), 3 at least one pod or pod template was denied (each reason
+on stderr; the others are still printed).
 """
 
 from __future__ import annotations
@@ -23,8 +26,10 @@ import jsonpatch
 import yaml
 
 import vendors as vendor_registry
-from vendors.base import CORE_LIMIT_POLICIES, AdmissionVendor
+from tessera_common.flags import parse_bool, parse_list
+from vendors.base import CORE_LIMIT_POLICIES, AdmissionVendor, SharingPolicy
 
+from . import workloads
 from .convert import Converter
 from .inventory import Inventory, InventoryError, load_file, parse_documents
 
@@ -96,8 +101,10 @@ def build_parser() -> argparse.ArgumentParser:
         "convert",
         help="convert the pods of a manifest offline",
         description="Print the pods of FILE as the webhook would admit them, each followed by its "
-        "ResourceClaimTemplate, as multi-document YAML. Exit status: 0 all converted, 2 bad input, "
-        "3 at least one pod denied (reasons on stderr).",
+        "ResourceClaimTemplate, as multi-document YAML; Deployments, StatefulSets, DaemonSets, ReplicaSets, "
+        "Jobs, CronJobs, ReplicationControllers and PodTemplates with their pod template converted (what "
+        "their pods become). Exit status: 0 all converted, 2 bad input, 3 at least one pod or pod template "
+        "denied (reasons on stderr).",
     )
     convert.add_argument("-f", "--filename", required=True, metavar="FILE", help="YAML/JSON manifest; - for stdin")
     source = convert.add_mutually_exclusive_group()
@@ -125,7 +132,48 @@ def _common(opt: Any) -> None:
         "--core-policy",
         "default",
         choices=list(CORE_LIMIT_POLICIES),
-        help="GPU core limit policy written into each claim's SharingConfig (default %(default)s)",
+        help="the cluster's core limit policy, written into each claim's SharingConfig (default %(default)s)",
+    )
+    for flag, default, text in (
+        ("--allow-high-priority", "true", "pods may ask for task priority 0 (high)"),
+        ("--allow-oversubscribe", "false", "claims may ask for oversubscribe (the webhook never writes it)"),
+        ("--allow-core-limit-disable", "false", "the core policy may be disable"),
+    ):
+        opt(flag, default, metavar="true|false", help=f"cluster sharing policy: {text} (default %(default)s)")
+    opt(
+        "--opt-out-namespaces",
+        help="comma list of namespaces where a pod's tessera.dev/webhook=ignore label or annotation is "
+        "honoured (default: none)",
+    )
+    opt(
+        "--protected-host-paths",
+        help="comma list of Tessera's host directories, which no pod with shares may mount as hostPath "
+        "(default: the drivers' default directories of the enabled vendors)",
+    )
+
+
+def converter_from_args(args: argparse.Namespace) -> Converter:
+    """The converter the flags describe; :class:`UsageError` for values that cannot work."""
+    flags = {}
+    for name in ("allow_high_priority", "allow_oversubscribe", "allow_core_limit_disable"):
+        value = getattr(args, name)
+        try:
+            flags[name] = value if isinstance(value, bool) else parse_bool(str(value))
+        except ValueError as exc:
+            raise UsageError(f"--{name.replace('_', '-')} {exc}") from None
+    try:
+        policy = SharingPolicy(core_limit_policy=args.core_policy, **flags)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    protected = parse_list(args.protected_host_paths)
+    for path in protected:
+        if not path.startswith("/"):
+            raise UsageError(f"--protected-host-paths: {path!r} is not an absolute path")
+    return Converter(
+        enabled_vendors(args.vendors),
+        policy=policy,
+        opt_out_namespaces=parse_list(args.opt_out_namespaces),
+        host_dirs=protected or None,
     )
 
 
@@ -192,7 +240,7 @@ async def _fetch_inventory(kubeconfig: str) -> Inventory:
 def run_convert(args: argparse.Namespace, out: Any = None, err: Any = None) -> int:
     out = out or sys.stdout
     err = err or sys.stderr
-    converter = Converter(enabled_vendors(args.vendors), core_policy=args.core_policy)
+    converter = converter_from_args(args)
     inventory: Inventory | None = None
     try:
         if args.inventory:
@@ -214,22 +262,53 @@ def run_convert(args: argparse.Namespace, out: Any = None, err: Any = None) -> i
     templates: set[tuple[str, str]] = set()
     denied = 0
     for where, obj in objects:
-        if obj.get("kind") != "Pod" or obj.get("apiVersion") != "v1":
+        meta = obj.get("metadata") if isinstance(obj.get("metadata"), dict) else {}
+        namespace = str(meta.get("namespace") or args.namespace)
+        name = meta.get("name") or meta.get("generateName") or "?"
+        is_pod = obj.get("kind") == "Pod" and obj.get("apiVersion") == "v1"
+        path = None if is_pod else workloads.template_path(obj)
+        if not is_pod and path is None:
+            asked = workloads.vendor_resources(obj)
+            if asked:
+                print(
+                    f"convert: warning: {obj.get('apiVersion')} {obj.get('kind')} {namespace}/{name} ({where}) "
+                    f"names {', '.join(asked)} and is passed through unchanged: convert knows the pod templates of "
+                    f"{', '.join(sorted({k for _, k in workloads.TEMPLATE_PATHS}))}; the webhook will convert "
+                    f"the pods it creates",
+                    file=err,
+                )
             emitted.append(obj)
             continue
-        meta = obj.get("metadata") if isinstance(obj.get("metadata"), dict) else {}
-        namespace = meta.get("namespace") or args.namespace
-        label = f"pod {namespace}/{meta.get('name') or meta.get('generateName') or '?'} ({where})"
-        result = converter.convert(obj, str(namespace), inventory)
+        if is_pod:
+            label, pod = f"pod {namespace}/{name} ({where})", obj
+        else:
+            assert path is not None
+            label = f"{obj['kind']} {namespace}/{name} ({where})"
+            try:
+                pod = workloads.template_as_pod(obj, path, namespace)
+            except workloads.NotAWorkload as exc:
+                raise UsageError(f"{source}: {label}: {exc}") from None
+        result = converter.convert(pod, namespace, inventory)
         if not result.allowed:
             if result.malformed:
                 raise UsageError(f"{source}: {label} is not a well-formed Pod: {result.message}")
             print(f"convert: {label} denied: {result.message}", file=err)
             denied += 1
             continue
-        for note in result.notes:
+        for note in (*result.notes, *result.warnings):
             print(f"convert: note: {label}: {note}", file=err)
-        emitted.append(jsonpatch.apply_patch(obj, result.patch) if result.patch else obj)
+        converted = jsonpatch.apply_patch(pod, result.patch) if result.patch else pod
+        if is_pod:
+            emitted.append(converted)
+        else:
+            assert path is not None
+            emitted.append(workloads.with_pod(obj, path, converted, namespace) if result.patch else obj)
+            what = "converted" if result.patch else "nothing to convert in"
+            print(
+                f"convert: note: {label}: {what} its pod template ({'.'.join(path)}), which is what each of its "
+                f"pods becomes (the webhook converts the pods as they are created)",
+                file=err,
+            )
         if result.template is not None:
             key = (result.template["metadata"]["namespace"], result.template["metadata"]["name"])
             if key not in templates:

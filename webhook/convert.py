@@ -1,4 +1,4 @@
-"""Pod -> JSONPatch + ResourceClaimTemplate: the webhook's conversion (DESIGN §4), a pure function.
+"""Pod -> JSONPatch + ResourceClaimTemplate: the webhook's conversion (docs/webhook.md), a pure function.
 
 :meth:`Converter.convert` reads a Pod (a plain dict, as the API server sends it), asks every enabled
 vendor what each container wants, and answers a :class:`Result`: allowed with no patch (nothing to
@@ -10,15 +10,15 @@ overwritten or removed.
 
 from __future__ import annotations
 
+import dataclasses
 import json
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
 
 import vendors as vendor_registry
-from isolation import env as isolation_env
 from vendors.base import (
     DOMAIN,
     MIB,
@@ -27,10 +27,13 @@ from vendors.base import (
     AdmissionVendor,
     AttributeMatchingVendor,
     ConversionError,
-    CoreLimitPolicy,
     DeviceAsk,
+    SharingConfig,
+    SharingPolicy,
+    host_dirs,
 )
 
+from . import safety
 from .claimspec import TEMPLATE_NAME_RE, Want, build_template, is_dns_label
 from .inventory import Inventory
 
@@ -46,7 +49,6 @@ NODE_POLICY_KEY = "hami.io/node-scheduler-policy"
 GPU_POLICY_KEY = "hami.io/gpu-scheduler-policy"
 NODE_POLICIES = ("binpack", "spread")
 GPU_POLICIES = ("binpack", "spread", "topology-aware", "mutex", "numa")
-LD_PRELOAD = "LD_PRELOAD"
 HAMI_SCHEDULER_NAMES = frozenset({"hami-scheduler"})
 """Scheduler names of HAMi's extender, dropped from converted pods (other schedulers are left alone)."""
 
@@ -73,6 +75,8 @@ class Result:
     """Things the user should know that are not errors (e.g. checks skipped without an inventory)."""
     malformed: bool = False
     """Denied because the object is not a well-formed Pod (rather than a pod Tessera refuses)."""
+    warnings: tuple[str, ...] = ()
+    """Things the pod's author should know now (sent back as admission warnings, which kubectl prints)."""
 
 
 class MalformedPod(ConversionError):
@@ -100,11 +104,29 @@ class _Edit:
 
 
 class Converter:
-    """Conversion with a fixed set of enabled vendors and core policy; safe to share, holds no pod state."""
+    """Conversion with a fixed set of enabled vendors and policies; safe to share, holds no pod state.
 
-    def __init__(self, vendors: Sequence[AdmissionVendor], *, core_policy: CoreLimitPolicy = "default") -> None:
+    ``policy``: the cluster's sharing policy (what goes into each ``SharingConfig``, and the task
+    priority a pod may ask for). ``opt_out_namespaces``: the namespaces, listed by the cluster admin,
+    where a pod's ``tessera.dev/webhook: ignore`` label or annotation is honoured (elsewhere it is
+    not, and the pod is told so). ``host_dirs``: Tessera's directories on the nodes, which no pod
+    with shares may mount (default: the drivers' defaults for the enabled vendors).
+    """
+
+    def __init__(
+        self,
+        vendors: Sequence[AdmissionVendor],
+        *,
+        policy: SharingPolicy | None = None,
+        opt_out_namespaces: Iterable[str] = (),
+        host_dirs: Sequence[str] | None = None,
+    ) -> None:
         self.vendors: dict[str, AdmissionVendor] = {v.names.vendor: v for v in vendors}
-        self.core_policy: CoreLimitPolicy = core_policy
+        self.policy = policy or SharingPolicy()
+        self.opt_out_namespaces = frozenset(opt_out_namespaces)
+        self.host_dirs: tuple[str, ...] = (
+            tuple(host_dirs) if host_dirs is not None else default_host_dirs(self.vendors.values())
+        )
         self._matching = {n: v for n, v in self.vendors.items() if isinstance(v, AttributeMatchingVendor)}
         self._classified: dict[str, str | None] = {}
         # Memos of pure steps, for the many pods that share a shape (the replicas of one workload).
@@ -146,13 +168,41 @@ class Converter:
             raise MalformedPod("metadata must be an object")
         labels = meta.get("labels")
         annotations = meta.get("annotations")
-        if (isinstance(labels, dict) and labels.get(OPT_OUT_KEY) == OPT_OUT_VALUE) or (
-            isinstance(annotations, dict) and annotations.get(OPT_OUT_KEY) == OPT_OUT_VALUE
-        ):
-            return Result(allowed=True, notes=(f"{OPT_OUT_KEY}={OPT_OUT_VALUE}: left as it is",))
         spec = pod.get("spec")
         if not isinstance(spec, dict):
             raise MalformedPod("spec must be an object")
+        if (isinstance(labels, dict) and labels.get(OPT_OUT_KEY) == OPT_OUT_VALUE) or (
+            isinstance(annotations, dict) and annotations.get(OPT_OUT_KEY) == OPT_OUT_VALUE
+        ):
+            if namespace in self.opt_out_namespaces:
+                return self._opted_out(spec)
+            result = self._scan(pod, meta, spec, namespace, inventory, seen)
+            warning = (
+                f"{OPT_OUT_KEY}={OPT_OUT_VALUE} is honoured only in the namespaces the cluster admin lists "
+                f"(Helm value webhook.optOutNamespaces), and {namespace!r} is not one of them: the pod was "
+                "handled like any other"
+            )
+            return dataclasses.replace(result, warnings=(*result.warnings, warning))
+        return self._scan(pod, meta, spec, namespace, inventory, seen)
+
+    def _opted_out(self, spec: Mapping[str, Any]) -> Result:
+        """A pod that opted out where that is allowed: not converted, but if it references claims (it may
+        hold shares) the safety checks still apply."""
+        if safety.holds_share(spec):
+            containers = list(_containers(spec))
+            safety.check_pod(spec, _named(containers, spec), set(), self.host_dirs)
+        return Result(allowed=True, notes=(f"{OPT_OUT_KEY}={OPT_OUT_VALUE}: not converted",))
+
+    def _scan(
+        self,
+        pod: Mapping[str, Any],
+        meta: Mapping[str, Any],
+        spec: Mapping[str, Any],
+        namespace: str,
+        inventory: Inventory | None,
+        seen: set[str],
+    ) -> Result:
+        """The fast path: one scan of the resource names; the full conversion only when the pod needs it."""
         found_vendor = False
         claims = bool(spec.get("resourceClaims"))
         for key in ("initContainers", "containers"):
@@ -243,8 +293,9 @@ class Converter:
             (c.get("resources") or {}).get("claims") for _, c, _ in containers
         )
         if wants or references_claims:
-            self._check_safety(spec, containers, wants)
+            safety.check_pod(spec, _named(containers, spec), {w.container for w in wants}, self.host_dirs)
         if wants:
+            self._check_priority(wants)
             notes.extend(_check_memory(wants, inventory))
 
         if not edits:
@@ -309,7 +360,7 @@ class Converter:
             template = build_template(
                 wants,
                 namespace=namespace,
-                core_policy=self.core_policy,
+                core_policy=self.policy.core_limit_policy,
                 inventory=inventory,
                 claim_annotations=policies,
             )
@@ -340,53 +391,51 @@ class Converter:
                 if not vendor.owns_resource(resource):
                     raise ConversionError(
                         f"container {name!r}: {resource} is not a {vendor_name} resource that Tessera converts; "
-                        f"fix the name, or label the pod {OPT_OUT_KEY}={OPT_OUT_VALUE} if another device "
-                        f"plugin serves it"
+                        f"fix the name; if another device plugin serves it, label the pod {OPT_OUT_KEY}="
+                        f"{OPT_OUT_VALUE} in a namespace where the cluster admin allows opting out "
+                        f"(webhook.optOutNamespaces)"
                     )
                 if isinstance(value, bool) or not isinstance(value, str | int | float):
                     raise ConversionError(f"container {name!r}: {resource} must be a whole number, got {_short(value)}")
                 by_vendor.setdefault(vendor_name, set()).add(resource)
         return by_vendor
 
-    def _check_safety(
-        self,
-        spec: Mapping[str, Any],
-        containers: Sequence[tuple[tuple[str, int], Mapping[str, Any], str]],
-        wants: Sequence[Want],
-    ) -> None:
-        sharing = {w.container for w in wants}
-        if sharing and spec.get("nodeName"):
-            raise ConversionError(
-                f"the pod sets spec.nodeName={_short(spec.get('nodeName'))}, which bypasses the scheduler that "
-                f"allocates devices; remove nodeName and use a nodeSelector or node affinity instead"
-            )
-        for _, container, name in containers:
-            if _privileged(container):
-                # A privileged container sees every device node of the host, so in a pod that uses
-                # shares it could reach the shared devices without the isolation library (HAMi v2.10
-                # refuses these pods too).
-                role = "gets a device share" if name in sharing else "is in a pod that uses shared devices"
+    def _check_priority(self, wants: Sequence[Want]) -> None:
+        """The claim the webhook writes stays within the cluster's policy (the drivers check the same)."""
+        for w in wants:
+            if w.ask.priority is None:
+                continue
+            config = SharingConfig(priority=w.ask.priority, core_limit_policy=self.policy.core_limit_policy)
+            problems = self.policy.check_claim(config, self.policy.defaults())
+            if problems:
                 raise ConversionError(
-                    f"container {name!r} is privileged and {role}; a privileged container sees every device "
-                    f"of the node, so the limits cannot be enforced: drop securityContext.privileged, or run "
-                    f"the privileged part in a pod of its own"
+                    f"container {w.container!r} asks for task priority {w.ask.priority}: {'; '.join(problems)}; "
+                    f"remove the priority from the container (low, 1, is the default) or ask the cluster admin"
                 )
-        for _, container, name in containers:
-            for item in _env(container, name):
-                env_name = item.get("name")
-                if not isinstance(env_name, str):
-                    continue
-                if isolation_env.is_isolation_env(env_name):
-                    raise ConversionError(
-                        f"container {name!r} sets {env_name}, which only Tessera sets in a pod that uses "
-                        f"shared devices (the limits come from the claim); remove it from the pod"
-                    )
-                value = item.get("value")
-                if env_name == LD_PRELOAD and isinstance(value, str) and "libvgpu" in value:
-                    raise ConversionError(
-                        f"container {name!r} preloads {_short(value)}; Tessera injects its isolation "
-                        f"library itself, remove libvgpu from LD_PRELOAD"
-                    )
+
+    def check_ephemeral(self, pod: Any, old: Any) -> Result:
+        """An UPDATE of ``pods/ephemeralcontainers`` (``pod``: the whole new pod, ``old``: before): refused
+        when it adds ephemeral containers to a pod that holds shares. Never a patch."""
+        if not isinstance(pod, dict) or not isinstance(pod.get("spec"), dict):
+            return Result(allowed=False, message="the request object is not a Pod with a spec", malformed=True)
+        added = safety.added_ephemeral_containers(pod, old)
+        if not added or not safety.holds_share(pod["spec"]):
+            return ALLOWED
+        return Result(
+            allowed=False,
+            message=(
+                f"ephemeral container(s) {', '.join(repr(n) for n in added)} cannot be added: the pod holds device "
+                f"shares (spec.resourceClaims), and a container added later runs next to them without the checks "
+                f"the pod passed at creation and without the isolation library; debug with `kubectl exec` into "
+                f"one of its containers, or with `kubectl debug --copy-to=<new pod name>`, which creates a "
+                f"separate pod that is checked and converted like any other"
+            ),
+        )
+
+
+def default_host_dirs(vendors: Iterable[AdmissionVendor]) -> tuple[str, ...]:
+    """Tessera's host directories with the drivers' defaults, for the drivers of ``vendors``."""
+    return host_dirs([v.names.driver for v in vendors])
 
 
 # --- helpers (pure) ---------------------------------------------------------------------------------
@@ -417,7 +466,12 @@ def _containers(spec: Mapping[str, Any]) -> Iterator[tuple[tuple[str, int], Mapp
     """``((key, index), container, name)`` for init containers, then containers; validates what we read."""
     names: set[str] = set()
     for key in ("initContainers", "containers"):
-        for i, container in enumerate(spec.get(key) or []):
+        items = spec.get(key) or []
+        if not isinstance(items, list):
+            raise MalformedPod(f"spec.{key} must be a list")
+        for i, container in enumerate(items):
+            if not isinstance(container, dict):
+                raise MalformedPod(f"spec.{key}[{i}] must be an object")
             name = container.get("name")
             if not isinstance(name, str) or not name:
                 raise MalformedPod(f"spec.{key}[{i}] has no name")
@@ -433,6 +487,29 @@ def _containers(spec: Mapping[str, Any]) -> Iterator[tuple[tuple[str, int], Mapp
             if sc is not None and not isinstance(sc, dict):
                 raise MalformedPod(f"container {name!r}: securityContext must be an object")
             yield (key, i), container, name
+
+
+def _named(
+    containers: Sequence[tuple[tuple[str, int], Mapping[str, Any], str]], spec: Mapping[str, Any]
+) -> list[tuple[str, Mapping[str, Any]]]:
+    """``(name, container)`` of every container the safety checks read: ``containers`` (init and regular,
+    already validated) and the ephemeral ones (validated here)."""
+    out = [(name, container) for _, container, name in containers]
+    ephemeral = spec.get("ephemeralContainers")
+    if ephemeral is None:
+        return out
+    if not isinstance(ephemeral, list) or not all(isinstance(c, dict) for c in ephemeral):
+        raise MalformedPod("spec.ephemeralContainers must be a list of objects")
+    for i, container in enumerate(ephemeral):
+        name = container.get("name")
+        if not isinstance(name, str) or not name:
+            raise MalformedPod(f"spec.ephemeralContainers[{i}] has no name")
+        _env(container, name)
+        sc = container.get("securityContext")
+        if sc is not None and not isinstance(sc, dict):
+            raise MalformedPod(f"container {name!r}: securityContext must be an object")
+        out.append((name, container))
+    return out
 
 
 def _env(container: Mapping[str, Any], name: str) -> list[Mapping[str, Any]]:
@@ -451,11 +528,6 @@ def _claim_entries(spec: Mapping[str, Any]) -> list[Mapping[str, Any]]:
     if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
         raise MalformedPod("spec.resourceClaims must be a list of objects")
     return entries
-
-
-def _privileged(container: Mapping[str, Any]) -> bool:
-    sc = container.get("securityContext") or {}
-    return sc.get("privileged") is True
 
 
 def _suffixed(name: str, vendor: str) -> str:

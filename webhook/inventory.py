@@ -1,6 +1,6 @@
 """The device inventory: which device models the cluster's ResourceSlices publish, and their memory.
 
-Conversion needs it for two rules only (DESIGN §4): ``gpumem-percentage`` becomes one subrequest per
+Conversion needs it for two rules only (docs/webhook.md): ``gpumem-percentage`` becomes one subrequest per
 device model, and a memory ask larger than any device is refused. :meth:`Inventory.from_slices` is
 pure; :func:`load_file` and :func:`fetch` are the edges (a YAML/JSON file, the Kubernetes API).
 """
@@ -15,6 +15,7 @@ from typing import Any
 import yaml
 
 from tessera_common.quantity import QuantityError, quantity_bytes
+from tessera_common.slicefields import attribute_text, capacity_value
 from vendors.base import ATTR_PRODUCT_NAME, ATTR_TYPE, ATTR_UUID, CAPACITY_MEMORY
 
 SLICES_PATH = "/apis/resource.k8s.io/v1/resourceslices"
@@ -147,15 +148,6 @@ def _where(obj: Mapping[str, Any]) -> str:
     return f"ResourceSlice {name!r}" if name else "ResourceSlice"
 
 
-def _attribute(attributes: Mapping[str, Any], driver: str, name: str) -> str:
-    value = attributes.get(name, attributes.get(f"{driver}/{name}"))
-    if isinstance(value, Mapping):
-        for kind in ("string", "version", "int"):
-            if kind in value and not isinstance(value[kind], bool):
-                return str(value[kind])
-    return ""
-
-
 def _device(driver: str, pool: str, entry: Any) -> Device:
     if not isinstance(entry, Mapping) or not isinstance(entry.get("name"), str):
         raise InventoryError(f"ResourceSlice of {driver} pool {pool}: a device has no name")
@@ -165,22 +157,21 @@ def _device(driver: str, pool: str, entry: Any) -> Device:
     if not isinstance(attributes, Mapping) or not isinstance(capacity, Mapping):
         raise InventoryError(f"device {pool}/{name} of {driver}: attributes and capacity must be maps")
     memory: int | None = None
-    cap = capacity.get(CAPACITY_MEMORY, capacity.get(f"{driver}/{CAPACITY_MEMORY}"))
-    if cap is not None:
-        value = cap.get("value") if isinstance(cap, Mapping) else None
+    if CAPACITY_MEMORY in capacity or f"{driver}/{CAPACITY_MEMORY}" in capacity:
+        value = capacity_value(capacity, driver, CAPACITY_MEMORY)
         try:
             memory = quantity_bytes(value)
         except QuantityError as exc:
             raise InventoryError(f"device {pool}/{name} of {driver}: capacity memory: {exc}") from None
-    product = _attribute(attributes, driver, ATTR_PRODUCT_NAME)
-    model = _attribute(attributes, driver, ATTR_TYPE) or product
+    product = attribute_text(attributes, driver, ATTR_PRODUCT_NAME)
+    model = attribute_text(attributes, driver, ATTR_TYPE) or product
     return Device(
         driver=driver,
         pool=pool,
         name=name,
         model=model,
         product_name=product,
-        uuid=_attribute(attributes, driver, ATTR_UUID),
+        uuid=attribute_text(attributes, driver, ATTR_UUID),
         memory_bytes=memory,
     )
 

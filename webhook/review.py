@@ -23,6 +23,8 @@ BAD_REQUEST = 400
 INTERNAL_ERROR = 500
 UNAVAILABLE = 503
 
+EPHEMERAL_CONTAINERS = "ephemeralcontainers"
+
 
 class ReviewError(ValueError):
     """The request body is not a usable AdmissionReview."""
@@ -43,6 +45,15 @@ class Review:
     is_pod: bool
     """True for the ``pods`` resource itself (not a subresource)."""
     obj: Any
+    subresource: str = ""
+    """``ephemeralcontainers``, ``status``, ...; empty for the resource itself."""
+    old_obj: Any = None
+    """``request.oldObject``: the object before an UPDATE."""
+
+    @property
+    def adds_ephemeral(self) -> bool:
+        """An UPDATE of ``pods/ephemeralcontainers`` (``kubectl debug``): the object is the whole new pod."""
+        return self.operation == "UPDATE" and self.subresource == EPHEMERAL_CONTAINERS and self.obj is not None
 
 
 def _uid(request: Any) -> str:
@@ -79,16 +90,16 @@ def parse(body: bytes) -> Review:
     if not isinstance(operation, str):
         raise ReviewError("request.operation is missing", uid)
     resource = request.get("resource")
-    sub = request.get("subResource")
-    is_pod = (
-        isinstance(resource, Mapping)
-        and resource.get("group", "") == ""
-        and resource.get("resource") == "pods"
-        and not sub
-    )
+    sub = request.get("subResource") or ""
+    if not isinstance(sub, str):
+        raise ReviewError(f"request.subResource must be a string, got {_show(sub)}", uid)
+    pods = isinstance(resource, Mapping) and resource.get("group", "") == "" and resource.get("resource") == "pods"
+    is_pod = pods and not sub
     obj = request.get("object")
     if is_pod and operation == "CREATE" and not isinstance(obj, dict):
         raise ReviewError("request.object is missing: a pod CREATE review must carry the pod", uid)
+    if pods and sub == EPHEMERAL_CONTAINERS and operation == "UPDATE" and not isinstance(obj, dict):
+        raise ReviewError("request.object is missing: a pods/ephemeralcontainers review must carry the pod", uid)
     namespace = request.get("namespace")
     meta = obj.get("metadata") if isinstance(obj, dict) else None
     if not isinstance(namespace, str) or not namespace:
@@ -106,7 +117,17 @@ def parse(body: bytes) -> Review:
     dry_run = request.get("dryRun", False)
     if not isinstance(dry_run, bool):
         raise ReviewError(f"request.dryRun must be a boolean, got {_show(dry_run)}", uid)
-    return Review(uid=uid, operation=operation, namespace=namespace, name=name, dry_run=dry_run, is_pod=is_pod, obj=obj)
+    return Review(
+        uid=uid,
+        operation=operation,
+        namespace=namespace,
+        name=name,
+        dry_run=dry_run,
+        is_pod=is_pod,
+        obj=obj,
+        subresource=sub if pods else "",
+        old_obj=request.get("oldObject"),
+    )
 
 
 def _dumps(value: Any) -> bytes:

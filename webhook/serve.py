@@ -13,8 +13,7 @@ from aiohttp import web
 from kubeapi import KubeClient
 
 from . import logs
-from .cli import UsageError, enabled_vendors
-from .convert import Converter
+from .cli import UsageError, converter_from_args
 from .metrics import Metrics
 from .server import Webhook
 from .templates import TemplateStore
@@ -26,7 +25,7 @@ async def serve(args: argparse.Namespace, *, stop: asyncio.Event | None = None) 
         raise UsageError(
             "serve needs --tls-cert-file and --tls-key-file (or TESSERA_TLS_CERT_FILE/TESSERA_TLS_KEY_FILE)"
         )
-    converter = Converter(enabled_vendors(args.vendors), core_policy=args.core_policy)
+    converter = converter_from_args(args)
     metrics = Metrics()
     try:
         tls = ReloadingTLS(
@@ -62,7 +61,8 @@ async def serve(args: argparse.Namespace, *, stop: asyncio.Event | None = None) 
         await site.start()
         log.info(
             f"serving https://{args.host}:{args.port}/mutate for vendors {','.join(converter.vendors)} "
-            f"(core policy {converter.core_policy}, API {client.host})"
+            f"({converter.policy}, opt-out namespaces {','.join(sorted(converter.opt_out_namespaces)) or 'none'}, "
+            f"API {client.host})"
         )
         stop = stop or asyncio.Event()
         loop = asyncio.get_running_loop()

@@ -163,6 +163,13 @@ class Webhook:
             return rv.denial(review.uid, message, rv.INTERNAL_ERROR), ERROR, ()
 
     async def _answer(self, review: rv.Review, extra: dict[str, Any]) -> tuple[dict[str, Any], str, tuple[str, ...]]:
+        if review.adds_ephemeral:
+            # kubectl debug: checked, never converted or patched (the pod was converted at creation).
+            result = self.converter.check_ephemeral(review.obj, review.old_obj)
+            if not result.allowed:
+                logger().info(f"denied: {result.message}", extra=extra)
+                return rv.denial(review.uid, result.message), DENIED, ()
+            return rv.allowed(review.uid), ALLOWED, ()
         if not review.is_pod or review.operation != "CREATE":
             return rv.allowed(review.uid), ALLOWED, ()
         result = self.converter.convert(review.obj, review.namespace, self.inventory)
@@ -170,7 +177,7 @@ class Webhook:
             logger().info(f"denied: {result.message}", extra={**extra, "vendors": ",".join(result.vendors)})
             return rv.denial(review.uid, result.message), DENIED, result.vendors
         if not result.patch:
-            return rv.allowed(review.uid), ALLOWED, result.vendors
+            return rv.allowed(review.uid, warnings=result.warnings), ALLOWED, result.vendors
         if result.template is not None and not review.dry_run:
             if self.templates is None:
                 message = "the webhook has no Kubernetes API access configured, so it cannot create the claim template"
@@ -186,4 +193,4 @@ class Webhook:
             "converted" + (" (dry run)" if review.dry_run else ""),
             extra={**extra, "template": template, "vendors": ",".join(result.vendors)},
         )
-        return rv.allowed(review.uid, result.patch), MUTATED, result.vendors
+        return rv.allowed(review.uid, result.patch, result.warnings), MUTATED, result.vendors

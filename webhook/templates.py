@@ -17,6 +17,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from kubeapi import KubeClient, KubeError, namespaced_path
+from tessera_common.quantity import QuantityError, parse_quantity
 
 from .logs import logger
 from .metrics import Metrics
@@ -34,12 +35,24 @@ class EnsureError(RuntimeError):
         self.unavailable = unavailable
 
 
-def contains(ours: Any, theirs: Any) -> bool:
-    """True when ``theirs`` holds everything ``ours`` does (the API server may add defaults)."""
+def contains(ours: Any, theirs: Any, path: tuple[str, ...] = ()) -> bool:
+    """True when ``theirs`` holds everything ``ours`` does (the API server may add defaults, and sends
+    quantities in canonical form: the ``4096Mi`` of a capacity request comes back as ``4Gi``)."""
     if isinstance(ours, Mapping):
-        return isinstance(theirs, Mapping) and all(k in theirs and contains(v, theirs[k]) for k, v in ours.items())
+        return isinstance(theirs, Mapping) and all(
+            k in theirs and contains(v, theirs[k], (*path, str(k))) for k, v in ours.items()
+        )
     if isinstance(ours, list):
-        return isinstance(theirs, list) and len(ours) == len(theirs) and all(map(contains, ours, theirs))
+        return (
+            isinstance(theirs, list)
+            and len(ours) == len(theirs)
+            and all(contains(a, b, path) for a, b in zip(ours, theirs, strict=True))
+        )
+    if path[-3:-1] == ("capacity", "requests") and ours != theirs:
+        try:
+            return parse_quantity(ours) == parse_quantity(theirs)
+        except QuantityError:
+            return False
     return bool(ours == theirs)
 
 

@@ -1,13 +1,16 @@
 """Admission webhooks as kube-apiserver calls them, from the webhook configurations the server holds.
 
 Mutating webhooks run in order (configurations by name, webhooks in list order): rules, scope,
-``namespaceSelector`` and ``objectSelector`` decide; ``sideEffects`` other than ``None``/``NoneOnDryRun``
+``namespaceSelector`` and ``objectSelector`` decide, then ``matchConditions`` (CEL, see
+:mod:`.matchconditions`: a false condition skips the webhook, an evaluation error follows
+``failurePolicy``: 403 Forbidden with ``Fail``); ``sideEffects`` other than ``None``/``NoneOnDryRun``
 refuse a dry run; an AdmissionReview ``admission.k8s.io/v1`` goes over HTTPS to ``clientConfig.url``
 (or the service registered in :attr:`WebhookAdmission.services`), verified with ``caBundle``, within
-``timeoutSeconds``; a failure follows ``failurePolicy``; the returned JSONPatch is applied and the
-object re-defaulted. ``reinvocationPolicy: IfNeeded`` webhooks run once more when a later webhook
-changed the object. Validating webhooks then see the final object. ``matchConditions`` are not
-evaluated (no webhook of ours uses them): a webhook that has them is refused loudly, not guessed.
+``timeoutSeconds``; a failure follows ``failurePolicy``, worded as kube-apiserver words it
+(``failed calling webhook "x": failed to call webhook: Post "https://svc.ns.svc:443/path?timeout=5s":
+no endpoints available for service "svc"``); the returned JSONPatch is applied and the object
+re-defaulted. ``reinvocationPolicy: IfNeeded`` webhooks run once more when a later webhook changed
+the object. Validating webhooks then see the final object.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 import aiohttp
 import jsonpatch
 
-from . import strategy
+from . import matchconditions, strategy
 from .errors import APIError
 from .kinds import Kind
 from .selectors import labels_match, selector_from_label_selector
@@ -93,7 +96,9 @@ class WebhookAdmission:
 
     def __init__(self, server: APIServer) -> None:
         self.server = server
-        self.services: dict[tuple[str, str], tuple[str, int]] = {}
+        self.services: dict[tuple[str, str], tuple[str, int] | None] = {}
+        """Webhook services: (namespace, name) -> the address of a ready endpoint, or ``None`` while
+        the service has none (its pods are down)."""
         self.calls: list[WebhookCall] = []
         self._ssl: dict[str, ssl.SSLContext] = {}
 
@@ -128,13 +133,46 @@ class WebhookAdmission:
                 return False
         return True
 
+    def _matches(self, hook: _Hook, ctx: WriteContext, obj: Obj | None) -> bool:
+        """``matchConditions``: whether to call the webhook; raises 403 on an evaluation error under
+        ``failurePolicy: Fail`` (upstream fails closed without calling the webhook)."""
+        conditions = hook.spec.get("matchConditions") or []
+        if not conditions:
+            return True
+        request = self._review(ctx, obj)["request"]
+        request.pop("object", None)
+        request.pop("oldObject", None)
+        verdict = matchconditions.evaluate(conditions, {"object": obj, "oldObject": ctx.old, "request": request})
+        if verdict.errors:
+            name = str(hook.spec.get("name", ""))
+            if hook.spec.get("failurePolicy", "Fail") == "Ignore":
+                log.warning(
+                    "webhook %s: match conditions failed, skipped by failurePolicy Ignore: %s",
+                    name,
+                    "; ".join(verdict.errors),
+                )
+                return False
+            log.warning("webhook %s: match conditions failed, failing closed: %s", name, "; ".join(verdict.errors))
+            resource = ctx.kind.group_resource
+            subject = f'{resource} "{ctx.name}"' if ctx.name else resource
+            raise APIError(
+                403,
+                f"{subject} is forbidden: {matchconditions.aggregate(verdict.errors)}",
+                kind=ctx.kind,
+                name=ctx.name,
+            )
+        return verdict.call
+
+    def _selected(self, hook: _Hook, ctx: WriteContext, obj: Obj | None) -> bool:
+        return self._applies(hook, ctx, obj) and self._matches(hook, ctx, obj)
+
     # ------------------------------------------------------------------ the hook
     async def __call__(self, ctx: WriteContext) -> Obj | None:
         obj = copy.deepcopy(ctx.obj) if ctx.obj is not None else None
         hooks = [h for h in self._hooks(True)]
         last_change: int | None = None
         for index, hook in enumerate(hooks):
-            if not self._applies(hook, ctx, obj):
+            if not self._selected(hook, ctx, obj):
                 continue
             hook.invoked = True
             changed = await self._invoke(hook, ctx, obj)
@@ -148,12 +186,12 @@ class WebhookAdmission:
                     continue
                 if hook.spec.get("reinvocationPolicy", "Never") != "IfNeeded":
                     continue
-                if not self._applies(hook, ctx, obj):
+                if not self._selected(hook, ctx, obj):
                     continue
                 changed = await self._invoke(hook, ctx, obj)
                 if changed is not None:
                     obj = changed
-        validating = [h for h in self._hooks(False) if self._applies(h, ctx, obj)]
+        validating = [h for h in self._hooks(False) if self._selected(h, ctx, obj)]
         await asyncio.gather(*(self._invoke(h, ctx, obj) for h in validating))
         return obj
 
@@ -161,12 +199,6 @@ class WebhookAdmission:
         """Call one webhook; the patched object when it changed it, None when it did not."""
         spec = hook.spec
         name = str(spec.get("name", ""))
-        if spec.get("matchConditions"):
-            raise APIError(
-                500,
-                f'Internal error occurred: webhook "{name}" uses matchConditions, which the API '
-                "server stand-in does not evaluate; remove them or extend e2e/apiserver/admission.py",
-            )
         if ctx.dry_run and spec.get("sideEffects") not in ("None", "NoneOnDryRun"):
             raise APIError(400, f'admission webhook "{name}" does not support dry run')
         if "v1" not in (spec.get("admissionReviewVersions") or []):
@@ -274,23 +306,26 @@ class WebhookAdmission:
             self._ssl[key] = context
         return self._ssl[key]
 
-    def _target(self, client_config: Mapping[str, Any]) -> tuple[str, str | None]:
-        """(url to call, TLS server name to verify when it differs from the URL's host)."""
+    def _target(self, client_config: Mapping[str, Any], timeout: float) -> tuple[str, str, str | None]:
+        """(url to call, url as kube-apiserver shows it, TLS server name to verify when it differs from
+        the URL's host)."""
         if client_config.get("url"):
-            return str(client_config["url"]), None
+            url = str(client_config["url"])
+            return url, _with_timeout(url, timeout), None
         service = client_config.get("service") or {}
-        ns, name = service.get("namespace"), service.get("name")
-        address = self.services.get((str(ns), str(name)))
-        if address is None:
-            raise _CallFailed(
-                f'service "{ns}/{name}" is not registered with the API server stand-in (WebhookAdmission.services)'
-            )
+        ns, name = str(service.get("namespace")), str(service.get("name"))
         path = service.get("path") or "/"
-        return f"https://{address[0]}:{address[1]}{path}", f"{name}.{ns}.svc"
+        shown = _with_timeout(f"https://{name}.{ns}.svc:{int(service.get('port') or 443)}{path}", timeout)
+        if (ns, name) not in self.services:
+            raise _CallFailed(f'failed to call webhook: Post "{shown}": services "{name}" not found')
+        address = self.services[(ns, name)]
+        if address is None:
+            raise _CallFailed(f'failed to call webhook: Post "{shown}": no endpoints available for service "{name}"')
+        return f"https://{address[0]}:{address[1]}{path}", shown, f"{name}.{ns}.svc"
 
     async def _post(self, spec: Obj, review: Obj, timeout: float) -> Any:
         client_config = spec.get("clientConfig") or {}
-        url, server_name = self._target(client_config)
+        url, shown, server_name = self._target(client_config, timeout)
         context = self._ssl_context(client_config.get("caBundle"))
         client = await self.server.http_client()
         try:
@@ -301,11 +336,21 @@ class WebhookAdmission:
                     raise _CallFailed(f"the server answered HTTP {resp.status}: {(await resp.text())[:200]}")
                 return await resp.json(content_type=None)
         except TimeoutError as exc:
-            raise _CallFailed(
-                f'failed to call webhook: Post "{url}": context deadline exceeded (timeoutSeconds {timeout:g})'
-            ) from exc
+            raise _CallFailed(f'failed to call webhook: Post "{shown}": context deadline exceeded') from exc
+        except aiohttp.ClientConnectorError as exc:
+            if isinstance(exc.os_error, ConnectionRefusedError):
+                reason = f"dial tcp {exc.host}:{exc.port}: connect: connection refused"
+            else:
+                reason = str(exc)
+            raise _CallFailed(f'failed to call webhook: Post "{shown}": {reason}') from exc
         except (aiohttp.ClientError, OSError, ValueError) as exc:
-            raise _CallFailed(f'failed to call webhook: Post "{url}": {exc}') from exc
+            raise _CallFailed(f'failed to call webhook: Post "{shown}": {exc}') from exc
+
+
+def _with_timeout(url: str, timeout: float) -> str:
+    """The URL with the ``timeout`` query kube-apiserver adds (whole seconds, rounded up)."""
+    seconds = max(1, -int(-timeout // 1))
+    return f"{url}{'&' if '?' in url else '?'}timeout={seconds}s"
 
 
 class _CallFailed(Exception):

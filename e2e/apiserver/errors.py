@@ -37,6 +37,7 @@ class APIError(Exception):
         name: str | None = None,
         causes: list[dict[str, str]] | None = None,
         retry_after: int | None = None,
+        details_kind: str | None = None,
     ) -> None:
         super().__init__(message)
         self.code = code
@@ -46,6 +47,7 @@ class APIError(Exception):
         self.name = name
         self.causes = causes or []
         self.retry_after = retry_after
+        self.details_kind = details_kind
 
     def status(self) -> dict[str, Any]:
         body: dict[str, Any] = {
@@ -63,7 +65,7 @@ class APIError(Exception):
         if self.kind is not None:
             if self.kind.group:
                 details["group"] = self.kind.group
-            details["kind"] = self.kind.plural
+            details["kind"] = self.details_kind or self.kind.plural
         if self.causes:
             details["causes"] = self.causes
         if self.retry_after is not None:
@@ -100,6 +102,7 @@ def invalid(kind: Kind, name: str, causes: list[tuple[str, str]]) -> APIError:
         kind=kind,
         name=name,
         causes=[{"reason": "FieldValueInvalid", "message": m, "field": f} for f, m in causes],
+        details_kind=kind.kind,  # an Invalid status names the Kind (NotFound and the rest name the resource)
     )
 
 

@@ -84,7 +84,7 @@ KINDS: tuple[Kind, ...] = (
         "pods",
         "Pod",
         True,
-        ("status", "binding", "log"),
+        ("status", "binding", "log", "exec", "ephemeralcontainers"),
         (
             "spec.nodeName",
             "spec.restartPolicy",

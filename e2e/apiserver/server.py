@@ -19,17 +19,18 @@ import random
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import yaml
 from aiohttp import ClientSession, ClientTimeout, web
 
-from . import events, kinds, patching, strategy
+from . import events, kinds, managed, openapi, patching, protobuf, quantities, strategy, streams, tables
 from .admission import WebhookAdmission
 from .errors import APIError, already_exists, bad_request, conflict, invalid, not_found
 from .faults import Faults
 from .kinds import Kind
+from .schemas import drop_fields, unknown_fields
 from .selectors import (
     FieldRequirement,
     LabelRequirement,
@@ -64,6 +65,28 @@ class RequestRecord:
     path: str
     query: Mapping[str, str]
     status: int
+
+
+@dataclass
+class Decoding:
+    """How a write's body is decoded: ``fieldValidation`` (Strict refuses unknown fields, Warn and Ignore
+    drop them) and the warnings the response carries (``Warning: 299 - "..."`` headers)."""
+
+    validation: str = "Warn"
+    warnings: list[str] = field(default_factory=list)
+    manager: str = ""
+    """The field manager of the write (``fieldManager``, else the User-Agent's product)."""
+    force: bool = False
+    """``force=true`` on an apply: take the fields other managers own."""
+
+    @classmethod
+    def of(cls, query: Mapping[str, str], user_agent: str = "") -> Decoding:
+        value = query.get("fieldValidation") or "Warn"
+        if value not in ("Ignore", "Warn", "Strict"):
+            raise bad_request(
+                f"fieldValidation parameter unsupported: {value}. Supported values are: Ignore, Warn, Strict"
+            )
+        return cls(value, manager=managed.manager_of(query, user_agent), force=_parse_bool(query.get("force")))
 
 
 @dataclass
@@ -117,7 +140,13 @@ class APIServer:
         self.validator: Validator | None = validator or (SchemaValidator() if validate else None)
         self.webhooks = WebhookAdmission(self)
         self.admission: Admission | None = admission or (self.webhooks if webhooks else None)
-        self.feature_gates: dict[str, bool] = {"DRAConsumableCapacity": True, **(feature_gates or {})}
+        self.feature_gates: dict[str, bool] = {
+            "DRAConsumableCapacity": True,
+            "DRADeviceTaints": True,
+            "DRAResourceClaimDeviceStatus": True,
+            "ResourceHealthStatus": True,
+            **(feature_gates or {}),
+        }
         self.bookmark_interval = bookmark_interval
         self.requests: deque[RequestRecord] = deque(maxlen=request_log)
         self._runner: web.AppRunner | None = None
@@ -252,6 +281,8 @@ class APIServer:
             return web.Response(text="ok")
         if path == "/version":
             return web.json_response(VERSION)
+        if parts and parts[0] == "openapi":
+            return self._openapi(request, parts[1:])
         if parts and parts[0] == "api":
             if len(parts) == 1:
                 return web.json_response(
@@ -325,7 +356,14 @@ class APIServer:
             if method == "GET":
                 if watch_path or _parse_bool(query.get("watch")):
                     return await self._watch(request, kind, namespace)
-                return web.json_response(self._list(kind, namespace, query))
+                listed = self._list(kind, namespace, query)
+                accept = request.headers.get("Accept", "")
+                if tables.wants_table(accept):
+                    items = [{**o, "apiVersion": kind.api_version, "kind": kind.kind} for o in listed["items"]]
+                    return web.json_response(
+                        tables.table(kind, items, list_meta=listed["metadata"], query=query, accept=accept)
+                    )
+                return web.json_response(listed)
             if method == "POST":
                 if kind.namespaced and namespace is None:
                     raise APIError(
@@ -334,13 +372,18 @@ class APIServer:
                         f"(post {kind.plural}) without a namespace",
                     )
                 body = await _read_body(request)
-                created = await self.create(kind, namespace, body, dry_run=dry_run, user=_user(request))
-                return web.json_response(created, status=201)
+                decoding = Decoding.of(query, request.headers.get("User-Agent", ""))
+                created = await self.create(
+                    kind, namespace, body, dry_run=dry_run, user=_user(request), decoding=decoding
+                )
+                return _with_warnings(web.json_response(created, status=201), decoding)
             if method == "DELETE":
                 return web.json_response(await self._delete_collection(kind, namespace, query, dry_run))
             raise APIError(405, f"method {method} is not allowed on a collection")
         if sub == "log":
             return await self._pod_log(request, kind, namespace, name)
+        if sub == "exec":
+            return await self._pod_exec(request, kind, namespace, name)
         if sub == "binding":
             if method != "POST":
                 raise APIError(405, "pods/binding accepts POST only")
@@ -350,12 +393,20 @@ class APIServer:
             obj = self.store.raw(kind.bucket, namespace, name)
             if obj is None:
                 raise not_found(kind, name)
+            accept = request.headers.get("Accept", "")
+            if tables.wants_table(accept):
+                meta = {"resourceVersion": obj["metadata"].get("resourceVersion", "")}
+                return web.json_response(
+                    tables.table(kind, [_view(kind, obj)], list_meta=meta, query=query, accept=accept)
+                )
             return web.json_response(_view(kind, obj))
         if method == "PUT":
             replacement = await _read_body(request)
-            return web.json_response(
-                await self.update(kind, namespace, name, replacement, sub, dry_run=dry_run, user=_user(request))
+            decoding = Decoding.of(query, request.headers.get("User-Agent", ""))
+            updated = await self.update(
+                kind, namespace, name, replacement, sub, dry_run=dry_run, user=_user(request), decoding=decoding
             )
+            return _with_warnings(web.json_response(updated), decoding)
         if method == "PATCH":
             content_type = request.headers.get("Content-Type", "").split(";")[0].strip().lower()
             patch_type = patching.PATCH_TYPES.get(content_type)
@@ -369,10 +420,11 @@ class APIServer:
             patch = yaml.safe_load(raw) if patch_type == "apply" else json.loads(raw or b"null")
             if patch_type == "apply" and not query.get("fieldManager"):
                 raise APIError(400, "PATCH with application/apply-patch+yaml requires the fieldManager parameter")
+            decoding = Decoding.of(query, request.headers.get("User-Agent", ""))
             patched, created_now = await self.patch(
-                kind, namespace, name, patch_type, patch, sub, dry_run=dry_run, user=_user(request)
+                kind, namespace, name, patch_type, patch, sub, dry_run=dry_run, user=_user(request), decoding=decoding
             )
-            return web.json_response(patched, status=201 if created_now else 200)
+            return _with_warnings(web.json_response(patched, status=201 if created_now else 200), decoding)
         if method == "DELETE":
             options: Obj = {}
             raw = await request.read()
@@ -384,6 +436,29 @@ class APIServer:
                 await self.delete(kind, namespace, name, options, query, dry_run=dry_run, user=_user(request))
             )
         raise APIError(405, f"method {method} is not allowed here")
+
+    # ------------------------------------------------------------------ OpenAPI
+    def _openapi(self, request: web.Request, rest: list[str]) -> web.Response:
+        accept = request.headers.get("Accept", "")
+        json_ok = not accept or any(
+            t.split(";")[0].strip() in ("application/json", "*/*", "application/*") for t in accept.split(",")
+        )
+        if not json_ok:
+            raise APIError(
+                406,
+                f"only application/json is served for /openapi (asked for {accept}); the OpenAPI documents in "
+                "protobuf are not served by the stand-in: read /openapi/v3",
+            )
+        if rest == ["v2"]:
+            return web.Response(body=openapi.v2_body(), content_type="application/json")
+        if rest == ["v3"]:
+            return web.json_response(openapi.v3_index())
+        if len(rest) > 1 and rest[0] == "v3":
+            found = openapi.v3_lookup("/".join(rest[1:]))
+            if found is not None:
+                headers = {"Cache-Control": "public, immutable"} if request.query.get("hash") else {}
+                return web.Response(body=openapi.v3_body(*found), content_type="application/json", headers=headers)
+        raise APIError(404, f"the server could not find the requested resource: {request.path}")
 
     # ------------------------------------------------------------------ list and watch
     def _selectors(self, kind: Kind, query: Mapping[str, str]) -> tuple[list[LabelRequirement], list[FieldRequirement]]:
@@ -451,8 +526,15 @@ class APIServer:
                 return False
             return labels_match(labels, meta.get("labels")) and fields_match(fields, obj)
 
+        accept = request.headers.get("Accept", "")
+        as_table = tables.wants_table(accept)
+
         def line(kind_of_event: str, obj: Obj) -> bytes:
-            event = {"type": kind_of_event, "object": _view(kind, obj)}
+            shown = _view(kind, obj)
+            if as_table:
+                rv = {"resourceVersion": shown["metadata"].get("resourceVersion", "")}
+                shown = tables.table(kind, [shown], list_meta=rv, query=query, accept=accept)
+            event = {"type": kind_of_event, "object": shown}
             return json.dumps(event, separators=(",", ":")).encode() + b"\n"
 
         def translate(event: Event) -> bytes | None:
@@ -536,7 +618,7 @@ class APIServer:
                 kind=kind,
             )
 
-    def _decode(self, kind: Kind, body: Any) -> Obj:
+    def _decode(self, kind: Kind, body: Any, decoding: Decoding | None = None) -> Obj:
         if not isinstance(body, dict):
             raise bad_request("the request body is not a JSON object")
         api_version, obj_kind = body.get("apiVersion"), body.get("kind")
@@ -552,11 +634,22 @@ class APIServer:
                 else f"the kind in the data ({obj_kind}) does not match the expected kind ({kind.kind})"
             )
         obj = copy.deepcopy(body)
-        if kind.group == "events.k8s.io":
-            obj = events.to_core(obj)
         if not isinstance(obj.get("metadata", {}), dict):
             raise bad_request("metadata must be an object")
+        unknown = unknown_fields(kind, obj)
+        if unknown and decoding is not None and decoding.validation == "Strict":
+            listed = ", ".join(f'unknown field "{f}"' for f in unknown)
+            raise bad_request(
+                f'{kind.kind} in version "{kind.version}" cannot be handled as a {kind.kind}: strict decoding '
+                f"error: {listed}"
+            )
+        drop_fields(obj, unknown)
+        if decoding is not None and decoding.validation == "Warn":
+            decoding.warnings.extend(f'unknown field "{f}"' for f in unknown)
+        if kind.group == "events.k8s.io":
+            obj = events.to_core(obj)
         obj.setdefault("metadata", {})
+        quantities.canonicalize(self._storage_kind(kind), obj)
         return obj
 
     def _storage_kind(self, kind: Kind) -> Kind:
@@ -567,19 +660,28 @@ class APIServer:
             return ctx.obj
         return await self.admission(ctx)
 
-    def _validate(self, kind: Kind, obj: Obj, old: Obj | None) -> None:
+    def _validate(self, kind: Kind, obj: Obj, old: Obj | None, subresource: str | None = None) -> None:
         errors: list[tuple[str, str]] = []
         if old is not None:
-            errors.extend(strategy.check_update(kind, obj, old))
+            errors.extend(strategy.check_update(kind, obj, old, subresource))
         if self.validator is not None:
             errors.extend(self.validator(kind, obj))
         if errors:
             raise invalid(kind, str(obj.get("metadata", {}).get("name", "")), errors)
 
     async def create(
-        self, kind: Kind, namespace: str | None, body: Any, *, dry_run: bool = False, user: str = "tessera-e2e"
+        self,
+        kind: Kind,
+        namespace: str | None,
+        body: Any,
+        *,
+        dry_run: bool = False,
+        user: str = "tessera-e2e",
+        decoding: Decoding | None = None,
+        applied: Obj | None = None,
     ) -> Obj:
-        obj = self._decode(kind, body)
+        """``applied``: the configuration of a server-side apply that creates the object."""
+        obj = self._decode(kind, body, decoding)
         skind = self._storage_kind(kind)
         meta = obj["metadata"]
         if skind.namespaced:
@@ -599,6 +701,8 @@ class APIServer:
         admitted = await self._admit(
             WriteContext("CREATE", skind, None, namespace, str(meta.get("name", "")), obj, None, dry_run, user)
         )
+        if admitted is not None:  # a webhook's patched object is decoded again: canonical quantities
+            quantities.canonicalize(skind, admitted)
         obj = admitted if admitted is not None else obj
         meta = obj.setdefault("metadata", {})
         if not meta.get("name"):
@@ -609,6 +713,14 @@ class APIServer:
             meta["name"] = candidate
         fill_system_metadata(obj)
         strategy.prepare_for_create(skind, obj)
+        if decoding is not None and decoding.manager:
+            now = now_rfc3339()
+            if applied is not None:
+                meta["managedFields"] = managed.apply(skind, None, applied, decoding.manager, force=False, now=now)[
+                    "metadata"
+                ].get("managedFields", [])
+            else:
+                managed.record_update(skind, None, obj, decoding.manager, now)
         self._validate(skind, obj, None)
         if self.store.raw(skind.bucket, namespace, meta["name"]) is not None:
             raise already_exists(kind, meta["name"])
@@ -626,10 +738,11 @@ class APIServer:
         *,
         dry_run: bool = False,
         user: str = "tessera-e2e",
+        decoding: Decoding | None = None,
     ) -> Obj:
         skind = self._storage_kind(kind)
         self._check_namespace(skind, namespace, creating=False)
-        new = self._decode(kind, body)
+        new = self._decode(kind, body, decoding)
         meta = new["metadata"]
         if meta.get("name") and meta["name"] != name:
             raise bad_request(f"the name of the object ({meta['name']}) does not match the name on the URL ({name})")
@@ -640,7 +753,9 @@ class APIServer:
                     "the namespace of the provided object does not match the namespace sent on the request"
                 )
             meta["namespace"] = namespace
-        return await self._update(kind, skind, namespace, name, new, sub, dry_run=dry_run, user=user)
+        return await self._update(
+            kind, skind, namespace, name, new, sub, dry_run=dry_run, user=user, decoding=decoding
+        )
 
     async def _update(
         self,
@@ -653,7 +768,10 @@ class APIServer:
         *,
         dry_run: bool,
         user: str,
+        decoding: Decoding | None = None,
+        applied: bool = False,
     ) -> Obj:
+        """``applied``: ``new`` comes from a server-side apply and carries its managedFields already."""
         old = self.store.raw(skind.bucket, namespace, name)
         if old is None:
             raise not_found(kind, name)
@@ -665,14 +783,24 @@ class APIServer:
         admitted = await self._admit(
             WriteContext("UPDATE", skind, sub, namespace, name, new, copy.deepcopy(old), dry_run, user)
         )
+        if admitted is not None:
+            quantities.canonicalize(skind, admitted)
         new = admitted if admitted is not None else new
         stored = strategy.prepare_for_update(skind, new, old, sub)
+        strategy.claim_status_update(skind, stored, old, self.feature_gates)
         stored["metadata"]["resourceVersion"] = old["metadata"]["resourceVersion"]
         stored.setdefault("apiVersion", skind.api_version)
         stored.setdefault("kind", skind.kind)
-        self._validate(skind, stored, old)
-        if stored == old:
+        if not applied:  # managedFields are the server's: what the client sent back is not taken
+            if old["metadata"].get("managedFields"):
+                stored["metadata"]["managedFields"] = copy.deepcopy(old["metadata"]["managedFields"])
+            else:
+                stored["metadata"].pop("managedFields", None)
+        self._validate(skind, stored, old, sub)
+        if _without_managed(stored) == _without_managed(old):
             return _view(kind, old)  # a no-op write: no new resourceVersion, no event, as in kube-apiserver
+        if decoding is not None and decoding.manager and not applied:
+            managed.record_update(skind, old, stored, decoding.manager, now_rfc3339(), sub)
         if dry_run:
             return _view(kind, stored)
         result = self.store.commit_update(skind, stored, old)
@@ -696,18 +824,32 @@ class APIServer:
         *,
         dry_run: bool = False,
         user: str = "tessera-e2e",
+        decoding: Decoding | None = None,
     ) -> tuple[Obj, bool]:
         skind = self._storage_kind(kind)
         self._check_namespace(skind, namespace, creating=False)
         old = self.store.raw(skind.bucket, namespace, name)
+        server_side_apply = patch_type == "apply" and sub is None
+        config = self._apply_config(kind, name, patch, decoding) if server_side_apply else None
         if old is None:
-            if patch_type == "apply" and sub is None:
-                if isinstance(patch, dict):
-                    patch.setdefault("metadata", {}).setdefault("name", name)
-                return await self.create(kind, namespace, patch, dry_run=dry_run, user=user), True
+            if config is not None:
+                created = await self.create(
+                    kind,
+                    namespace,
+                    copy.deepcopy(config),
+                    dry_run=dry_run,
+                    user=user,
+                    decoding=decoding,
+                    applied=config,
+                )
+                return created, True
             raise not_found(kind, name)
         current = _view(kind, old)
-        if patch_type == "apply":
+        if config is not None:
+            manager = decoding.manager if decoding is not None and decoding.manager else "unknown"
+            force = decoding.force if decoding is not None else False
+            patched = managed.apply(kind, current, config, manager, force=force, now=now_rfc3339())
+        elif patch_type == "apply":  # an apply to a subresource: merged as a strategic merge patch
             if not isinstance(patch, dict):
                 raise bad_request("apply patch must be an object")
             patched = patching.strategic_merge_patch(current, patch)
@@ -715,10 +857,39 @@ class APIServer:
             patched = patching.apply_patch(patch_type, current, patch)
         if patched.get("apiVersion") != current["apiVersion"] or patched.get("kind") != current["kind"]:
             raise bad_request("a patch may not change apiVersion or kind")
-        new = self._decode(kind, patched)
+        new = self._decode(kind, patched, decoding)
         if new["metadata"].get("name") != name:
             raise bad_request("a patch may not change metadata.name")
-        return await self._update(kind, skind, namespace, name, new, sub, dry_run=dry_run, user=user), False
+        updated = await self._update(
+            kind, skind, namespace, name, new, sub, dry_run=dry_run, user=user, decoding=decoding,
+            applied=config is not None,
+        )  # fmt: skip
+        return updated, False
+
+    def _apply_config(self, kind: Kind, name: str, patch: Any, decoding: Decoding | None) -> Obj:
+        """The configuration of a server-side apply, checked as kube-apiserver checks it."""
+        if not isinstance(patch, dict):
+            raise bad_request("error decoding YAML: the apply configuration must be an object")
+        if (patch.get("apiVersion"), patch.get("kind")) != (kind.api_version, kind.kind):
+            raise bad_request(
+                f"the apply configuration must set apiVersion: {kind.api_version} and kind: {kind.kind} "
+                f"(got {patch.get('apiVersion')!r}, {patch.get('kind')!r})"
+            )
+        config = copy.deepcopy(patch)
+        meta = config.setdefault("metadata", {})
+        if not isinstance(meta, dict):
+            raise bad_request("metadata must be an object")
+        if meta.setdefault("name", name) != name:
+            raise bad_request(f"the name of the object ({meta['name']}) does not match the name on the URL ({name})")
+        unknown = unknown_fields(kind, config)
+        if unknown and (decoding is None or decoding.validation != "Ignore"):
+            fields = ", ".join(f".{f}: field not declared in schema" for f in unknown)
+            raise bad_request(
+                f"failed to create typed patch object ({kind.api_version}, Kind={kind.kind}) {name}: {fields}"
+            )
+        drop_fields(config, unknown)
+        quantities.canonicalize(self._storage_kind(kind), config)
+        return config
 
     async def delete(
         self,
@@ -881,6 +1052,63 @@ class APIServer:
             self.store.commit_update(kind, bound, pod)
         return {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "code": 201}
 
+    # ------------------------------------------------------------------ pods/log and pods/exec through the kubelet
+    def _kubelet(self, pod: Obj) -> str:
+        """``http://<address>:<port>`` of the kubelet of the pod's node, from the Node's status."""
+        name = pod["metadata"]["name"]
+        node_name = (pod.get("spec") or {}).get("nodeName")
+        if not node_name:
+            raise bad_request(f"pod {name} does not have a host assigned")
+        node = self.store.raw("nodes", None, node_name)
+        if node is None:
+            raise not_found(kinds.kind_for_plural("nodes"), node_name)
+        status = node.get("status") or {}
+        port = ((status.get("daemonEndpoints") or {}).get("kubeletEndpoint") or {}).get("Port")
+        address = next((a.get("address") for a in status.get("addresses") or [] if a.get("type") == "InternalIP"), None)
+        if not port or not address:
+            raise APIError(
+                503,
+                f"node {node_name} publishes no kubelet endpoint (status.addresses InternalIP and "
+                "status.daemonEndpoints.kubeletEndpoint.Port)",
+            )
+        return f"http://{address}:{port}"
+
+    async def _pod_exec(
+        self, request: web.Request, kind: Kind, namespace: str | None, name: str
+    ) -> web.StreamResponse:
+        """``pods/exec``: the websocket remote command protocol, relayed to the node's kubelet.
+
+        kube-apiserver also speaks SPDY (kubectl falls back to it when the websocket upgrade fails);
+        the stand-in answers a SPDY request with a 400 that says so."""
+        if request.method not in ("GET", "POST"):
+            raise APIError(405, f"method {request.method} is not allowed on pods/exec")
+        pod = self.store.raw("pods", namespace, name)
+        if pod is None:
+            raise not_found(kind, name)
+        phase = (pod.get("status") or {}).get("phase")
+        if phase in ("Succeeded", "Failed"):
+            raise bad_request(f"cannot exec into a container in a completed pod; current phase is {phase}")
+        containers = [c.get("name") for c in (pod.get("spec") or {}).get("containers") or []]
+        container = request.query.get("container")
+        if not container:
+            if len(containers) != 1:
+                raise bad_request(
+                    f"a container name must be specified for pod {name}, choose one of: "
+                    f"[{' '.join(str(n) for n in containers)}]"
+                )
+            container = str(containers[0])
+        if container not in containers:
+            raise bad_request(f"container {container} is not valid for pod {name}")
+        if not request.query.getall("command", []):
+            raise bad_request("you must specify at least 1 command")
+        if request.headers.get("Upgrade", "").lower() != "websocket":
+            raise bad_request(
+                "the API server stand-in streams exec over websockets (v5.channel.k8s.io, kubectl's default) "
+                "only; SPDY is not served: do not set KUBECTL_REMOTE_COMMAND_WEBSOCKETS=false"
+            )
+        url = f"{self._kubelet(pod)}/exec/{namespace}/{name}/{container}"
+        return await streams.relay(request, await self.http_client(), url)
+
     # ------------------------------------------------------------------ pods/log through the kubelet
     async def _pod_log(self, request: web.Request, kind: Kind, namespace: str | None, name: str) -> web.StreamResponse:
         pod = self.store.raw("pods", namespace, name)
@@ -899,27 +1127,12 @@ class APIServer:
             container = str(regular[0])
         if container not in names:
             raise bad_request(f"container {container} is not valid for pod {name}")
-        node_name = spec.get("nodeName")
-        if not node_name:
-            raise bad_request(f"pod {name} does not have a host assigned")
-        node = self.store.raw("nodes", None, node_name)
-        if node is None:
-            raise not_found(kinds.kind_for_plural("nodes"), node_name)
-        status = node.get("status") or {}
-        port = ((status.get("daemonEndpoints") or {}).get("kubeletEndpoint") or {}).get("Port")
-        address = next((a.get("address") for a in status.get("addresses") or [] if a.get("type") == "InternalIP"), None)
-        if not port or not address:
-            raise APIError(
-                503,
-                f"node {node_name} publishes no kubelet endpoint (status.addresses InternalIP and "
-                "status.daemonEndpoints.kubeletEndpoint.Port)",
-            )
         params = {
             k: v
             for k, v in request.query.items()
             if k in ("follow", "tailLines", "previous", "timestamps", "sinceSeconds", "limitBytes")
         }
-        url = f"http://{address}:{port}/containerLogs/{namespace}/{name}/{container}"
+        url = f"{self._kubelet(pod)}/containerLogs/{namespace}/{name}/{container}"
         client = await self.http_client()
         try:
             upstream = await client.get(url, params=params)
@@ -937,6 +1150,16 @@ class APIServer:
 
 
 # ---------------------------------------------------------------------- helpers
+def _with_warnings(response: web.Response, decoding: Decoding) -> web.Response:
+    for warning in decoding.warnings:
+        response.headers.add("Warning", "299 - " + json.dumps(warning))
+    return response
+
+
+def _without_managed(obj: Obj) -> Obj:
+    return {**obj, "metadata": {k: v for k, v in obj["metadata"].items() if k != "managedFields"}}
+
+
 def _status_response(exc: APIError) -> web.Response:
     headers = {"Retry-After": str(exc.retry_after)} if exc.retry_after is not None else None
     return web.json_response(exc.status(), status=exc.code, headers=headers)
@@ -947,6 +1170,8 @@ async def _read_body(request: web.Request) -> Any:
     if not raw.strip():
         raise bad_request("the request has no body")
     content_type = request.headers.get("Content-Type", "application/json").split(";")[0].strip().lower()
+    if content_type == protobuf.CONTENT_TYPE:
+        return protobuf.decode(raw)
     if content_type in ("application/yaml", "application/x-yaml"):
         return yaml.safe_load(raw)
     return json.loads(raw)
@@ -1036,9 +1261,11 @@ def _resource_list(group: str, version: str) -> Obj:
                 "status": ["get", "patch", "update"],
                 "binding": ["create"],
                 "log": ["get"],
+                "exec": ["create", "get"],
+                "ephemeralcontainers": ["get", "patch", "update"],
                 "finalize": ["update"],
             }[sub]
-            sub_kind = {"binding": "Binding", "log": "Pod"}.get(sub, k.kind)
+            sub_kind = {"binding": "Binding", "log": "Pod", "exec": "PodExecOptions"}.get(sub, k.kind)
             resources.append(
                 {
                     "name": f"{k.plural}/{sub}",

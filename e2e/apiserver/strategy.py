@@ -14,6 +14,9 @@ from typing import Any
 from .errors import APIError
 from .kinds import Kind
 
+EPHEMERAL_CONTAINERS = "ephemeralcontainers"
+"""The pods subresource ``kubectl debug`` updates: the whole pod, of which only the ephemeral containers count."""
+
 Obj = dict[str, Any]
 
 
@@ -26,6 +29,9 @@ def apply_defaults(kind: Kind, obj: Obj) -> None:
         if meta.get("name"):
             meta.setdefault("labels", {})["kubernetes.io/metadata.name"] = meta["name"]
         obj.setdefault("spec", {}).setdefault("finalizers", ["kubernetes"])
+    elif kind.kind == "Secret":
+        if not obj.get("type"):
+            obj["type"] = "Opaque"
     elif kind.kind == "ResourceClaim":
         _default_claim_spec(obj.get("spec"))
     elif kind.kind == "ResourceClaimTemplate":
@@ -46,6 +52,11 @@ def _default_pod(pod: Obj) -> None:
         for container in spec.get(group) or []:
             if isinstance(container, dict):
                 _default_container(container)
+    # Go serializes a PodCondition's zero times as null: every stored condition shows both fields
+    for condition in (pod.get("status") or {}).get("conditions") or []:
+        if isinstance(condition, dict):
+            condition.setdefault("lastProbeTime", None)
+            condition.setdefault("lastTransitionTime", None)
 
 
 def _default_container(container: Obj) -> None:
@@ -154,6 +165,16 @@ def _spec_part(obj: Obj) -> Obj:
 
 def prepare_for_update(kind: Kind, new: Obj, old: Obj, subresource: str | None) -> Obj:
     """The object to store for an update of ``old`` with ``new`` through the given endpoint."""
+    if subresource == EPHEMERAL_CONTAINERS:
+        # kube-apiserver keeps the old pod and takes only the ephemeral containers from the new one.
+        result = copy.deepcopy(old)
+        ephemeral = (new.get("spec") or {}).get("ephemeralContainers")
+        if ephemeral:
+            result.setdefault("spec", {})["ephemeralContainers"] = copy.deepcopy(ephemeral)
+        else:
+            result.get("spec", {}).pop("ephemeralContainers", None)
+        result["metadata"]["resourceVersion"] = (new.get("metadata") or {}).get("resourceVersion")
+        return result
     if subresource in ("status", "finalize"):
         result = copy.deepcopy(old)
         if subresource == "status":
@@ -226,10 +247,20 @@ def _pod_spec_for_compare(spec: Obj) -> Obj:
     return out
 
 
-def check_update(kind: Kind, new: Obj, old: Obj) -> list[tuple[str, str]]:
+def check_update(kind: Kind, new: Obj, old: Obj, subresource: str | None = None) -> list[tuple[str, str]]:
     """The update rules of kube-apiserver's validation for the kinds where they bite: a pod's spec is
-    immutable apart from a few fields (``spec.nodeName`` is set through ``pods/binding``), and a
+    immutable apart from a few fields (``spec.nodeName`` is set through ``pods/binding``, ephemeral
+    containers are added through ``pods/ephemeralcontainers``, never changed or removed), and a
     ResourceClaim's or ResourceClaimTemplate's spec is immutable."""
+    if kind.kind == "Pod" and subresource == EPHEMERAL_CONTAINERS:
+        before = (old.get("spec") or {}).get("ephemeralContainers") or []
+        after = (new.get("spec") or {}).get("ephemeralContainers") or []
+        if after[: len(before)] != before:
+            return [("spec.ephemeralContainers", "Forbidden: existing ephemeral containers may not be changed")]
+        names = [c.get("name") for c in after if isinstance(c, dict)]
+        if len(set(names)) != len(names):
+            return [("spec.ephemeralContainers", "Duplicate value: container names must be unique")]
+        return []
     if kind.kind == "Pod" and _pod_spec_for_compare(new.get("spec") or {}) != _pod_spec_for_compare(
         old.get("spec") or {}
     ):
@@ -264,9 +295,19 @@ def _drop_request_capacity(request: Any) -> None:
 
 
 def drop_disabled_fields(kind: Kind, obj: Obj, gates: dict[str, bool]) -> None:
-    """What kube-apiserver silently drops on write when ``DRAConsumableCapacity`` is off (the 1.34 and
-    1.35 default): ``allowMultipleAllocations`` and capacity ``requestPolicy`` on devices, capacity
-    requests and ``distinctAttribute`` constraints on claims, ``shareID``/``consumedCapacity`` results."""
+    """What kube-apiserver silently drops on write when a gate is off: with ``DRADeviceTaints`` off (the
+    1.34 and 1.35 default) ``taints`` on devices and ``tolerations`` on requests; with
+    ``ResourceHealthStatus`` off (alpha, the 1.34 default) the pods' ``allocatedResourcesStatus``; with
+    ``DRAConsumableCapacity`` off (the 1.34 and 1.35 default) ``allowMultipleAllocations`` and capacity
+    ``requestPolicy`` on devices, capacity requests and ``distinctAttribute`` constraints on claims,
+    ``shareID``/``consumedCapacity`` results."""
+    if not gates.get("DRADeviceTaints", True):
+        _drop_device_taints(kind, obj)
+    if not gates.get("ResourceHealthStatus", True) and kind.kind == "Pod":
+        for group in ("containerStatuses", "initContainerStatuses"):
+            for status in (obj.get("status") or {}).get(group) or []:
+                if isinstance(status, dict):
+                    status.pop("allocatedResourcesStatus", None)
     if gates.get("DRAConsumableCapacity", True):
         return
     if kind.kind == "ResourceSlice":
@@ -302,3 +343,56 @@ def drop_disabled_fields(kind: Kind, obj: Obj, gates: dict[str, bool]) -> None:
         if isinstance(result, dict):
             result.pop("shareID", None)
             result.pop("consumedCapacity", None)
+
+
+def _drop_device_taints(kind: Kind, obj: Obj) -> None:
+    if kind.kind == "ResourceSlice":
+        for device in (obj.get("spec") or {}).get("devices") or []:
+            if isinstance(device, dict):
+                device.pop("taints", None)
+        return
+    if kind.kind not in ("ResourceClaim", "ResourceClaimTemplate"):
+        return
+    spec = obj.get("spec") or {}
+    if kind.kind == "ResourceClaimTemplate":
+        spec = spec.get("spec") or {}
+    for request in (spec.get("devices") or {}).get("requests") or []:
+        if not isinstance(request, dict):
+            continue
+        for exact in [request.get("exactly"), *(request.get("firstAvailable") or [])]:
+            if isinstance(exact, dict):
+                exact.pop("tolerations", None)
+
+
+def _device_ids(status: Any) -> set[tuple[str, str, str]]:
+    results = (((status or {}).get("allocation") or {}).get("devices") or {}).get("results") or []
+    return {(str(r.get("driver")), str(r.get("pool")), str(r.get("device"))) for r in results if isinstance(r, dict)}
+
+
+def claim_status_update(kind: Kind, new: Obj, old: Obj | None, gates: dict[str, bool]) -> None:
+    """kube-apiserver's ResourceClaim status strategy for ``status.devices``: dropped when the gate
+    ``DRAResourceClaimDeviceStatus`` is off and the old claim had none; entries of devices that this
+    write deallocates are removed (stale entries go with the allocation)."""
+    if kind.kind != "ResourceClaim":
+        return
+    status = new.get("status")
+    if not isinstance(status, dict):
+        return
+    old_status = (old or {}).get("status") or {}
+    in_use = bool(old_status.get("devices"))
+    if not gates.get("DRAResourceClaimDeviceStatus", True) and not in_use:
+        status.pop("devices", None)
+        return
+    if not (gates.get("DRAResourceClaimDeviceStatus", True) or in_use):
+        return
+    gone = _device_ids(old_status) - _device_ids(status)
+    if gone and isinstance(status.get("devices"), list):
+        kept = [
+            d
+            for d in status["devices"]
+            if not (isinstance(d, dict) and (str(d.get("driver")), str(d.get("pool")), str(d.get("device"))) in gone)
+        ]
+        if kept:
+            status["devices"] = kept
+        else:
+            status.pop("devices", None)

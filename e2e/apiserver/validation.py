@@ -10,7 +10,6 @@ import json
 import re
 from collections.abc import Iterator
 from functools import cache
-from importlib import resources
 from typing import Any
 
 import jsonschema  # type: ignore[import-untyped]
@@ -20,6 +19,8 @@ from referencing.jsonschema import DRAFT202012
 from e2e.allocator.quantity import Quantity, QuantityError
 
 from .kinds import Kind
+from .matchconditions import validation_problems as match_condition_problems
+from .schemas import schema_dir
 
 Obj = dict[str, Any]
 Problem = tuple[str, str]
@@ -33,21 +34,16 @@ _LABEL_NAMED = {"Namespace"}
 _FREE_NAMED = {"Event"}
 
 
-def _schema_dir(version: str) -> Any:
-    root = resources.files("kubernetes_validate").joinpath("kubernetes-json-schema")
-    return root.joinpath(f"v{version}.0-local-strict")
-
-
 @cache
 def _registry(version: str) -> referencing.Registry[Any]:
-    defs = json.loads(_schema_dir(version).joinpath("_definitions.json").read_text())
+    defs = json.loads(schema_dir(version).joinpath("_definitions.json").read_text())
     return DRAFT202012.create_resource(defs) @ referencing.Registry()
 
 
 @cache
 def _validator(version: str, api_version: str, kind: str) -> jsonschema.protocols.Validator:
     group_version = re.sub(r"^([^./]*)(?:\.[^/]*)?/", r"\1-", api_version)
-    path = _schema_dir(version).joinpath(f"{kind.lower()}-{group_version}.json")
+    path = schema_dir(version).joinpath(f"{kind.lower()}-{group_version}.json")
     schema = json.loads(path.read_text())
     cls: Any = jsonschema.validators.Draft202012Validator
     validator: jsonschema.protocols.Validator = cls(schema, registry=_registry(version))
@@ -133,6 +129,7 @@ def _qualified_name(key: str) -> bool:
 def semantic_problems(kind: Kind, obj: Obj) -> Iterator[Problem]:
     if kind.kind == "Pod":
         yield from _pod_claims(obj.get("spec") or {})
+        yield from _pod_resources(obj.get("spec") or {})
     elif kind.kind == "ResourceClaim":
         yield from _claim_spec(obj.get("spec") or {}, "spec")
         yield from _claim_status(obj.get("spec") or {}, obj.get("status") or {})
@@ -140,6 +137,49 @@ def semantic_problems(kind: Kind, obj: Obj) -> Iterator[Problem]:
         yield from _claim_spec((obj.get("spec") or {}).get("spec") or {}, "spec.spec")
     elif kind.kind == "ResourceSlice":
         yield from _slice(obj.get("spec") or {})
+    elif kind.kind in ("MutatingWebhookConfiguration", "ValidatingWebhookConfiguration"):
+        yield from match_condition_problems(obj)
+
+
+def _extended(name: str) -> bool:
+    """An extended resource (``nvidia.com/gpu``): a qualified name outside ``kubernetes.io``."""
+    return "/" in name and "kubernetes.io/" not in name and not name.startswith("requests.")
+
+
+def _pod_resources(spec: Obj) -> Iterator[Problem]:
+    """kube-apiserver's rules for extended resources: whole numbers, not negative, limit set and equal
+    to the request (they cannot be overcommitted)."""
+    for group in ("initContainers", "containers"):
+        for i, container in enumerate(spec.get(group) or []):
+            resources = container.get("resources") if isinstance(container, dict) else None
+            if not isinstance(resources, dict):
+                continue
+            where = f"spec.{group}[{i}].resources"
+            limits = resources.get("limits") or {}
+            requests = resources.get("requests") or {}
+            parsed: dict[str, dict[str, Quantity]] = {"limits": {}, "requests": {}}
+            for part, values in (("limits", limits), ("requests", requests)):
+                for name, text in values.items() if isinstance(values, dict) else ():
+                    try:
+                        value = Quantity.parse(text)
+                    except QuantityError:
+                        continue  # the decoder refuses it first
+                    parsed[part][name] = value
+                    if value.value < 0:
+                        yield f"{where}.{part}[{name}]", f"Invalid value: {text!r}: must be greater than or equal to 0"
+                    elif _extended(name) and not value.is_integer():
+                        yield f"{where}.{part}[{name}]", f"Invalid value: {text!r}: must be an integer"
+            for name, value in parsed["requests"].items():
+                if not _extended(name):
+                    continue
+                limit = parsed["limits"].get(name)
+                if limit is None:
+                    yield f"{where}.limits", "Required value: Limit must be set for non overcommitable resources"
+                elif limit != value:
+                    yield (
+                        f"{where}.requests",
+                        f"Invalid value: {str(requests[name])!r}: must be equal to {name} limit of {limits[name]}",
+                    )
 
 
 def _pod_claims(spec: Obj) -> Iterator[Problem]:
@@ -241,10 +281,88 @@ def _claim_status(spec: Obj, status: Obj) -> Iterator[Problem]:
                 f"status.allocation.devices.results[{i}].request",
                 f"Invalid value: {result.get('request')!r}: must be the name of a request in the claim spec",
             )
+    yield from _device_statuses(status)
     if len(status.get("reservedFor") or []) > 256:
         yield "status.reservedFor", "Too many: must have at most 256 items"
     if (status.get("reservedFor") or []) and not status.get("allocation"):
         yield "status.reservedFor", "Forbidden: may not be specified when `allocated` is not set"
+
+
+_UID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
+_CONDITION_REASON = re.compile(r"^[A-Za-z]([A-Za-z0-9_,:]*[A-Za-z0-9_])?$")
+_CONDITION_STATUSES = ("True", "False", "Unknown")
+MAX_DEVICE_STATUS_CONDITIONS = 8
+MAX_DEVICE_STATUS_DATA = 10 * 1024
+_TAINT_EFFECTS = ("NoExecute", "NoSchedule")
+
+
+def _device_statuses(status: Obj) -> Iterator[Problem]:
+    """KEP-4817's rules for ``status.devices``: only devices the claim is allocated, each once (driver,
+    pool, device, shareID), a UID as shareID, at most 8 valid conditions, ``data`` a JSON object of at
+    most 10 KiB."""
+    results = ((status.get("allocation") or {}).get("devices") or {}).get("results") or []
+    allocated = {
+        (r.get("driver"), r.get("pool"), r.get("device"), r.get("shareID") or None)
+        for r in results
+        if isinstance(r, dict)
+    }
+    seen: set[tuple[Any, ...]] = set()
+    for i, device in enumerate(status.get("devices") or []):
+        if not isinstance(device, dict):
+            continue
+        where = f"status.devices[{i}]"
+        key = (device.get("driver"), device.get("pool"), device.get("device"), device.get("shareID") or None)
+        if key in seen:
+            yield where, f"Duplicate value: {'/'.join(str(k) for k in key if k)}"
+        seen.add(key)
+        share = device.get("shareID")
+        if share is not None and not _UID.match(str(share)):
+            yield f"{where}.shareID", f"Invalid value: {share!r}: must be a lowercase UUID in 8-4-4-4-12 format"
+        if key not in allocated:
+            yield (
+                where,
+                f"Invalid value: {'/'.join(str(k) for k in key if k)}: must be an allocated device in the claim",
+            )
+        conditions = device.get("conditions") or []
+        if len(conditions) > MAX_DEVICE_STATUS_CONDITIONS:
+            yield f"{where}.conditions", f"Too many: {len(conditions)}: must have at most 8 items"
+        types: set[str] = set()
+        for j, condition in enumerate(conditions):
+            path = f"{where}.conditions[{j}]"
+            kind = str(condition.get("type", ""))
+            if not _qualified_name(kind):
+                yield f"{path}.type", f"Invalid value: {kind!r}: must be a qualified name"
+            if kind in types:
+                yield f"{path}.type", f"Duplicate value: {kind!r}"
+            types.add(kind)
+            if condition.get("status") not in _CONDITION_STATUSES:
+                yield f"{path}.status", f'Unsupported value: {condition.get("status")!r}: "False", "True", "Unknown"'
+            reason = str(condition.get("reason", ""))
+            if not reason or len(reason) > 1024 or not _CONDITION_REASON.match(reason):
+                yield f"{path}.reason", f"Invalid value: {reason!r}: a condition reason must start with a letter"
+            if len(str(condition.get("message", ""))) > 32768:
+                yield f"{path}.message", "Too long: may not be more than 32768 bytes"
+        if "data" in device and device["data"] is not None:
+            data = device["data"]
+            if not isinstance(data, dict):
+                yield f"{where}.data", "Invalid value: must be a valid JSON object"
+            elif len(json.dumps(data, separators=(",", ":"))) > MAX_DEVICE_STATUS_DATA:
+                yield f"{where}.data", "Too long: may not be more than 10240 bytes"
+
+
+def _taints(where: str, device: Obj) -> Iterator[Problem]:
+    taints = device.get("taints") or []
+    if len(taints) > 4:
+        yield f"{where}.taints", f"Too many: {len(taints)}: must have at most 4 items"
+    for k, taint in enumerate(taints):
+        path = f"{where}.taints[{k}]"
+        if not _qualified_name(str(taint.get("key", ""))):
+            yield f"{path}.key", f"Invalid value: {taint.get('key')!r}: must be a label name"
+        value = taint.get("value")
+        if value and (len(str(value)) > 63 or not _LABEL_VALUE.match(str(value))):
+            yield f"{path}.value", f"Invalid value: {value!r}: must be a label value"
+        if taint.get("effect") not in _TAINT_EFFECTS:
+            yield f"{path}.effect", f'Unsupported value: {taint.get("effect")!r}: "NoExecute", "NoSchedule"'
 
 
 def _slice(spec: Obj) -> Iterator[Problem]:
@@ -266,6 +384,7 @@ def _slice(spec: Obj) -> Iterator[Problem]:
         if name in names:
             yield f"spec.devices[{i}].name", f"Duplicate value: {name!r}"
         names.add(name)
+        yield from _taints(f"spec.devices[{i}]", device)
         attributes = device.get("attributes") or {}
         capacity = device.get("capacity") or {}
         if len(attributes) + len(capacity) > 32:

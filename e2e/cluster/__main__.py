@@ -14,13 +14,11 @@ import contextlib
 import logging
 import signal
 import sys
-from pathlib import Path
 
-import yaml
-
+from .apply import apply_files
 from .demo import run_demo
 from .harness import Harness, HarnessError, NodeSpec, parse_node_spec
-from .narrate import Narrator, submit_and_show
+from .narrate import Narrator
 from .vendor_demo import DEMO_VENDORS, run_vendor_demo
 
 
@@ -53,32 +51,66 @@ def build_parser() -> argparse.ArgumentParser:
         choices=sorted(DEMO_VENDORS),
         help="demo: the vendor to show (default nvidia: the full demo; others: one of their pods)",
     )
-    p.add_argument("-f", "--filename", action="append", default=[], help="YAML to apply (up); pods are narrated")
+    p.add_argument(
+        "-f",
+        "--filename",
+        action="append",
+        default=[],
+        help="YAML to apply (up; repeatable): each object is reported, each pod followed until it runs, "
+        "finishes or is reported unschedulable; nothing in it stops the cluster",
+    )
     p.add_argument("--keep", action="store_true", help="keep the state directory")
     p.add_argument("--log-level", default="WARNING", help="harness log level (default WARNING)")
     return p
 
 
 async def _up(args: argparse.Namespace, narrator: Narrator) -> int:
-    async with Harness(node_specs(args)) as harness:
-        narrator.say(f"cluster up: export KUBECONFIG={harness.kubeconfig}  (logs in {harness.state}/logs)")
-        for path in args.filename:
-            text = await asyncio.to_thread(Path(path).read_text, encoding="utf-8")
-            for doc in yaml.safe_load_all(text):
-                if not isinstance(doc, dict):
-                    continue
-                if doc.get("kind") == "Pod":
-                    narrator.title(f"pod {doc['metadata'].get('name')}")
-                    await submit_and_show(harness, narrator, doc, wait="running")
-                else:
-                    await harness.apply(doc)
-                    narrator.say(f"applied {doc.get('kind')} {doc.get('metadata', {}).get('name')}")
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
+    """Start the cluster, apply and narrate ``-f`` files, serve until SIGINT or SIGTERM.
+
+    A signal at any point, start-up included, stops every child (webhook, drivers, containers) and
+    removes the state directory: before serving it cancels this task (the harness cleans up on the
+    way out), while serving it ends the wait. Nothing in the files stops the cluster
+    (:mod:`.apply`). Exit 0 when stopped while serving, 128 + the signal when stopped before."""
+    loop = asyncio.get_running_loop()
+    main = asyncio.current_task()
+    assert main is not None
+    stop = asyncio.Event()
+    received: list[int] = []
+    serving = False
+
+    def on_signal(sig: int) -> None:
+        if received:
+            narrator.say(f"{signal.Signals(sig).name}: already stopping the cluster")
+            return
+        received.append(sig)
+        narrator.say(f"{signal.Signals(sig).name}: stopping the cluster")
+        if serving:
+            stop.set()
+        else:
+            main.cancel()
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, on_signal, sig)
+    try:
+        harness = Harness(node_specs(args), keep_state=args.keep, progress=narrator.say)
+        narrator.say(f"starting a local cluster in {harness.state}")
+        async with harness:
+            narrator.say(f"cluster up: export KUBECONFIG={harness.kubeconfig}  (logs in {harness.state}/logs)")
+            applied = await apply_files(harness, narrator, args.filename)
+            try:
+                serving = True
+                narrator.say("serving; Ctrl-C stops the cluster")
+                await stop.wait()
+            finally:
+                await applied.close()
+    except asyncio.CancelledError:
+        if not received:
+            raise
+        return 128 + received[0]
+    finally:
         for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
-        narrator.say("serving; Ctrl-C stops the cluster")
-        await stop.wait()
+            loop.remove_signal_handler(sig)
+    narrator.say("cluster stopped")
     return 0
 
 

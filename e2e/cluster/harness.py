@@ -13,8 +13,13 @@
   devices and the env the chart gives that vendor's DaemonSet. On the nodes of vendors whose
   workloads use the CUDA driver API (NVIDIA, Iluvatar CoreX) containers get the fake CUDA driver
   (``isolation/build/fake``) and the node's simulated cards in their environment, as the vendor's
-  container runtime would give them the real driver.
+  container runtime would give them the real driver. The NVIDIA driver's watchdog reads the same
+  fake ``libnvidia-ml.so.1`` (``--watchdog-nvml-library``), and the kubelet runs each container in a
+  kubelet-like cgroup where the watchdog finds its pod (or, where no cgroup can be made, names it in
+  a PID map the driver reads with the test-only ``--watchdog-pid-map``).
 * The claim controller and the scheduler run in this process.
+* The cluster exporter (``python -m tessera_exporter exporter``, a child process) when the chart runs
+  one, with the chart's env; ``exporter_url`` is its address.
 Every child writes its log under ``<state>/logs``.
 """
 
@@ -31,7 +36,7 @@ import socket
 import ssl
 import subprocess
 import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -63,6 +68,8 @@ DRIVER = "nvidia.tessera.dev"
 INVENTORY_REFRESH_SECONDS = 1.0
 """How often the harness's webhook reads the ResourceSlices (the chart's default is 30 s): pods asking
 a percentage of a device's memory convert soon after a node publishes its devices."""
+HEALTH_INTERVAL_SECONDS = 1.0
+"""The drivers check device health every second (faults injected into the mock backend show at once)."""
 
 FAKE_CUDA_VENDORS: Mapping[str, str] = {"nvidia": "NVIDIA_VISIBLE_DEVICES", "iluvatar": "IX_VISIBLE_DEVICES"}
 """Vendors whose workloads use the CUDA driver API (NVIDIA; Iluvatar CoreX implements it), with the
@@ -124,6 +131,8 @@ class Node:
     kubelet: Kubelet | None = None
     driver: Child | None = None
     fake_gpus: str = ""
+    metrics_port: int = 0
+    """The driver's ``/metrics`` port (the same across driver restarts)."""
 
     @property
     def name(self) -> str:
@@ -155,6 +164,11 @@ class Node:
     @property
     def host_lib_dir(self) -> str:
         return self.path("tessera")
+
+    @property
+    def mock_faults(self) -> str:
+        """The mock backend's fault control file (the driver's default, ``<plugin-dir>/mock-faults``)."""
+        return os.path.join(self.plugin_dir, "mock-faults")
 
 
 def free_port() -> int:
@@ -264,12 +278,19 @@ class Harness:
         child_log_level: str = "info",
         keep_state: bool = False,
         inventory_refresh: float = INVENTORY_REFRESH_SECONDS,
+        progress: Callable[[str], None] | None = None,
+        cgroups: bool = True,
     ) -> None:
+        """``progress``: called with one line per start-up step (``python -m e2e.cluster up`` prints them)."""
+        self.progress = progress or (lambda line: log.info("%s", line))
         self.node_specs = list(nodes)
         names = [n.name for n in self.node_specs]
         if len(set(names)) != len(names):
             raise HarnessError(f"node names must be distinct, got {names}")
         self.inventory_refresh = inventory_refresh
+        self.cgroups = cgroups and os.environ.get("TESSERA_E2E_CGROUPS", "on") != "off"
+        """Containers in kubelet-like cgroups (``TESSERA_E2E_CGROUPS=off`` or ``cgroups=False``: the
+        kubelet's PID map instead, as where cgroups cannot be made)."""
         # short, under /tmp: Unix socket paths must stay under 108 bytes
         self.state = state_dir or tempfile.mkdtemp(prefix="tessera-e2e-", dir="/tmp")
         self.remove_state = state_dir is None and not keep_state
@@ -281,6 +302,8 @@ class Harness:
         self.nodes: dict[str, Node] = {}
         self.webhook: Child | None = None
         self.webhook_port = 0
+        self.exporter: Child | None = None
+        self.exporter_port = 0
         self.tls: tls.ServingTLS | None = None
         self._tasks: list[asyncio.Task[Any]] = []
         self.chart: list[Obj] = []
@@ -308,12 +331,14 @@ class Harness:
         os.makedirs(os.path.join(self.state, "logs"), exist_ok=True)
         await self.api.start()
         self.api.write_kubeconfig(self.kubeconfig)
+        self.progress(f"API server stand-in on {self.api.url}")
         self.kube = await KubeClient.connect(self.kubeconfig, timeout=15)
         await self.kube.create(
             cluster_path("v1", "namespaces"), {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NAMESPACE}}
         )
         self.chart = await asyncio.to_thread(render_chart)
         self.node_specs = [self._resolved(spec) for spec in self.node_specs]  # errors before anything starts
+        self.progress("chart rendered with helm")
         for doc in self.chart:
             if doc.get("kind") == "DeviceClass":
                 await self.apply(doc)
@@ -341,29 +366,43 @@ class Harness:
         except BaseExceptionGroup as failed:
             raise failed.exceptions[0] from None
         if self.with_webhook:
-            await self.wait_webhook_inventory()
+            devices = await self.wait_webhook_inventory()
+            self.progress(f"the webhook sees the {devices} published devices")
+        if chart_objects(self.chart, "Deployment", "exporter"):
+            await self.start_exporter()
 
     async def stop(self) -> None:
-        for node in list(self.nodes.values()):
-            if node.kubelet is not None:
-                with contextlib.suppress(Exception):
-                    await node.kubelet.stop()
-        for node in self.nodes.values():
-            if node.driver is not None:
-                await node.driver.stop()
-        if self.webhook is not None:
-            await self.webhook.stop()
-        await cancel_all(self._tasks)
-        if self.kube is not None:
-            for node in self.nodes.values():
+        """Stop everything this harness started, whatever state it is in (a start-up interrupted at any
+        step included): the kubelets' containers, the drivers, the webhook, the exporter, then the state
+        directory. Each step runs even when one before it failed."""
+        try:
+            for node in list(self.nodes.values()):
                 if node.kubelet is not None:
                     with contextlib.suppress(Exception):
-                        await node.kubelet.kube.close()
-            await self.kube.close()
-            self.kube = None
-        await self.api.stop()
-        if self.remove_state:
-            await asyncio.to_thread(shutil.rmtree, self.state, True)
+                        await node.kubelet.stop()
+            for node in list(self.nodes.values()):
+                if node.driver is not None:
+                    with contextlib.suppress(Exception):
+                        await node.driver.stop()
+            for child in (self.webhook, self.exporter):
+                if child is not None:
+                    with contextlib.suppress(Exception):
+                        await child.stop()
+            with contextlib.suppress(Exception):
+                await cancel_all(self._tasks)
+            if self.kube is not None:
+                for node in self.nodes.values():
+                    if node.kubelet is not None:
+                        with contextlib.suppress(Exception):
+                            await node.kubelet.kube.close()
+                with contextlib.suppress(Exception):
+                    await self.kube.close()
+                self.kube = None
+            with contextlib.suppress(Exception):
+                await self.api.stop()
+        finally:
+            if self.remove_state:
+                await asyncio.to_thread(shutil.rmtree, self.state, True)
 
     # ------------------------------------------------------------------ webhook
     async def start_webhook(self) -> None:
@@ -416,7 +455,7 @@ class Harness:
                 if asyncio.get_running_loop().time() > deadline:
                     raise HarnessError(f"the webhook did not become ready within 60s; see {self.webhook.log_path}")
                 await asyncio.sleep(0.1)
-        log.info("webhook ready on https://127.0.0.1:%d", self.webhook_port)
+        self.progress(f"webhook ready on https://127.0.0.1:{self.webhook_port} (python -m webhook serve)")
         if self.nodes:
             await self.wait_webhook_inventory()
 
@@ -449,8 +488,62 @@ class Harness:
                 await asyncio.sleep(0.1)
 
     async def stop_webhook(self) -> None:
+        """Stop the webhook; its Service then has no endpoint, as when a cluster's webhook pods are gone."""
         if self.webhook is not None:
             await self.webhook.stop()
+        if (NAMESPACE, WEBHOOK_SERVICE) in self.api.webhooks.services:
+            self.api.webhooks.services[(NAMESPACE, WEBHOOK_SERVICE)] = None
+
+    # ------------------------------------------------------------------ cluster exporter
+    @property
+    def exporter_url(self) -> str:
+        return f"http://127.0.0.1:{self.exporter_port}"
+
+    async def start_exporter(self, timeout: float = 60.0) -> None:
+        """The cluster exporter as the chart runs it; returns once it has listed everything (/readyz)."""
+        self.exporter_port = self.exporter_port or free_port()
+        self.exporter = Child(
+            "exporter",
+            [
+                python(),
+                "-m",
+                "tessera_exporter",
+                "exporter",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(self.exporter_port),
+                "--kubeconfig",
+                self.kubeconfig,
+                "--log-format",
+                "text",
+                "--log-level",
+                self.child_log_level,
+            ],
+            os.path.join(self.state, "logs", "exporter.log"),
+            env={**os.environ, **chart_env(self.chart, "Deployment", "exporter")},
+        )
+        await self.exporter.start()
+        deadline = asyncio.get_running_loop().time() + timeout
+        async with aiohttp.ClientSession() as http:
+            while True:
+                self.exporter.check()
+                with contextlib.suppress(aiohttp.ClientError, OSError):
+                    async with http.get(f"{self.exporter_url}/readyz") as resp:
+                        if resp.status == 200:
+                            break
+                if asyncio.get_running_loop().time() > deadline:
+                    raise HarnessError(
+                        f"the exporter did not become ready within {timeout:g}s; see {self.exporter.log_path}"
+                    )
+                await asyncio.sleep(0.1)
+        self.progress(f"cluster exporter ready on {self.exporter_url} (python -m tessera_exporter)")
+
+    async def exporter_metrics(self) -> str:
+        """One scrape of the cluster exporter's /metrics."""
+        async with aiohttp.ClientSession() as http, http.get(f"{self.exporter_url}/metrics") as resp:
+            resp.raise_for_status()
+            return await resp.text()
 
     # ------------------------------------------------------------------ nodes
     async def add_node(self, spec: NodeSpec) -> Node:
@@ -459,7 +552,7 @@ class Harness:
         if spec.name in self.nodes:
             raise HarnessError(f"the harness already has a node named {spec.name}")
         spec = self._resolved(spec)
-        node = Node(spec, os.path.join(self.state, "nodes", spec.name))
+        node = Node(spec, os.path.join(self.state, "nodes", spec.name), metrics_port=free_port())
         self.nodes[spec.name] = node
         for directory in (node.registry_dir, node.plugin_dir, node.cdi_dir, node.host_lib_dir):
             os.makedirs(directory, exist_ok=True)
@@ -488,6 +581,7 @@ class Harness:
             container_env=container_env,
             env_aliases=aliases,
             labels={vendor_label(spec.vendor): "true", **spec.labels},
+            cgroups=self.cgroups,
         )
         await node.kubelet.start()
         await self.start_driver(spec.name)
@@ -511,8 +605,19 @@ class Harness:
         simulated_devices(spec.devices, spec.name, spec.vendor)
         return spec
 
+    def watchdog_args(self, node: Node) -> tuple[list[str], dict[str, str]]:
+        """Flags and env that let the node's driver watch the fake GPUs (NVIDIA nodes): the fake NVML
+        and state its containers use, and the kubelet's PID map where it has no cgroups."""
+        if node.vendor != "nvidia" or not node.fake_gpus:
+            return [], {}
+        args = ["--watchdog-nvml-library", str(REPO / "isolation" / "build" / "fake" / "libnvidia-ml.so.1")]
+        if node.kubelet is not None and node.kubelet.pid_map is not None:
+            args += ["--watchdog-pid-map", node.kubelet.pid_map]
+        return args, {"TESSERA_FAKE_STATE": node.path("fake-gpu.state"), "TESSERA_FAKE_GPUS": node.fake_gpus}
+
     async def start_driver(self, node_name: str, *, wait: bool = True) -> None:
         node = self.nodes[node_name]
+        watchdog_args, watchdog_env = self.watchdog_args(node)
         node.driver = Child(
             f"driver on {node_name}",
             [
@@ -538,14 +643,19 @@ class Harness:
                 "--host-lib-dir",
                 node.host_lib_dir,
                 "--metrics-port",
-                "0",
+                str(node.metrics_port),
+                "--listen-address",
+                "127.0.0.1",
                 "--healthz-port",
                 "0",
+                "--health-interval",
+                str(HEALTH_INTERVAL_SECONDS),
                 "--log-format",
                 "text",
+                *watchdog_args,
             ],
             os.path.join(self.state, "logs", f"driver-{node_name}.log"),
-            env={**os.environ, **chart_env(self.chart, "DaemonSet", "driver", node.vendor)},
+            env={**os.environ, **chart_env(self.chart, "DaemonSet", "driver", node.vendor), **watchdog_env},
         )
         await node.driver.start()
         if wait:
@@ -565,7 +675,11 @@ class Harness:
                 )
             ).get("items") or []
             if registered and slices:
-                log.info("%s driver on %s registered, %d slice(s) published", node.vendor, node_name, len(slices))
+                devices = sum(len((s.get("spec") or {}).get("devices") or []) for s in slices)
+                self.progress(
+                    f"node {node_name}: {node.vendor} driver registered, "
+                    f"{devices} devices ({node.spec.devices}) published"
+                )
                 return
             if asyncio.get_running_loop().time() > deadline:
                 raise HarnessError(

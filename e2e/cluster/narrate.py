@@ -50,7 +50,7 @@ class Narrator:
         self.out.flush()
 
 
-def _pod_view(pod: Obj) -> Obj:
+def pod_view(pod: Obj) -> Obj:
     """The parts of a pod that the conversion touches."""
     meta = pod.get("metadata") or {}
     spec = pod.get("spec") or {}
@@ -71,7 +71,7 @@ def _pod_view(pod: Obj) -> Obj:
     return view
 
 
-def _cdi_env(spec: Obj) -> Obj:
+def cdi_view(spec: Obj) -> Obj:
     devices = []
     for d in spec.get("devices") or []:
         edits = d.get("containerEdits") or {}
@@ -172,10 +172,10 @@ async def _submit_and_show(
     assert kube is not None
     name = pod["metadata"]["name"]
     narrator.step(f"pod {name} as submitted")
-    narrator.block(_pod_view(pod))
+    narrator.block(pod_view(pod))
     created = await kube.create(namespaced_path("v1", "pods", namespace), copy.deepcopy(pod))
     narrator.step(f"pod {name} as the webhook mutated it")
-    narrator.block(_pod_view(created))
+    narrator.block(pod_view(created))
     for ref in (created.get("spec") or {}).get("resourceClaims") or []:
         if ref.get("resourceClaimTemplateName"):
             template = await kube.get(
@@ -240,7 +240,7 @@ async def _submit_and_show(
                 continue
             shown.add(spec["_path"])
             narrator.step(f"CDI spec the driver wrote, as the runtime applied it ({spec['_path']})")
-            narrator.block(_cdi_env(spec))
+            narrator.block(cdi_view(spec))
     if wait == "running":
 
         async def running() -> bool:

@@ -11,6 +11,8 @@ import sys
 from collections.abc import Mapping, Sequence
 from typing import BinaryIO
 
+from e2e.kubelet.runtime import spawn_uncancelled
+
 
 def _open(path: str) -> BinaryIO:
     os.makedirs(os.path.dirname(path), exist_ok=True)
@@ -40,16 +42,22 @@ class Child:
     async def start(self) -> None:
         log = _open(self.log_path)
         try:
-            self.proc = await asyncio.create_subprocess_exec(
-                *self.argv,
-                stdout=log,
-                stderr=asyncio.subprocess.STDOUT,
-                stdin=asyncio.subprocess.DEVNULL,
-                env=self.env,
-                start_new_session=True,
+            await spawn_uncancelled(
+                asyncio.create_subprocess_exec(
+                    *self.argv,
+                    stdout=log,
+                    stderr=asyncio.subprocess.STDOUT,
+                    stdin=asyncio.subprocess.DEVNULL,
+                    env=self.env,
+                    start_new_session=True,
+                ),
+                self._record,
             )
         finally:
             log.close()
+
+    def _record(self, proc: asyncio.subprocess.Process) -> None:
+        self.proc = proc
 
     def check(self) -> None:
         """Raise with the log's end when the process has exited."""

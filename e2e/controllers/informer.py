@@ -1,9 +1,7 @@
-"""List+watch caches and a work queue, the client-go way, over ``kubeapi.KubeClient``.
+"""Work queues for the controllers, the client-go way; the list+watch caches are the product's
+(:class:`kubeapi.informer.Informer`: list, watch with bookmarks, list again on 410 Gone).
 
-An :class:`Informer` lists, then watches from the list's resourceVersion, keeps a cache keyed by
-(namespace, name) and calls its handler for every change; when the watch ends it resumes from the
-last resourceVersion, and when that is too old (410) or the server is unreachable it lists again
-after a backoff. A :class:`WorkQueue` collapses repeated keys and retries with a delay.
+A :class:`WorkQueue` collapses repeated keys and retries with a delay.
 """
 
 from __future__ import annotations
@@ -14,110 +12,12 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from kubeapi import KubeClient, KubeError
+from kubeapi import KubeError
+from kubeapi.informer import Informer, Key, key_of
 
 log = logging.getLogger("e2e.controllers")
 
-Obj = dict[str, Any]
-Key = tuple[str, str]
-Handler = Callable[[str, Obj, Obj | None], Awaitable[None] | None]
-
-
-def key_of(obj: Obj) -> Key:
-    meta = obj.get("metadata") or {}
-    return (str(meta.get("namespace", "")), str(meta.get("name", "")))
-
-
-class Informer:
-    def __init__(
-        self,
-        kube: KubeClient,
-        path: str,
-        *,
-        name: str,
-        handler: Handler | None = None,
-        watch_timeout: int = 300,
-        backoff: float = 0.5,
-        **selectors: str,
-    ) -> None:
-        self.kube = kube
-        self.path = path
-        self.name = name
-        self.handler = handler
-        self.watch_timeout = watch_timeout
-        self.backoff = backoff
-        self.selectors = selectors
-        self.cache: dict[Key, Obj] = {}
-        self.synced = asyncio.Event()
-        self._rv: str | None = None
-
-    def get(self, namespace: str, name: str) -> Obj | None:
-        return self.cache.get((namespace, name))
-
-    def items(self) -> list[Obj]:
-        return list(self.cache.values())
-
-    async def _notify(self, kind: str, obj: Obj, old: Obj | None) -> None:
-        if self.handler is None:
-            return
-        try:
-            result = self.handler(kind, obj, old)
-            if asyncio.iscoroutine(result):
-                await result
-        except Exception:
-            log.exception("informer %s: handler failed for %s %s", self.name, kind, key_of(obj))
-
-    async def _list(self) -> None:
-        answer = await self.kube.list(self.path, **self.selectors)
-        fresh = {key_of(o): o for o in answer.get("items") or []}
-        old = self.cache
-        self.cache = fresh
-        self._rv = str(answer.get("metadata", {}).get("resourceVersion") or "") or None
-        for key, obj in fresh.items():
-            before = old.get(key)
-            if before is None:
-                await self._notify("ADDED", obj, None)
-            elif before.get("metadata", {}).get("resourceVersion") != obj.get("metadata", {}).get("resourceVersion"):
-                await self._notify("MODIFIED", obj, before)
-        for key, obj in old.items():
-            if key not in fresh:
-                await self._notify("DELETED", obj, obj)
-        self.synced.set()
-
-    async def run(self) -> None:
-        need_list = True
-        while True:
-            try:
-                if need_list:
-                    await self._list()
-                    need_list = False
-                async for event in self.kube.watch(
-                    self.path, resource_version=self._rv, timeout_seconds=self.watch_timeout, **self.selectors
-                ):
-                    kind = str(event.get("type"))
-                    obj = event.get("object") or {}
-                    if kind == "ERROR":
-                        log.info("informer %s: watch error %s, listing again", self.name, obj.get("message"))
-                        need_list = True
-                        break
-                    rv = obj.get("metadata", {}).get("resourceVersion")
-                    if rv:
-                        self._rv = str(rv)
-                    if kind == "BOOKMARK":
-                        continue
-                    key = key_of(obj)
-                    old = self.cache.get(key)
-                    if kind == "DELETED":
-                        self.cache.pop(key, None)
-                    else:
-                        self.cache[key] = obj
-                    await self._notify(kind, obj, old)
-            except asyncio.CancelledError:
-                raise
-            except (KubeError, OSError, ValueError) as exc:
-                log.debug("informer %s: %s; retrying", self.name, exc)
-                need_list = True
-                await asyncio.sleep(self.backoff)
+__all__ = ["Informer", "Key", "WorkQueue", "cancel_all", "key_of", "run_worker"]
 
 
 class WorkQueue:

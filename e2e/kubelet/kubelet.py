@@ -10,14 +10,25 @@
   pod status, and serves logs at ``/containerLogs/<ns>/<pod>/<container>`` for ``pods/log``.
 * A pod that finishes or is deleted has its processes stopped (SIGTERM, SIGKILL after the grace
   period) and its claims unprepared; a deleted pod is then removed (``gracePeriodSeconds: 0``).
+* Watches each plugin's device health (``NodeWatchResources``) and writes it into the status of the
+  pods that use the devices (``containerStatuses[].allocatedResourcesStatus``, :mod:`.health`).
+* Every container runs in a kubelet-like cgroup, ``.../kubepods/besteffort/pod<uid>/<container id>``
+  (:mod:`.cgroups`), removed when it exits, so that the driver's watchdog finds a process's pod
+  exactly as on a real node. Where no cgroup can be made (or ``cgroups=False``), the kubelet instead
+  keeps a PID map, ``<root>/pids.json`` (``{pid: {podUID, containerID}}``, written atomically), which
+  the harness hands to the driver with the test-only ``--watchdog-pid-map``.
+* ``pods/exec``: ``/exec/<ns>/<pod>/<container>`` runs a command with the container's env and CDI
+  edits over the websocket remote command protocol (:mod:`.execs`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import os
+import secrets
 import shutil
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -28,8 +39,10 @@ from aiohttp import web
 from e2e.controllers.informer import Informer, cancel_all, key_of
 from kubeapi import KubeClient, KubeError, cluster_path, namespaced_path
 
-from . import cdi, runtime
-from .plugins import ClaimRef, PluginError, PluginWatcher, PreparedDevice
+from . import cdi, execs, runtime
+from . import health as device_health
+from .cgroups import CgroupError, HarnessCgroups
+from .plugins import ClaimRef, Plugin, PluginError, PluginWatcher, PreparedDevice
 
 log = logging.getLogger("e2e.kubelet")
 
@@ -61,6 +74,7 @@ class PodWorker:
         self.dir = os.path.join(kubelet.root, "pods", f"{self.ns}_{self.name}_{self.uid}")
         self.claims: dict[str, PreparedClaim] = {}  # pod claim name -> prepared
         self.processes: dict[str, runtime.Process] = {}
+        self.container_ids: dict[str, str] = {}
         self.statuses: dict[str, Obj] = {}
         self.init_statuses: dict[str, Obj] = {}
         self.restarts: dict[str, int] = {}
@@ -89,6 +103,17 @@ class PodWorker:
             cond["message"] = message
         self.conditions[kind] = cond
 
+    def _with_health(self, container: Obj, status: Obj) -> Obj:
+        """``status`` plus the container's ``allocatedResourcesStatus`` (once its claims are prepared)."""
+        prepared = {name: claim.devices for name, claim in self.claims.items()}
+        entries = device_health.allocated_resources_status(container, prepared, self.kubelet.health)
+        if not entries:
+            return status
+        return {**status, "allocatedResourcesStatus": entries}
+
+    def uses(self, keys: set[device_health.DeviceKey]) -> bool:
+        return any(device_health.uses_any(c.devices, keys) for c in self.claims.values())
+
     async def push_status(self) -> None:
         spec = self.pod.get("spec") or {}
         status: Obj = {
@@ -98,15 +123,18 @@ class PodWorker:
             "podIP": "127.0.0.1",
             "podIPs": [{"ip": "127.0.0.1"}],
             "startTime": self.start_time,
-            "conditions": list(self.conditions.values()),
+            # a condition's reason and message are cleared when it no longer has them (the real kubelet's
+            # status patch sends null for them too; a strategic merge would otherwise keep the old ones)
+            "conditions": [{"reason": None, "message": None, **c} for c in self.conditions.values()],
             "containerStatuses": [
-                self.statuses.get(c["name"], self._waiting(c, "ContainerCreating"))
+                self._with_health(c, self.statuses.get(c["name"], self._waiting(c, "ContainerCreating")))
                 for c in spec.get("containers") or []
             ],
         }
         if spec.get("initContainers"):
             status["initContainerStatuses"] = [
-                self.init_statuses.get(c["name"], self._waiting(c, "PodInitializing")) for c in spec["initContainers"]
+                self._with_health(c, self.init_statuses.get(c["name"], self._waiting(c, "PodInitializing")))
+                for c in spec["initContainers"]
             ]
         try:
             await self.kubelet.kube.request(
@@ -138,7 +166,7 @@ class PodWorker:
             "name": container["name"],
             "image": container.get("image", ""),
             "imageID": "",
-            "containerID": f"tessera://{proc.pid}",
+            "containerID": f"tessera://{self.container_ids.get(container['name'], '')}",
             "ready": True,
             "started": True,
             "restartCount": self.restarts.get(container["name"], 0),
@@ -151,7 +179,7 @@ class PodWorker:
             "name": container["name"],
             "image": container.get("image", ""),
             "imageID": "",
-            "containerID": f"tessera://{proc.pid}",
+            "containerID": f"tessera://{self.container_ids.get(container['name'], '')}",
             "ready": False,
             "started": False,
             "restartCount": self.restarts.get(container["name"], 0),
@@ -161,7 +189,7 @@ class PodWorker:
                     "reason": "Completed" if code == 0 else "Error",
                     "startedAt": proc.started_at,
                     "finishedAt": proc.finished_at,
-                    "containerID": f"tessera://{proc.pid}",
+                    "containerID": f"tessera://{self.container_ids.get(container['name'], '')}",
                     "message": runtime.tail(proc.log_path),
                 }
             },
@@ -192,8 +220,9 @@ class PodWorker:
             not (self.pod.get("spec") or {}).get("initContainers"),
             None if not (self.pod.get("spec") or {}).get("initContainers") else "ContainersNotInitialized",
         )
-        self._condition("Ready", False, "ContainersNotReady")
-        self._condition("ContainersReady", False, "ContainersNotReady")
+        names = " ".join(c["name"] for c in (self.pod.get("spec") or {}).get("containers") or [])
+        self._condition("Ready", False, "ContainersNotReady", f"containers with unready status: [{names}]")
+        self._condition("ContainersReady", False, "ContainersNotReady", f"containers with unready status: [{names}]")
         await self.push_status()
         await self.prepare()
         self._condition("PodReadyToStartContainers", True)
@@ -259,13 +288,19 @@ class PodWorker:
             raise
         cwd = _workdir(os.path.join(self.dir, name, "cwd"), container.get("workingDir"))
         log_path = os.path.join(self.dir, name, f"{self.restarts.get(name, 0)}.log")
+        container_id = secrets.token_hex(32)  # a new one per start, as a runtime gives
+        self.container_ids[name] = container_id
         try:
+            argv = await asyncio.to_thread(self.kubelet.place, argv, self.uid, container_id)
             proc = await runtime.start(name, argv, env, cwd, log_path)
         except OSError as exc:
             table[name] = self._waiting(container, "RunContainerError", f"cannot start {argv[0]}: {exc}")
             await self.push_status()
             raise PodFailed("RunContainerError", f"container {name}: cannot start {argv[0]}: {exc}") from exc
         self.processes[name] = proc
+        await asyncio.to_thread(self.kubelet.started, proc.pid, self.uid, container_id)
+        if self.stopping.is_set():  # stopped while it was being started: it must not outlive the pod
+            await proc.stop(0)
         table[name] = self._running(container, proc)
         if not init and all(
             n in self.statuses and "running" in self.statuses[n]["state"]
@@ -276,6 +311,7 @@ class PodWorker:
         await self.push_status()
         log.info("%s: container %s started (pid %d): %s", self.tag(), name, proc.pid, " ".join(argv))
         code = await proc.wait()
+        await asyncio.to_thread(self.kubelet.exited, proc.pid, self.uid, container_id)
         table[name] = self._terminated(container, proc)
         if not init:
             self._condition("ContainersReady", False, "ContainersNotReady")
@@ -497,11 +533,13 @@ class Kubelet:
         env_aliases: Mapping[str, str] | None = None,
         labels: Mapping[str, str] | None = None,
         prepare_timeout: float = 120.0,
+        cgroups: bool = True,
     ) -> None:
         """``container_env``: env every container gets (the node's driver libraries). ``env_aliases``:
         ``{source: target}``, env the node's container runtime derives from a container's final env
         (the fake CUDA driver reads ``NVIDIA_VISIBLE_DEVICES``; Iluvatar's runtime reads
-        ``IX_VISIBLE_DEVICES``)."""
+        ``IX_VISIBLE_DEVICES``). ``cgroups``: run containers in kubelet-like cgroups (falling back to the
+        PID map when they cannot be made); ``False``: the PID map only."""
         self.kube = kube
         self.node_name = node_name
         self.root = root
@@ -511,6 +549,8 @@ class Kubelet:
         self.labels = dict(labels or {})
         self.prepare_timeout = prepare_timeout
         self.plugins = PluginWatcher(registry_dir)
+        self.health = device_health.HealthCache()
+        self._health_watchers: dict[str, tuple[Plugin, asyncio.Task[None]]] = {}
         self.workers: dict[str, PodWorker] = {}  # pod uid -> worker
         self.pods = Informer(
             kube,
@@ -519,14 +559,57 @@ class Kubelet:
             handler=self._on_pod,
             fieldSelector=f"spec.nodeName={node_name}",
         )
+        self.cgroups: HarnessCgroups | None = None
+        self.pid_map: str | None = None
+        """``<root>/pids.json`` when containers are named there instead of in cgroups."""
+        self._pids: dict[int, dict[str, str]] = {}
+        if cgroups:
+            try:
+                self.cgroups = HarnessCgroups.create(node_name)
+            except CgroupError as exc:
+                log.warning("node %s: no cgroups for containers (%s); using the PID map", node_name, exc)
+        if self.cgroups is None:
+            self.pid_map = os.path.join(root, "pids.json")
+            self._write_pid_map()
         self.port = 0
         self._runner: web.AppRunner | None = None
         self._tasks: list[asyncio.Task[Any]] = []
+
+    # ------------------------------------------------------------------ containers' cgroups
+    def place(self, argv: list[str], pod_uid: str, container_id: str) -> list[str]:
+        """``argv`` as it must be started to run in the container's cgroup. Blocking."""
+        if self.cgroups is None:
+            return argv
+        return self.cgroups.enter(argv, self.cgroups.container_dir(pod_uid, container_id))
+
+    def started(self, pid: int, pod_uid: str, container_id: str) -> None:
+        if self.pid_map is not None:
+            self._pids[pid] = {"podUID": pod_uid, "containerID": container_id}
+            self._write_pid_map()
+
+    def exited(self, pid: int, pod_uid: str, container_id: str) -> None:
+        if self.cgroups is not None:
+            self.cgroups.remove_container(pod_uid, container_id)
+        elif self._pids.pop(pid, None) is not None:
+            self._write_pid_map()
+
+    def pod_done(self, pod_uid: str) -> None:
+        if self.cgroups is not None:
+            self.cgroups.remove_pod(pod_uid)
+
+    def _write_pid_map(self) -> None:
+        assert self.pid_map is not None
+        os.makedirs(os.path.dirname(self.pid_map), exist_ok=True)
+        tmp = self.pid_map + ".tmp"
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump({str(pid): owner for pid, owner in self._pids.items()}, f)
+        os.replace(tmp, self.pid_map)
 
     # ------------------------------------------------------------------ node and log server
     async def _serve_logs(self) -> None:
         app = web.Application()
         app.router.add_get("/containerLogs/{ns}/{pod}/{container}", self._logs)
+        app.router.add_get("/exec/{ns}/{pod}/{container}", self._exec)
         app.router.add_get("/healthz", _healthz)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
@@ -564,6 +647,31 @@ class Kubelet:
                 await asyncio.sleep(0.1)
         await response.write_eof()
         return response
+
+    async def _exec(self, request: web.Request) -> web.StreamResponse:
+        ns, pod, name = request.match_info["ns"], request.match_info["pod"], request.match_info["container"]
+        worker = next((w for w in self.workers.values() if (w.ns, w.name) == (ns, pod)), None)
+        if worker is None:
+            return web.Response(status=404, text=f"pod {ns}/{pod} is not running on node {self.node_name}")
+        proc = worker.processes.get(name)
+        container = next(
+            (c for c in (worker.pod.get("spec") or {}).get("containers") or [] if c.get("name") == name), None
+        )
+        if container is None or proc is None or proc.exit_code is not None:
+            return web.Response(status=400, text=f'container not found ("{name}")')
+        command = request.query.getall("command", [])
+        if not command:
+            return web.Response(status=400, text="you must specify at least 1 command")
+        try:
+            argv, env = worker._process_spec({**container, "command": command, "args": []})
+        except PodFailed as exc:
+            return web.Response(status=500, text=exc.message)
+        cwd = _workdir(os.path.join(worker.dir, name, "cwd"), container.get("workingDir"))
+        if name in worker.container_ids and shutil.which(argv[0], path=env.get("PATH")):
+            # As with a runtime's exec, the command runs in the container's cgroup (a command that does
+            # not exist still fails to start, as before). With the PID map it is not attributed.
+            argv = await asyncio.to_thread(self.place, argv, worker.uid, worker.container_ids[name])
+        return await execs.serve(request, argv, env, cwd, f"{worker.tag()} container {name}")
 
     def node_object(self) -> Obj:
         now = runtime.rfc3339()
@@ -654,6 +762,7 @@ class Kubelet:
         await worker.stop(grace)
         await worker.done.wait()
         self.workers.pop(worker.uid, None)
+        await asyncio.to_thread(self.pod_done, worker.uid)
         shutil.rmtree(worker.dir, ignore_errors=True)
         if delete:
             with contextlib.suppress(KubeError):
@@ -663,6 +772,45 @@ class Kubelet:
                     body={"gracePeriodSeconds": 0, "preconditions": {"uid": worker.uid}},
                 )
             log.info("pod %s/%s: stopped, resources unprepared, deleted", worker.ns, worker.name)
+
+    # ------------------------------------------------------------------ device health
+    async def _health_loop(self) -> None:
+        """One ``NodeWatchResources`` stream per registered plugin, restarted when the plugin is."""
+        try:
+            while True:
+                for name, plugin in list(self.plugins.plugins.items()):
+                    current = self._health_watchers.get(name)
+                    if current is not None and current[0] is plugin and not current[1].done():
+                        continue
+                    if current is not None:
+                        current[1].cancel()
+                    task = asyncio.get_running_loop().create_task(self._watch_health(plugin))
+                    self._health_watchers[name] = (plugin, task)
+                for name in [n for n in self._health_watchers if n not in self.plugins.plugins]:
+                    _, task = self._health_watchers.pop(name)
+                    task.cancel()
+                    await self._health_changed(self.health.clear(name))
+                await asyncio.sleep(0.2)
+        finally:
+            await cancel_all([task for _, task in self._health_watchers.values()])
+
+    async def _watch_health(self, plugin: Plugin) -> None:
+        try:
+            async for reports in plugin.watch_health():
+                await self._health_changed(self.health.update(plugin.name, reports))
+        except PluginError as exc:
+            log.info("device health of %s not watched: %s", plugin.name, exc)
+        current = self._health_watchers.get(plugin.name)
+        if current is not None and current[0] is plugin:
+            await self._health_changed(self.health.clear(plugin.name))
+        await asyncio.sleep(1.0)  # then the loop starts a new stream if the plugin is still registered
+
+    async def _health_changed(self, keys: set[device_health.DeviceKey]) -> None:
+        if not keys:
+            return
+        for worker in list(self.workers.values()):
+            if worker.uses(keys):
+                await worker.push_status()
 
     async def _heartbeat(self) -> None:
         while True:
@@ -694,6 +842,7 @@ class Kubelet:
             asyncio.create_task(self.plugins.run()),
             asyncio.create_task(self.pods.run()),
             asyncio.create_task(self._heartbeat()),
+            asyncio.create_task(self._health_loop()),
         ]
         await self.pods.synced.wait()
 
@@ -704,6 +853,8 @@ class Kubelet:
         await self.plugins.close()
         if self._runner is not None:
             await self._runner.cleanup()
+        if self.cgroups is not None:
+            await asyncio.to_thread(self.cgroups.close)
 
 
 async def _healthz(_: web.Request) -> web.Response:

@@ -19,7 +19,14 @@ from typing import Any
 
 import grpc
 
-from dra_driver.proto import dra_v1_pb2, dra_v1_pb2_grpc, dra_v1beta1_pb2, dra_v1beta1_pb2_grpc
+from dra_driver.proto import (
+    dra_v1_pb2,
+    dra_v1_pb2_grpc,
+    dra_v1beta1_pb2,
+    dra_v1beta1_pb2_grpc,
+    drahealth_v1alpha1_pb2,
+    drahealth_v1alpha1_pb2_grpc,
+)
 from dra_driver.proto import pluginregistration_v1_pb2 as reg_pb2
 from dra_driver.proto import pluginregistration_v1_pb2_grpc as reg_grpc
 
@@ -49,6 +56,26 @@ class PreparedDevice:
     device: str
     cdi_ids: list[str]
     share_id: str | None
+    driver: str = ""
+
+
+@dataclass(frozen=True)
+class DeviceHealthReport:
+    """One entry of a ``NodeWatchResources`` answer."""
+
+    pool: str
+    device: str
+    health: str
+    """``Healthy``, ``Unhealthy`` or ``Unknown`` (the kubelet's words)."""
+    last_updated: float
+    timeout: float
+    """``health_check_timeout_seconds``; 0 when the plugin sent none."""
+
+
+_HEALTH_WORDS = {
+    drahealth_v1alpha1_pb2.HEALTHY: "Healthy",
+    drahealth_v1alpha1_pb2.UNHEALTHY: "Unhealthy",
+}
 
 
 class Plugin:
@@ -61,6 +88,28 @@ class Plugin:
         pb, pb_grpc = SERVICES[service]
         self._pb = pb
         self._stub = pb_grpc.DRAPluginStub(self._channel)
+        self._health = drahealth_v1alpha1_pb2_grpc.DRAResourceHealthStub(self._channel)
+
+    async def watch_health(self) -> Any:
+        """``NodeWatchResources``: each answer as a list of :class:`DeviceHealthReport`, until the stream
+        ends. :class:`PluginError` when the plugin does not serve it or the stream breaks."""
+        stream = self._health.NodeWatchResources(drahealth_v1alpha1_pb2.NodeWatchResourcesRequest())
+        try:
+            async for answer in stream:
+                yield [
+                    DeviceHealthReport(
+                        d.device.pool_name,
+                        d.device.device_name,
+                        _HEALTH_WORDS.get(d.health, "Unknown"),
+                        float(d.last_updated_time),
+                        float(d.health_check_timeout_seconds),
+                    )
+                    for d in answer.devices
+                ]
+        except grpc.aio.AioRpcError as exc:
+            raise PluginError(f"NodeWatchResources on {self.name}: {exc.code().name}: {exc.details()}") from exc
+        finally:
+            stream.cancel()
 
     async def close(self) -> None:
         await self._channel.close(None)
@@ -94,6 +143,7 @@ class Plugin:
                     d.device_name,
                     list(d.cdi_device_ids),
                     d.share_id if d.HasField("share_id") else None,
+                    self.name,
                 )
                 for d in result.devices
             ]

@@ -11,9 +11,9 @@ import contextlib
 import os
 import signal
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 
 def rfc3339(ts: float | None = None) -> str:
@@ -58,18 +58,46 @@ class Process:
             return await self.wait()
 
 
+async def spawn_uncancelled(
+    spawning: Coroutine[Any, Any, asyncio.subprocess.Process],
+    record: Callable[[asyncio.subprocess.Process], None],
+) -> asyncio.subprocess.Process:
+    """Spawn a process and ``record`` it even when the caller is cancelled meanwhile (a signal stopping
+    the cluster), so that no child is ever started without its owner knowing it; the cancellation is
+    raised once the process is recorded, and the owner's cleanup then stops it."""
+    task = asyncio.ensure_future(spawning)
+    try:
+        proc = await asyncio.shield(task)
+    except asyncio.CancelledError:
+        with contextlib.suppress(Exception):
+            record(await task)
+        raise
+    record(proc)
+    return proc
+
+
 async def start(container: str, argv: Sequence[str], env: Mapping[str, str], cwd: str, log_path: str) -> Process:
     log = _open_log(log_path)
+    started: list[asyncio.subprocess.Process] = []
     try:
-        proc = await asyncio.create_subprocess_exec(
-            *argv,
-            env=dict(env),
-            cwd=cwd,
-            stdout=log,
-            stderr=asyncio.subprocess.STDOUT,
-            stdin=asyncio.subprocess.DEVNULL,
-            start_new_session=True,
+        proc = await spawn_uncancelled(
+            asyncio.create_subprocess_exec(
+                *argv,
+                env=dict(env),
+                cwd=cwd,
+                stdout=log,
+                stderr=asyncio.subprocess.STDOUT,
+                stdin=asyncio.subprocess.DEVNULL,
+                start_new_session=True,
+            ),
+            started.append,
         )
+    except asyncio.CancelledError:
+        for orphan in started:  # nobody will own it: end it here
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(orphan.pid, signal.SIGKILL)
+            await asyncio.shield(orphan.wait())
+        raise
     finally:
         log.close()
     return Process(container, log_path, proc, rfc3339())

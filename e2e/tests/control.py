@@ -14,12 +14,15 @@ import os
 import shlex
 from typing import Any, Protocol
 
+import aiohttp
+
 from e2e.cluster import DRIVER, Harness
 from kubeapi import KubeClient, KubeError
 
 NAMESPACE = os.environ.get("TESSERA_E2E_NAMESPACE", "tessera-system")
 HOST_LIB_DIR = os.environ.get("TESSERA_E2E_HOST_LIB_DIR", "/usr/local/tessera")
 CDI_DIR = os.environ.get("TESSERA_E2E_CDI_DIR", "/var/run/cdi")
+DRIVER_METRICS_PORT = int(os.environ.get("TESSERA_E2E_DRIVER_METRICS_PORT", "9400"))
 
 
 class ClusterControl(Protocol):
@@ -38,6 +41,19 @@ class ClusterControl(Protocol):
 
     async def host_files(self, node: str, directory: str) -> dict[str, str]:
         """The regular files of a host directory of ``node`` (a path as the CDI spec names it): name -> text."""
+        ...
+
+    async def driver_metrics(self, node: str) -> str:
+        """What the NVIDIA driver on ``node`` answers on ``/metrics``."""
+        ...
+
+    async def inject_faults(self, node: str, lines: list[str]) -> None:
+        """Write the mock backend's fault control file of the NVIDIA driver on ``node`` (``[]`` clears it);
+        lines as ``gpu-1 xid 79`` (see the driver docs)."""
+        ...
+
+    async def exporter_metrics(self) -> str:
+        """One scrape of the cluster exporter's ``/metrics``."""
         ...
 
 
@@ -79,6 +95,20 @@ class HarnessControl:
         # the harness's host paths are this machine's paths
         return await asyncio.to_thread(_read_files, directory)
 
+    async def driver_metrics(self, node: str) -> str:
+        port = self.harness.nodes[node].metrics_port
+        async with aiohttp.ClientSession() as session, session.get(f"http://127.0.0.1:{port}/metrics") as resp:
+            resp.raise_for_status()
+            return await resp.text()
+
+    async def inject_faults(self, node: str, lines: list[str]) -> None:
+        path = self.harness.nodes[node].mock_faults
+        text = "".join(f"{line}\n" for line in lines)
+        await asyncio.to_thread(_write_atomic, path, text)
+
+    async def exporter_metrics(self) -> str:
+        return await self.harness.exporter_metrics()
+
 
 def _read_json(path: str) -> dict[str, Any] | None:
     try:
@@ -86,6 +116,13 @@ def _read_json(path: str) -> dict[str, Any] | None:
             return dict(json.load(fh))
     except FileNotFoundError:
         return None
+
+
+def _write_atomic(path: str, text: str) -> None:
+    temp = f"{path}.tmp"
+    with open(temp, "w", encoding="utf-8") as fh:
+        fh.write(text)
+    os.replace(temp, path)
 
 
 def _read_files(directory: str) -> dict[str, str]:
@@ -257,6 +294,28 @@ class KindControl:
     async def cdi_spec(self, node: str, driver: str, claim_uid: str) -> dict[str, Any] | None:
         text = await self._docker_cat(node, f"{CDI_DIR}/{cdi_spec_name(driver, claim_uid)}")
         return None if text is None else dict(json.loads(text))
+
+    async def driver_metrics(self, node: str) -> str:
+        pods = [
+            p
+            for p in await self._driver_pods(node)
+            if any(ref.get("name", "").endswith("-nvidia") for ref in p["metadata"].get("ownerReferences") or [])
+        ] or await self._driver_pods(node)
+        name = pods[0]["metadata"]["name"]
+        return await self.kube.text(f"/api/v1/namespaces/{NAMESPACE}/pods/{name}:{DRIVER_METRICS_PORT}/proxy/metrics")
+
+    async def inject_faults(self, node: str, lines: list[str]) -> None:
+        path = f"/var/lib/kubelet/plugins/{DRIVER}/mock-faults"
+        text = "".join(f"{line}\n" for line in lines)
+        proc = await asyncio.create_subprocess_exec(
+            "docker", "exec", node, "sh", "-c", f"printf %s {shlex.quote(text)} > {path}.tmp && mv {path}.tmp {path}"
+        )
+        if await proc.wait() != 0:
+            raise RuntimeError(f"cannot write {path} on {node}")
+
+    async def exporter_metrics(self) -> str:
+        # through the API server's service proxy, as a user with access to the namespace would
+        return await self.kube.text(f"/api/v1/namespaces/{NAMESPACE}/services/tessera-exporter:metrics/proxy/metrics")
 
     async def host_files(self, node: str, directory: str) -> dict[str, str]:
         out = {}

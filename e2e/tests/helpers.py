@@ -155,6 +155,17 @@ class Cluster:
         )
         return list(got.get("items") or [])
 
+    async def webhook_converts(self, ns: str, pod: Obj) -> bool:
+        """Whether the webhook can convert ``pod`` now (a dry-run create): a percentage of a device's memory
+        needs the devices in the webhook's inventory, which it refreshes from the ResourceSlices."""
+        try:
+            await self.kube.create(f"/api/v1/namespaces/{ns}/pods", pod, dry_run=True)
+        except KubeError as exc:
+            if exc.status == 400 and "devices are published" in exc.reason:
+                return False
+            raise
+        return True
+
     async def wait_unschedulable(self, ns: str, name: str) -> str:
         async def check() -> str | None:
             items = await self.events(ns, name, "FailedScheduling")

@@ -141,18 +141,6 @@ async def vendors_with_devices(cluster: Cluster) -> dict[str, set[str]]:
     return out
 
 
-async def webhook_sees(cluster: Cluster, ns: str, pod: dict[str, Any]) -> bool:
-    """Whether the webhook can convert ``pod`` now (a dry-run create): a percentage of a device's memory
-    needs the devices in the webhook's inventory, which it refreshes from the ResourceSlices."""
-    try:
-        await cluster.kube.create(f"/api/v1/namespaces/{ns}/pods", pod, dry_run=True)
-    except KubeError as exc:
-        if exc.status == 400 and "devices are published" in exc.reason:
-            return False
-        raise
-    return True
-
-
 @pytest_asyncio.fixture(scope="module", loop_scope="session")
 async def placed(mixed: Cluster) -> AsyncIterator[dict[str, Placed]]:
     """Every present vendor's pod, created at once, running, with what its node and claim hold."""
@@ -165,7 +153,7 @@ async def placed(mixed: Cluster) -> AsyncIterator[dict[str, Placed]]:
         if "cambricon" in pods:
             mlu = pods["cambricon"]
             await cluster.wait(
-                lambda: webhook_sees(cluster, ns, mlu), what="the webhook to see the published Cambricon devices"
+                lambda: cluster.webhook_converts(ns, mlu), what="the webhook to see the published Cambricon devices"
             )
 
         async def run(vendor: str, pod: dict[str, Any]) -> Placed:

@@ -2,7 +2,11 @@
  *
  * Declared here in our own words so that the library builds without the CUDA toolkit. Every
  * layout and constant matches the public headers (cuda.h 12/13, nvml.h 12); the static asserts
- * below pin the struct sizes the hooks depend on (x86-64 and aarch64 LP64). */
+ * below pin the struct sizes the hooks depend on (x86-64 and aarch64 LP64). `make -C isolation
+ * abi-check` (part of `make test`) checks every name used here, every struct layout and every
+ * wrapper's signature against the toolkit's own cuda.h, cudaTypedefs.h and nvml.h; for that it
+ * compiles our prototypes against the toolkit's types, leaving out one half of this header
+ * (TESSERA_CUABI_NO_CUDA, TESSERA_CUABI_NO_NVML). */
 #ifndef TESSERA_CUABI_H
 #define TESSERA_CUABI_H
 
@@ -10,6 +14,7 @@
 #include <stdint.h>
 
 /* ---- CUDA driver API ---------------------------------------------------------------------- */
+#ifndef TESSERA_CUABI_NO_CUDA
 typedef int CUresult;
 enum {
     CUDA_SUCCESS = 0,
@@ -27,6 +32,7 @@ enum {
 };
 
 typedef int CUdevice;
+typedef uint64_t cuuint64_t;
 typedef unsigned long long CUdeviceptr;
 typedef unsigned long long CUmemGenericAllocationHandle;
 typedef struct CUctx_st *CUcontext;
@@ -51,6 +57,7 @@ enum { CU_GET_PROC_ADDRESS_SUCCESS = 0, CU_GET_PROC_ADDRESS_SYMBOL_NOT_FOUND = 1
        CU_GET_PROC_ADDRESS_VERSION_NOT_SUFFICIENT = 2 };
 
 /* device attributes used */
+typedef int CUdevice_attribute;
 enum {
     CU_DEVICE_ATTRIBUTE_MAX_THREADS_PER_BLOCK = 1,
     CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT = 16,
@@ -97,7 +104,9 @@ typedef struct CUmemPoolProps_st {
     unsigned char reserved[54];
 } CUmemPoolProps;
 typedef struct CUmemAccessDesc_st { CUmemLocation location; int flags; } CUmemAccessDesc;
+typedef int CUmemAllocationGranularity_flags;
 enum { CU_MEM_ALLOC_GRANULARITY_MINIMUM = 0, CU_MEM_ALLOC_GRANULARITY_RECOMMENDED = 1 };
+typedef int CUmem_advise;
 
 /* arrays */
 enum {
@@ -139,7 +148,7 @@ typedef struct CUDA_KERNEL_NODE_PARAMS_st {
     unsigned int sharedMemBytes;
     void **kernelParams;
     void **extra;
-} CUDA_KERNEL_NODE_PARAMS;
+} CUDA_KERNEL_NODE_PARAMS_v1;
 typedef struct CUDA_KERNEL_NODE_PARAMS_v2_st {
     CUfunction func;
     unsigned int gridDimX, gridDimY, gridDimZ;
@@ -150,9 +159,15 @@ typedef struct CUDA_KERNEL_NODE_PARAMS_v2_st {
     CUkernel kern;
     CUcontext ctx;
 } CUDA_KERNEL_NODE_PARAMS_v2;
+typedef CUDA_KERNEL_NODE_PARAMS_v2 CUDA_KERNEL_NODE_PARAMS; /* the toolkit's default since CUDA 12 */
+typedef int CUgraphNodeType;
 enum { CU_GRAPH_NODE_TYPE_KERNEL = 0 };
+typedef struct CUDA_GRAPH_INSTANTIATE_PARAMS_st CUDA_GRAPH_INSTANTIATE_PARAMS; /* passed through, never read */
+
+#endif /* TESSERA_CUABI_NO_CUDA */
 
 /* ---- NVML ----------------------------------------------------------------------------------- */
+#ifndef TESSERA_CUABI_NO_NVML
 typedef int nvmlReturn_t;
 enum {
     NVML_SUCCESS = 0, NVML_ERROR_UNINITIALIZED = 1, NVML_ERROR_INVALID_ARGUMENT = 2,
@@ -180,7 +195,9 @@ typedef struct nvmlProcessUtilizationSample_st {
     unsigned int smUtil, memUtil, encUtil, decUtil;
 } nvmlProcessUtilizationSample_t;
 #define NVML_DEVICE_UUID_V2_BUFFER_SIZE 96
+#endif /* TESSERA_CUABI_NO_NVML */
 
+#ifndef TESSERA_CUABI_NO_CUDA
 _Static_assert(sizeof(CUmemAllocationProp) == 32, "CUmemAllocationProp layout");
 _Static_assert(sizeof(CUmemPoolProps) == 88, "CUmemPoolProps layout");
 _Static_assert(sizeof(CUDA_ARRAY_DESCRIPTOR) == 24, "CUDA_ARRAY_DESCRIPTOR layout");
@@ -188,8 +205,11 @@ _Static_assert(sizeof(CUDA_ARRAY3D_DESCRIPTOR) == 40, "CUDA_ARRAY3D_DESCRIPTOR l
 _Static_assert(offsetof(CUlaunchConfig, hStream) == 32 && sizeof(CUlaunchConfig) == 56, "CUlaunchConfig layout");
 _Static_assert(offsetof(CUDA_KERNEL_NODE_PARAMS_v2, kernelParams) == 40 && sizeof(CUDA_KERNEL_NODE_PARAMS_v2) == 72,
                "CUDA_KERNEL_NODE_PARAMS_v2 layout");
+#endif
+#ifndef TESSERA_CUABI_NO_NVML
 _Static_assert(sizeof(nvmlMemory_v2_t) == 40, "nvmlMemory_v2_t layout");
 _Static_assert(sizeof(nvmlProcessInfo_v1_t) == 16 && sizeof(nvmlProcessInfo_t) == 24, "nvmlProcessInfo layout");
 _Static_assert(sizeof(nvmlProcessUtilizationSample_t) == 32, "nvmlProcessUtilizationSample_t layout");
+#endif
 
 #endif

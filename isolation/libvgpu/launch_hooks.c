@@ -103,7 +103,7 @@ VGPU_EXPORT CUresult cuGraphInstantiateWithFlags(CUgraphExec *e, CUgraph g, unsi
     return r;
 }
 
-VGPU_EXPORT CUresult cuGraphInstantiateWithParams(CUgraphExec *e, CUgraph g, void *params)
+VGPU_EXPORT CUresult cuGraphInstantiateWithParams(CUgraphExec *e, CUgraph g, CUDA_GRAPH_INSTANTIATE_PARAMS *params)
 {
     GRAPH_REAL(cuGraphInstantiateWithParams);
     CUresult r = ((__typeof__(&cuGraphInstantiateWithParams))f)(e, g, params);
@@ -111,7 +111,7 @@ VGPU_EXPORT CUresult cuGraphInstantiateWithParams(CUgraphExec *e, CUgraph g, voi
     return r;
 }
 
-VGPU_EXPORT CUresult cuGraphInstantiateWithParams_ptsz(CUgraphExec *e, CUgraph g, void *params)
+VGPU_EXPORT CUresult cuGraphInstantiateWithParams_ptsz(CUgraphExec *e, CUgraph g, CUDA_GRAPH_INSTANTIATE_PARAMS *params)
 {
     GRAPH_REAL(cuGraphInstantiateWithParams_ptsz);
     CUresult r = ((__typeof__(&cuGraphInstantiateWithParams_ptsz))f)(e, g, params);

@@ -224,7 +224,7 @@ static void swap_for_wrapper(void **pfn)
     if (w) *pfn = w;
 }
 
-VGPU_EXPORT CUresult cuGetProcAddress(const char *symbol, void **pfn, int version, unsigned long long flags)
+VGPU_EXPORT CUresult cuGetProcAddress(const char *symbol, void **pfn, int version, cuuint64_t flags)
 {
     vgpu_resolve_cuda();
     if (!REAL(cuGetProcAddress)) return CUDA_ERROR_NOT_SUPPORTED;
@@ -233,7 +233,7 @@ VGPU_EXPORT CUresult cuGetProcAddress(const char *symbol, void **pfn, int versio
     return r;
 }
 
-VGPU_EXPORT CUresult cuGetProcAddress_v2(const char *symbol, void **pfn, int version, unsigned long long flags,
+VGPU_EXPORT CUresult cuGetProcAddress_v2(const char *symbol, void **pfn, int version, cuuint64_t flags,
                                          CUdriverProcAddressQueryResult *status)
 {
     vgpu_resolve_cuda();

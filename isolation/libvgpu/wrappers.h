@@ -5,8 +5,8 @@
 #define W __attribute__((visibility("default")))
 
 W CUresult cuInit(unsigned int flags);
-W CUresult cuGetProcAddress(const char *symbol, void **pfn, int version, unsigned long long flags);
-W CUresult cuGetProcAddress_v2(const char *symbol, void **pfn, int version, unsigned long long flags,
+W CUresult cuGetProcAddress(const char *symbol, void **pfn, int version, cuuint64_t flags);
+W CUresult cuGetProcAddress_v2(const char *symbol, void **pfn, int version, cuuint64_t flags,
                                CUdriverProcAddressQueryResult *status);
 W CUresult cuMemAlloc_v2(CUdeviceptr *p, size_t size);
 W CUresult cuMemFree_v2(CUdeviceptr p);
@@ -44,8 +44,8 @@ W CUresult cuLaunchCooperativeKernel(CUfunction f, unsigned gx, unsigned gy, uns
 W CUresult cuLaunchCooperativeKernel_ptsz(CUfunction f, unsigned gx, unsigned gy, unsigned gz, unsigned bx,
                                           unsigned by, unsigned bz, unsigned shmem, CUstream s, void **params);
 W CUresult cuGraphInstantiateWithFlags(CUgraphExec *e, CUgraph g, unsigned long long flags);
-W CUresult cuGraphInstantiateWithParams(CUgraphExec *e, CUgraph g, void *params);
-W CUresult cuGraphInstantiateWithParams_ptsz(CUgraphExec *e, CUgraph g, void *params);
+W CUresult cuGraphInstantiateWithParams(CUgraphExec *e, CUgraph g, CUDA_GRAPH_INSTANTIATE_PARAMS *params);
+W CUresult cuGraphInstantiateWithParams_ptsz(CUgraphExec *e, CUgraph g, CUDA_GRAPH_INSTANTIATE_PARAMS *params);
 W CUresult cuGraphExecDestroy(CUgraphExec e);
 W CUresult cuGraphLaunch(CUgraphExec e, CUstream s);
 W CUresult cuGraphLaunch_ptsz(CUgraphExec e, CUstream s);
@@ -58,16 +58,16 @@ W nvmlReturn_t nvmlDeviceGetComputeRunningProcesses_v3(nvmlDevice_t d, unsigned 
 /* the unwrapped entry points libvgpu calls */
 typedef CUresult (*cuCtxGetDevice_t)(CUdevice *);
 typedef CUresult (*cuDeviceGetCount_t)(int *);
-typedef CUresult (*cuDeviceGetAttribute_t)(int *, int, CUdevice);
+typedef CUresult (*cuDeviceGetAttribute_t)(int *, CUdevice_attribute, CUdevice);
 typedef CUresult (*cuDeviceGetUuid_v2_t)(CUuuid *, CUdevice);
 typedef CUresult (*cuDeviceGetMemPool_t)(CUmemoryPool *, CUdevice);
 typedef CUresult (*cuDeviceGetDefaultMemPool_t)(CUmemoryPool *, CUdevice);
-typedef CUresult (*cuMemPoolGetAttribute_t)(CUmemoryPool, int, void *);
+typedef CUresult (*cuMemPoolGetAttribute_t)(CUmemoryPool, CUmemPool_attribute, void *);
 typedef CUresult (*cuMemFreeAsync_t)(CUdeviceptr, CUstream);
-typedef CUresult (*cuArrayGetMemoryRequirements_t)(CUDA_ARRAY_MEMORY_REQUIREMENTS *, void *, CUdevice);
-typedef CUresult (*cuMipmappedArrayGetMemoryRequirements_t)(CUDA_ARRAY_MEMORY_REQUIREMENTS *, void *, CUdevice);
+typedef CUresult (*cuArrayGetMemoryRequirements_t)(CUDA_ARRAY_MEMORY_REQUIREMENTS *, CUarray, CUdevice);
+typedef CUresult (*cuMipmappedArrayGetMemoryRequirements_t)(CUDA_ARRAY_MEMORY_REQUIREMENTS *, CUmipmappedArray, CUdevice);
 typedef CUresult (*cuGraphGetNodes_t)(CUgraph, CUgraphNode *, size_t *);
-typedef CUresult (*cuGraphNodeGetType_t)(CUgraphNode, int *);
+typedef CUresult (*cuGraphNodeGetType_t)(CUgraphNode, CUgraphNodeType *);
 typedef CUresult (*cuGraphKernelNodeGetParams_v2_t)(CUgraphNode, CUDA_KERNEL_NODE_PARAMS_v2 *);
 typedef nvmlReturn_t (*nvmlInit_v2_t)(void);
 typedef nvmlReturn_t (*nvmlDeviceGetCount_v2_t)(unsigned int *);

@@ -41,7 +41,8 @@ static void usage(FILE *f)
 {
     fprintf(f,
             "usage: cuda-workload [options]\n"
-            "  --route cudart|dlsym      how to reach the driver (default cudart: cuGetProcAddress_v2)\n"
+            "  --route cudart|dlsym|dlmopen  how to reach the driver (default cudart: cuGetProcAddress_v2;\n"
+            "                            dlmopen: a private copy of libcuda.so.1 that no preload hooks)\n"
             "  --device N                CUDA ordinal (default 0)\n"
             "  --api NAME                allocation path: alloc pitch managed async pool vmm array array3d mipmap\n"
             "  --total-mib N             allocate up to N MiB in steps (default 0: none)\n"

@@ -29,6 +29,7 @@ int drv_route_parse(const char *s)
     if (!strcmp(s, "cudart")) return DRV_ROUTE_CUDART;
     if (!strcmp(s, "dlsym")) return DRV_ROUTE_DLSYM;
     if (!strcmp(s, "direct")) return DRV_ROUTE_DIRECT;
+    if (!strcmp(s, "dlmopen")) return DRV_ROUTE_DLMOPEN;
     return -1;
 }
 
@@ -61,13 +62,16 @@ int drv_open(struct drv *d, enum drv_route route, int per_thread)
 {
     memset(d, 0, sizeof *d);
     if (route == DRV_ROUTE_DIRECT) return drv_direct_fill(d);
-    d->handle = dlopen("libcuda.so.1", RTLD_NOW | RTLD_GLOBAL);
+    if (route == DRV_ROUTE_DLMOPEN)
+        d->handle = dlmopen(LM_ID_NEWLM, "libcuda.so.1", RTLD_NOW | RTLD_LOCAL); /* GLOBAL is refused here */
+    else
+        d->handle = dlopen("libcuda.so.1", RTLD_NOW | RTLD_GLOBAL);
     if (!d->handle) {
         fprintf(stderr, "drv: cannot load libcuda.so.1: %s\n", dlerror());
         return -1;
     }
     int missing = 0;
-    if (route == DRV_ROUTE_DLSYM) {
+    if (route == DRV_ROUTE_DLSYM || route == DRV_ROUTE_DLMOPEN) {
 #define DRV_DLSYM(f, base, ver, exp, ptds, type) \
         if (!(*(void **)&d->f = dlsym(d->handle, exp))) { fprintf(stderr, "drv: dlsym(%s) failed\n", exp); missing++; }
         DRV_FUNCS(DRV_DLSYM)

@@ -5,7 +5,11 @@
  *                     the cuGetProcAddress@12000 self-lookup, then every entry point by base name,
  *                     ABI version and flags (the CUDA 12/13 runtime's sequence);
  *   DRV_ROUTE_DLSYM   dlopen + dlsym of the versioned export names (ctypes, older loaders);
- *   DRV_ROUTE_DIRECT  symbols bound at link time (-lcuda); see drv_direct.c. */
+ *   DRV_ROUTE_DIRECT  symbols bound at link time (-lcuda); see drv_direct.c;
+ *   DRV_ROUTE_DLMOPEN dlmopen(LM_ID_NEWLM, "libcuda.so.1") + dlsym of the versioned export names: a
+ *                     second copy of the driver in a link-map namespace of its own, where no preload
+ *                     (libvgpu) applies. A workload that escapes the in-process hook this way is what
+ *                     the driver's node-side watchdog exists for (tests of the watchdog use it). */
 #ifndef TESSERA_DRV_H
 #define TESSERA_DRV_H
 
@@ -68,7 +72,7 @@ typedef CUresult (*gpa_v2_t)(const char *, void **, int, unsigned long long, CUd
     X(GraphExecDestroy, "cuGraphExecDestroy", 10000, "cuGraphExecDestroy", 0, (CUgraphExec)) \
     X(GraphDestroy, "cuGraphDestroy", 10000, "cuGraphDestroy", 0, (CUgraph))
 
-enum drv_route { DRV_ROUTE_CUDART, DRV_ROUTE_DLSYM, DRV_ROUTE_DIRECT };
+enum drv_route { DRV_ROUTE_CUDART, DRV_ROUTE_DLSYM, DRV_ROUTE_DIRECT, DRV_ROUTE_DLMOPEN };
 
 struct drv {
 #define DRV_FIELD(f, base, ver, exp, ptds, args) CUresult (*f) args;
@@ -81,7 +85,7 @@ struct drv {
 /* Fill *d by the route; per_thread asks for the per-thread-default-stream variants (CUDART route).
  * Returns 0, or -1 with a message on stderr naming what could not be resolved. */
 int drv_open(struct drv *d, enum drv_route route, int per_thread);
-/* Parse "cudart" | "dlsym" | "direct"; -1 if unknown. */
+/* Parse "cudart" | "dlsym" | "direct" | "dlmopen"; -1 if unknown. */
 int drv_route_parse(const char *s);
 const char *drv_error_name(CUresult r);
 /* The PTX of the "spin" kernel: spins for its u64 parameter in nanoseconds (%globaltimer). */

@@ -64,7 +64,11 @@ def test_kubernetes_validate_has_the_target_versions() -> None:
     [
         ({"webhook.bogus": "1"}, "additional properties 'bogus' not allowed"),
         ({"webhook.timeoutSeconds": "60"}, "timeoutSeconds"),
-        ({"webhook.corePolicy": "sometimes"}, "corePolicy"),
+        ({"policy.coreLimitPolicy": "sometimes"}, "coreLimitPolicy"),
+        ({"policy.coreLimitPolicy": "disable"}, "policy.allowCoreLimitDisable is false"),
+        ({"policy.allowHighPriority": "maybe"}, "allowHighPriority"),
+        ({"webhook.corePolicy": "force"}, "additional properties 'corePolicy' not allowed"),
+        ({"webhook.optOutNamespaces[0]": "Not_A_Namespace"}, "optOutNamespaces"),
         ({"logFormat": "xml"}, "logFormat"),
         ({"vendors.nvidia.backend": ""}, "backend"),
         ({"vendors.nvidia.enabeld": "true"}, "additional properties 'enabeld' not allowed"),
@@ -100,5 +104,5 @@ def test_a_vendor_is_a_values_entry(helm_home: Path) -> None:
     more = helm.render(helm_home, sets={"vendors.cambricon.enabled": "true"})
     names = {(o["kind"], o["metadata"]["name"]) for o in more} - {(o["kind"], o["metadata"]["name"]) for o in base}
     assert names == {("DaemonSet", "tessera-cambricon-driver"), ("DeviceClass", "cambricon.tessera.dev")}
-    webhook = helm.env_of(helm.pod_spec(helm.one(more, "Deployment"))["containers"][0])
+    webhook = helm.env_of(helm.pod_spec(helm.one(more, "Deployment", "tessera-webhook"))["containers"][0])
     assert webhook["TESSERA_VENDORS"]["value"] == "cambricon,nvidia"

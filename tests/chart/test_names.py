@@ -177,7 +177,7 @@ def test_isolation_install_command(objs: list[helm.Obj]) -> None:
 def test_webhook_env_is_what_the_webhook_parses(objs: list[helm.Obj]) -> None:
     from webhook import cli as webhook_cli
 
-    deployment = helm.one(objs, "Deployment")
+    deployment = helm.one(objs, "Deployment", "tessera-webhook")
     (container,) = helm.pod_spec(deployment)["containers"]
     assert container["command"] == ["python", "-m", "webhook", "serve"]
     env = _literal_env(container)
@@ -201,6 +201,62 @@ def test_webhook_env_is_what_the_webhook_parses(objs: list[helm.Obj]) -> None:
     assert os.path.dirname(env["TESSERA_TLS_KEY_FILE"]) == mounts["tls"]
 
 
+def _webhook_converter(objs: list[helm.Obj]) -> Any:
+    from webhook import cli as webhook_cli
+
+    (container,) = helm.pod_spec(helm.one(objs, "Deployment", "tessera-webhook"))["containers"]
+    argv = ["serve"]
+    for name, value in _literal_env(container).items():
+        if name not in WEBHOOK_SETTINGS:
+            argv += ["--" + name.removeprefix("TESSERA_").lower().replace("_", "-"), value]
+    return webhook_cli.converter_from_args(webhook_cli.build_parser().parse_args(argv))
+
+
+@pytest.mark.parametrize("which", ["default", "all"])
+def test_one_sharing_policy_for_the_webhook_and_every_driver(
+    which: str, default_objs: list[helm.Obj], all_objs: list[helm.Obj]
+) -> None:
+    """The chart's `policy` reaches the webhook (what it writes) and each driver (what it honours) alike."""
+    objs = default_objs if which == "default" else all_objs
+    converter = _webhook_converter(objs)
+    values = VALUES["policy"] if which == "default" else yaml.safe_load(helm.ALL_OPTIONS.read_text())["policy"]
+    assert converter.policy.core_limit_policy == values["coreLimitPolicy"]
+    assert converter.policy.allow_high_priority == values["allowHighPriority"]
+    assert converter.policy.allow_oversubscribe == values["allowOversubscribe"]
+    assert converter.policy.allow_core_limit_disable == values["allowCoreLimitDisable"]
+    drivers = helm.find(objs, "DaemonSet")
+    assert drivers
+    for ds in drivers:
+        env = {**_literal_env(_driver_container(ds)), "NODE_NAME": "n"}
+        assert driver_cli.settings_from_args([], env).policy == converter.policy
+
+
+def test_the_webhook_protects_exactly_the_drivers_host_directories(all_objs: list[helm.Obj]) -> None:
+    """The host paths the webhook refuses are the directories the drivers mount: one list, from the chart."""
+    converter = _webhook_converter(all_objs)
+    mounted = set()
+    for ds in helm.find(all_objs, "DaemonSet"):
+        s = driver_cli.settings_from_args([], {**_literal_env(_driver_container(ds)), "NODE_NAME": "n"})
+        mounted |= {s.plugin_dir, s.registry_dir, s.cdi_dir, s.host_lib_dir}
+        volumes = [v for v in helm.pod_spec(ds)["volumes"] if "hostPath" in v]
+        host = {v["hostPath"]["path"] for v in volumes if not v["name"].startswith("backend-path-")}
+        assert host == {s.plugin_dir, s.registry_dir, s.cdi_dir, s.host_lib_dir}
+    assert set(converter.host_dirs) == mounted
+
+
+def test_the_drivers_defaults_are_what_the_webhook_protects_without_the_chart() -> None:
+    from webhook.convert import Converter
+
+    converter = Converter(vendors.admission_vendors())
+    expected = set()
+    for vendor in vendors.admission_vendors():
+        s = driver_cli.settings_from_args(
+            ["--driver", vendor.names.vendor, "--node-name", "n", "--backend", "mock", "--mock-devices", "x"], {}
+        )
+        expected |= {s.plugin_dir, s.registry_dir, s.cdi_dir, s.host_lib_dir}
+    assert set(converter.host_dirs) == expected
+
+
 def test_webhook_paths_are_the_servers_routes(default_objs: list[helm.Obj]) -> None:
     from webhook.server import Webhook
 
@@ -208,7 +264,7 @@ def test_webhook_paths_are_the_servers_routes(default_objs: list[helm.Obj]) -> N
     routes = {(r.method, r.resource.canonical) for r in app.router.routes() if r.resource is not None}
     hook = helm.one(default_objs, "MutatingWebhookConfiguration")["webhooks"][0]
     assert ("POST", hook["clientConfig"]["service"]["path"]) in routes
-    container = helm.pod_spec(helm.one(default_objs, "Deployment"))["containers"][0]
+    container = helm.pod_spec(helm.one(default_objs, "Deployment", "tessera-webhook"))["containers"][0]
     for probe in ("livenessProbe", "readinessProbe"):
         assert ("GET", container[probe]["httpGet"]["path"]) in routes
 
@@ -218,3 +274,28 @@ def test_dockerfiles_exist_for_the_chart_images() -> None:
         assert (helm.REPO / "docker" / f"{name}.Dockerfile").is_file()
     assert VALUES["webhook"]["image"]["repository"].endswith("/webhook")
     assert VALUES["driver"]["image"]["repository"].endswith("/driver")
+
+
+def test_exporter_env_and_probes_are_what_the_exporter_serves(objs: list[helm.Obj]) -> None:
+    from tessera_exporter import cli as exporter_cli
+    from tessera_exporter.exporter import Exporter
+
+    deployment = helm.one(objs, "Deployment", "tessera-exporter")
+    assert deployment["spec"]["replicas"] == 1  # two would export every series twice
+    (container,) = helm.pod_spec(deployment)["containers"]
+    assert container["command"] == ["python", "-m", "tessera_exporter", "exporter"]
+    assert container["image"].split("@")[0].split(":")[0].endswith("/webhook")  # the image that carries it
+    argv = ["exporter"]
+    for name, value in _literal_env(container).items():
+        assert name.startswith("TESSERA_"), name
+        argv += ["--" + name.removeprefix("TESSERA_").lower().replace("_", "-"), value]
+    args = exporter_cli.build_parser().parse_args(argv)
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    assert args.port == ports["metrics"]
+    app = Exporter(kube=None).app()  # type: ignore[arg-type]
+    routes = {(r.method, r.resource.canonical) for r in app.router.routes() if r.resource is not None}
+    for probe in ("livenessProbe", "readinessProbe"):
+        assert container[probe]["httpGet"]["port"] == "metrics"
+        assert ("GET", container[probe]["httpGet"]["path"]) in routes
+    service = helm.one(objs, "Service", "tessera-exporter")
+    assert service["spec"]["ports"][0]["targetPort"] == "metrics"

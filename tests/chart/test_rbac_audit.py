@@ -3,8 +3,9 @@
 The API server stand-in (e2e.apiserver) does not enforce RBAC, so a missing verb would only show
 on a real cluster. Here the real driver (configured from the chart's DaemonSet env) and the
 webhook's API paths run against it; every request in its log is mapped to (group, resource, verb)
-and must be allowed by the chart's ClusterRole for that component. (The driver part covers slice
-publishing; claim reads during prepare are covered by the exact-rules test in test_security.py.)
+and must be allowed by the chart's ClusterRole for that component. The driver part covers slice
+publishing, prepares (the claim read and its status.devices), a failing prepare (a pod Event, then
+its count) and a device fault (Events on the Node and the pods).
 """
 
 from __future__ import annotations
@@ -12,15 +13,21 @@ from __future__ import annotations
 import asyncio
 import shutil
 import tempfile
+import uuid
 from collections.abc import Iterable, Iterator
 from pathlib import Path
+from typing import Any
 
+import grpc
 import pytest
 
 from dra_driver import cli as driver_cli
 from dra_driver.daemon import Driver
+from dra_driver.proto import dra_v1_pb2, dra_v1_pb2_grpc
 from e2e.apiserver import APIServer
 from kubeapi import KubeClient
+from tessera_exporter.exporter import Exporter
+from tests.exporter.helpers import claim, pod, request, slices
 from webhook import inventory
 from webhook.metrics import Metrics
 from webhook.templates import TemplateStore
@@ -48,6 +55,38 @@ def access_of(method: str, path: str, query: dict[str, str]) -> Access | None:
     else:
         verb = {"POST": "create", "PUT": "update", "PATCH": "patch", "DELETE": "delete"}[method]
     return group, resource, verb
+
+
+def allocated_claim(name: str, node: str, priority: int) -> dict[str, Any]:
+    """A claim allocated a share of ``gpu-0`` of ``node``, reserved for a pod (priority 7 is invalid)."""
+    uid = str(uuid.uuid4())
+    params = {"apiVersion": "tessera.dev/v1alpha1", "kind": "SharingConfig", "priority": priority}
+    return {
+        "apiVersion": "resource.k8s.io/v1",
+        "kind": "ResourceClaim",
+        "metadata": {"name": name, "namespace": "default", "uid": uid},
+        "spec": {"devices": {"requests": [{"name": "gpu", "exactly": {"deviceClassName": "nvidia.tessera.dev"}}]}},
+        "status": {
+            "allocation": {
+                "devices": {
+                    "results": [
+                        {
+                            "request": "gpu",
+                            "driver": "nvidia.tessera.dev",
+                            "pool": node,
+                            "device": "gpu-0",
+                            "shareID": str(uuid.uuid4()),
+                            "consumedCapacity": {"memory": "1Gi", "cores": "1", "shares": "1"},
+                        }
+                    ],
+                    "config": [
+                        {"source": "FromClaim", "opaque": {"driver": "nvidia.tessera.dev", "parameters": params}}
+                    ],
+                }
+            },
+            "reservedFor": [{"resource": "pods", "name": f"{name}-pod", "uid": str(uuid.uuid4())}],
+        },
+    }
 
 
 def granted(role: helm.Obj) -> set[Access]:
@@ -110,19 +149,36 @@ async def test_driver_requests_are_granted(helm_home: Path, short_dir: Path) -> 
         )
         for d in ("plugin", "registry", "cdi", "lib"):
             (short_dir / d).mkdir()
-        driver = Driver(driver_cli.settings_from_args([], env))
+        good, bad = (allocated_claim(name, "node-1", priority) for name, priority in (("good", 1), ("bad", 7)))
+        for c in (good, bad):
+            api.store.put(c)
+        settings = driver_cli.settings_from_args([], env)
+        driver = Driver(settings)
         await driver.start()
         try:
             assert driver.publisher is not None
             await asyncio.wait_for(driver.publisher.published.wait(), timeout=20)
             slices = api.store.list("resourceslices")
             assert slices and all(s["spec"]["nodeName"] == "node-1" for s in slices)
+            # a prepare (claim status), a failing one twice (a pod Event, then its count), a device fault
+            async with grpc.aio.insecure_channel(f"unix://{settings.dra_socket}") as channel:
+                stub = dra_v1_pb2_grpc.DRAPluginStub(channel)
+                for c in (good, bad, bad):
+                    meta = c["metadata"]
+                    ref = dra_v1_pb2.Claim(namespace=meta["namespace"], name=meta["name"], uid=meta["uid"])
+                    await stub.NodePrepareResources(dra_v1_pb2.NodePrepareResourcesRequest(claims=[ref]), timeout=10)
+            (short_dir / "plugin" / "mock-faults").write_text("gpu-0 xid 62\n")
+            assert driver.monitor is not None and driver.status_writer is not None
+            await driver.monitor.check()
+            await driver.status_writer.flush()
         finally:
             await driver.stop()
         used = accesses(api)
     assert ("resource.k8s.io", "resourceslices", "create") in used
     assert ("", "nodes", "get") in used
     assert ("", "nodes/status", "update") in used, "the sharing condition on the Node"
+    assert ("resource.k8s.io", "resourceclaims/status", "update") in used, "the claim's status.devices"
+    assert ("", "events", "create") in used and ("", "events", "patch") in used, "events, counted"
     assert not _not_granted(used, helm.one(objs, "ClusterRole", "tessera-driver")), used
 
 
@@ -148,3 +204,27 @@ async def test_webhook_requests_are_granted(default_objs: list[helm.Obj], short_
     roles = [helm.one(default_objs, "ClusterRole", n) for n in ("tessera-webhook", "tessera-webhook-inventory")]
     all_granted = set().union(*(granted(r) for r in roles))
     assert not sorted(used - all_granted), used
+
+
+async def test_exporter_requests_are_granted(default_objs: list[helm.Obj], short_dir: Path) -> None:
+    async with APIServer.running(host="127.0.0.1", port=0) as api:
+        kube = await KubeClient.connect(api.write_kubeconfig(short_dir / "kubeconfig"))
+        exporter = Exporter(kube)
+        try:
+            await exporter.start()
+            await exporter.wait_synced(10)
+            # objects through the store's back door: every request on the wire is the exporter's
+            waiting = pod("w", {"main": [("gpu", "")]}, claims={"gpu": "w"}, unschedulable="no room")
+            for obj in [*slices("node1", "1xH200"), waiting, claim("w", [], [request()], allocated=False)]:
+                api.store.put(obj)
+            for _ in range(200):
+                if exporter.state.view().pending_claims:
+                    break
+                await asyncio.sleep(0.05)
+            assert exporter.state.view().pending_claims and exporter.state.view().devices
+        finally:
+            await exporter.stop()
+            await kube.close()
+    used = accesses(api)
+    assert {("resource.k8s.io", "resourceslices", "watch"), ("", "pods", "list")} <= used
+    assert not _not_granted(used, helm.one(default_objs, "ClusterRole", "tessera-exporter")), used

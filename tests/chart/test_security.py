@@ -14,16 +14,21 @@ from . import helm
 
 DRIVER_RULES = [
     {"apiGroups": ["resource.k8s.io"], "resources": ["resourceclaims"], "verbs": ["get"]},
+    {"apiGroups": ["resource.k8s.io"], "resources": ["resourceclaims/status"], "verbs": ["update"]},
     {"apiGroups": ["resource.k8s.io"], "resources": ["resourceslices"],
      "verbs": ["list", "watch", "create", "update", "delete"]},
     {"apiGroups": [""], "resources": ["nodes"], "verbs": ["get"]},
     {"apiGroups": [""], "resources": ["nodes/status"], "verbs": ["update"]},
-    {"apiGroups": [""], "resources": ["events"], "verbs": ["create"]},
+    {"apiGroups": [""], "resources": ["events"], "verbs": ["create", "patch"]},
 ]  # fmt: skip
 WEBHOOK_RULES = [
     {"apiGroups": ["resource.k8s.io"], "resources": ["resourceclaimtemplates"], "verbs": ["get", "create"]},
 ]
 WEBHOOK_INVENTORY_RULES = [{"apiGroups": ["resource.k8s.io"], "resources": ["resourceslices"], "verbs": ["list"]}]
+EXPORTER_RULES = [
+    {"apiGroups": ["resource.k8s.io"], "resources": ["resourceslices", "resourceclaims"], "verbs": ["list", "watch"]},
+    {"apiGroups": [""], "resources": ["pods"], "verbs": ["list", "watch"]},
+]
 
 
 def _mwc(objs: list[helm.Obj]) -> dict[str, Any]:
@@ -48,7 +53,15 @@ def test_webhook_fails_closed(objs: list[helm.Obj]) -> None:
             "apiVersions": ["v1"],
             "resources": ["pods"],
             "scope": "Namespaced",
-        }
+        },
+        # kubectl debug adds ephemeral containers with an UPDATE of this subresource (the whole pod).
+        {
+            "operations": ["UPDATE"],
+            "apiGroups": [""],
+            "apiVersions": ["v1"],
+            "resources": ["pods/ephemeralcontainers"],
+            "scope": "Namespaced",
+        },
     ]
 
 
@@ -57,16 +70,23 @@ def test_failure_policy_cannot_be_configured_away(helm_home: Any) -> None:
     assert result.returncode != 0 and "failurePolicy" in result.stderr
 
 
-def test_webhook_selectors_opt_out_and_exclude_system_namespaces(objs: list[helm.Obj]) -> None:
+def test_no_label_keeps_a_pod_from_the_webhook(objs: list[helm.Obj]) -> None:
+    """Pods' labels are their authors', namespaces' labels may be their own admins': only namespace
+    names (set by the API server) leave pods out; the opt-out label is the webhook's to judge."""
     hook = _mwc(objs)
-    opt_out = {"key": OPT_OUT_KEY, "operator": "NotIn", "values": [OPT_OUT_VALUE]}
-    assert hook["objectSelector"] == {"matchExpressions": [opt_out]}
-    ns_exprs = hook["namespaceSelector"]["matchExpressions"]
-    assert opt_out in ns_exprs
-    (by_name,) = [e for e in ns_exprs if e["key"] == "kubernetes.io/metadata.name"]
-    assert by_name["operator"] == "NotIn"
+    assert "objectSelector" not in hook
+    (by_name,) = hook["namespaceSelector"]["matchExpressions"]
+    assert by_name["key"] == "kubernetes.io/metadata.name" and by_name["operator"] == "NotIn"
     assert {helm.NAMESPACE, "kube-system"} <= set(by_name["values"])
-    assert len(ns_exprs) == 2  # nothing else narrows what is sent to the webhook
+
+
+def test_opt_out_namespaces_reach_the_webhook(default_objs: list[helm.Obj], all_objs: list[helm.Obj]) -> None:
+    def env(objs: list[helm.Obj]) -> dict[str, Any]:
+        container = helm.pod_spec(helm.one(objs, "Deployment", "tessera-webhook"))["containers"][0]
+        return {e["name"]: e.get("value") for e in container["env"]}
+
+    assert env(default_objs)["TESSERA_OPT_OUT_NAMESPACES"] == ""  # honoured nowhere unless the admin lists some
+    assert env(all_objs)["TESSERA_OPT_OUT_NAMESPACES"] == "legacy-gpu,team-b"
 
 
 def test_extra_excluded_namespaces(all_objs: list[helm.Obj]) -> None:
@@ -75,11 +95,12 @@ def test_extra_excluded_namespaces(all_objs: list[helm.Obj]) -> None:
     assert by_name["values"] == [helm.NAMESPACE, "kube-system", "monitoring", "gpu-operator"]
 
 
-def test_our_own_pods_opt_out(objs: list[helm.Obj]) -> None:
+def test_our_own_pods_are_never_sent(objs: list[helm.Obj]) -> None:
+    excluded = _mwc(objs)["namespaceSelector"]["matchExpressions"][0]["values"]
     for workload in helm.workloads(objs):
         labels = workload["spec"]["template"]["metadata"]["labels"]
         assert labels[OPT_OUT_KEY] == OPT_OUT_VALUE, workload["metadata"]["name"]
-        assert workload["metadata"]["namespace"] == helm.NAMESPACE
+        assert workload["metadata"]["namespace"] == helm.NAMESPACE in excluded
 
 
 def test_webhook_client_config_points_at_the_webhook_service(objs: list[helm.Obj]) -> None:
@@ -89,7 +110,7 @@ def test_webhook_client_config_points_at_the_webhook_service(objs: list[helm.Obj
     assert svc_ref["namespace"] == helm.NAMESPACE and svc_ref["path"] == "/mutate"
     (port,) = service["spec"]["ports"]
     assert port["port"] == svc_ref["port"] == 443
-    deployment = helm.one(objs, "Deployment")
+    deployment = helm.one(objs, "Deployment", "tessera-webhook")
     pod_labels = deployment["spec"]["template"]["metadata"]["labels"]
     assert service["spec"]["selector"].items() <= pod_labels.items()
     ports = {p["name"]: p for p in helm.pod_spec(deployment)["containers"][0]["ports"]}
@@ -102,7 +123,7 @@ def test_generated_tls_secret_feeds_the_ca_bundle(default_objs: list[helm.Obj]) 
     assert secret["type"] == "kubernetes.io/tls"
     assert hook["clientConfig"]["caBundle"] == secret["data"]["ca.crt"]
     assert base64.b64decode(secret["data"]["ca.crt"]).startswith(b"-----BEGIN CERTIFICATE-----")
-    volumes = {v["name"]: v for v in helm.pod_spec(helm.one(default_objs, "Deployment"))["volumes"]}
+    volumes = {v["name"]: v for v in helm.pod_spec(helm.one(default_objs, "Deployment", "tessera-webhook"))["volumes"]}
     assert volumes["tls"]["secret"]["secretName"] == secret["metadata"]["name"]
 
 
@@ -120,7 +141,7 @@ def test_cert_manager_mode(all_objs: list[helm.Obj]) -> None:
     )
     service = helm.one(all_objs, "Service", _mwc(all_objs)["clientConfig"]["service"]["name"])
     assert f"{service['metadata']['name']}.{helm.NAMESPACE}.svc" in cert["spec"]["dnsNames"]
-    volumes = {v["name"]: v for v in helm.pod_spec(helm.one(all_objs, "Deployment"))["volumes"]}
+    volumes = {v["name"]: v for v in helm.pod_spec(helm.one(all_objs, "Deployment", "tessera-webhook"))["volumes"]}
     assert volumes["tls"]["secret"]["secretName"] == cert["spec"]["secretName"]
 
 
@@ -135,7 +156,7 @@ def test_cert_manager_with_an_existing_issuer(helm_home: Any) -> None:
 
 
 def test_webhook_deployment_is_highly_available(objs: list[helm.Obj]) -> None:
-    deployment = helm.one(objs, "Deployment")
+    deployment = helm.one(objs, "Deployment", "tessera-webhook")
     assert deployment["spec"]["replicas"] >= 2
     assert deployment["spec"]["strategy"]["rollingUpdate"]["maxUnavailable"] == 0
     pdb = helm.one(objs, "PodDisruptionBudget")
@@ -148,7 +169,7 @@ def test_webhook_deployment_is_highly_available(objs: list[helm.Obj]) -> None:
 
 
 def test_webhook_runs_as_non_root_with_nothing_extra(objs: list[helm.Obj]) -> None:
-    deployment = helm.one(objs, "Deployment")
+    deployment = helm.one(objs, "Deployment", "tessera-webhook")
     spec = helm.pod_spec(deployment)
     assert spec["securityContext"]["runAsNonRoot"] is True
     assert spec["securityContext"]["runAsUser"] != 0
@@ -158,10 +179,22 @@ def test_webhook_runs_as_non_root_with_nothing_extra(objs: list[helm.Obj]) -> No
         assert sc.get("privileged", False) is False
 
 
+def _watchdog(workload: helm.Obj, *, kills: bool = False) -> bool:
+    """The NVIDIA driver with its real backend runs the watchdog (hostPID; capability KILL if it kills)."""
+    env = {e["name"]: e.get("value") for c in helm.containers(workload) for e in c.get("env", [])}
+    return (
+        workload["metadata"]["name"] == "tessera-nvidia-driver"
+        and env.get("TESSERA_BACKEND") != "mock"
+        and env.get("TESSERA_WATCHDOG") not in ("off", *(("report",) if kills else ()))
+    )
+
+
 def test_every_container_is_locked_down(objs: list[helm.Obj]) -> None:
     for workload in helm.workloads(objs):
         spec = helm.pod_spec(workload)
         for key in ("hostNetwork", "hostPID", "hostIPC"):
+            if key == "hostPID" and _watchdog(workload):
+                continue  # test_the_watchdog_adds_host_pids_and_kill_only
             assert not spec.get(key), f"{workload['metadata']['name']}: {key}"
         assert spec["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
         for c in helm.containers(workload):
@@ -172,7 +205,10 @@ def test_every_container_is_locked_down(objs: list[helm.Obj]) -> None:
             if sc.get("privileged"):
                 continue  # only where a value asked for it: test_privileged_only_on_request
             assert sc["allowPrivilegeEscalation"] is False, who
-            assert sc["capabilities"] == {"drop": ["ALL"]}, who
+            if _watchdog(workload, kills=True) and c["name"] == "driver":
+                assert sc["capabilities"] == {"drop": ["ALL"], "add": ["KILL"]}, who
+            else:
+                assert sc["capabilities"] == {"drop": ["ALL"]}, who
             assert sc["seccompProfile"] == {"type": "RuntimeDefault"}, who
             assert c["resources"]["requests"] and c["resources"]["limits"], who
             assert c["resources"]["limits"].get("memory"), who
@@ -256,7 +292,7 @@ def test_driver_host_paths_are_exactly_the_needed_ones(
     assert seen_real == real_backends & {ds["metadata"]["labels"]["tessera.dev/vendor"] for ds in daemonsets}
     if values == "all":
         assert sum(len(_host_paths(ds)) - 4 for ds in daemonsets) == 5  # ascend 3, hygon 1, iluvatar 1
-    deployment = helm.one(objs, "Deployment")
+    deployment = helm.one(objs, "Deployment", "tessera-webhook")
     assert not _host_paths(deployment)
 
 
@@ -269,8 +305,9 @@ def test_rbac_is_exactly_what_the_code_uses(objs: list[helm.Obj]) -> None:
     assert _rules(objs, "tessera-driver") == DRIVER_RULES
     assert _rules(objs, "tessera-webhook") == WEBHOOK_RULES
     assert _rules(objs, "tessera-webhook-inventory") == WEBHOOK_INVENTORY_RULES
+    assert _rules(objs, "tessera-exporter") == EXPORTER_RULES
     assert not helm.find(objs, "Role")
-    assert len(helm.find(objs, "ClusterRole")) == 3
+    assert len(helm.find(objs, "ClusterRole")) == 4
 
 
 def test_no_wildcards_secrets_or_escalation_in_rbac(objs: list[helm.Obj]) -> None:
@@ -278,7 +315,9 @@ def test_no_wildcards_secrets_or_escalation_in_rbac(objs: list[helm.Obj]) -> Non
         for rule in role["rules"]:
             for key in ("apiGroups", "resources", "verbs", "resourceNames", "nonResourceURLs"):
                 assert "*" not in rule.get(key, []), f"{role['metadata']['name']}: wildcard in {key}"
-            assert not {"secrets", "pods", "serviceaccounts/token", "*"} & set(rule["resources"])
+            assert not {"secrets", "serviceaccounts/token", "*"} & set(rule["resources"])
+            if "pods" in rule["resources"]:  # the exporter only reads them (which container holds a share)
+                assert role["metadata"]["name"] == "tessera-exporter" and set(rule["verbs"]) == {"list", "watch"}
             assert not {"escalate", "bind", "impersonate", "approve"} & set(rule["verbs"])
 
 
@@ -305,7 +344,7 @@ def test_template_permissions_can_be_limited_to_namespaces(all_objs: list[helm.O
     assert sorted(b["metadata"]["namespace"] for b in role_bindings) == ["team-a", "team-b"]
     assert {b["roleRef"]["name"] for b in role_bindings} == {"tessera-webhook"}
     cluster_bound = {b["roleRef"]["name"] for b in helm.find(all_objs, "ClusterRoleBinding")}
-    assert cluster_bound == {"tessera-driver", "tessera-webhook-inventory"}
+    assert cluster_bound == {"tessera-driver", "tessera-webhook-inventory", "tessera-exporter"}
 
 
 def test_network_policies_open_only_served_ports(all_objs: list[helm.Obj]) -> None:
@@ -323,7 +362,7 @@ def test_network_policies_open_only_served_ports(all_objs: list[helm.Obj]) -> No
 
 def test_service_monitors_select_what_serves_metrics(all_objs: list[helm.Obj]) -> None:
     monitors = {m["metadata"]["name"]: m for m in helm.find(all_objs, "ServiceMonitor")}
-    assert set(monitors) == {"tessera-webhook", "tessera-driver"}
+    assert set(monitors) == {"tessera-webhook", "tessera-driver", "tessera-exporter"}
     for monitor in monitors.values():
         assert monitor["metadata"]["labels"]["release"] == "prometheus"
         selector = monitor["spec"]["selector"]["matchLabels"]
@@ -343,3 +382,45 @@ def test_key_material_only_in_the_tls_secret(default_objs: list[helm.Obj]) -> No
     assert b"PRIVATE KEY" in base64.b64decode(key_b64)
     text = yaml.safe_dump_all(o for o in default_objs if o["kind"] != "Secret")
     assert "PRIVATE KEY" not in text and key_b64 not in text
+
+
+def _driver_container(workload: helm.Obj) -> dict[str, Any]:
+    container: dict[str, Any] = next(c for c in helm.containers(workload) if c["name"] == "driver")
+    return container
+
+
+def test_the_watchdog_adds_host_pids_and_kill_only(helm_home: Any, default_objs: list[helm.Obj]) -> None:
+    """Where the watchdog runs (NVIDIA, real backend), and only there: hostPID, and the capability KILL
+    when it kills; `off`, or the mock backend (no NVML), renders neither. Its settings reach every
+    driver as env."""
+    nvidia = next(w for w in helm.workloads(default_objs) if w["metadata"]["name"] == "tessera-nvidia-driver")
+    assert helm.pod_spec(nvidia)["hostPID"] is True
+    env = {e["name"]: e.get("value") for e in _driver_container(nvidia)["env"]}
+    assert (env["TESSERA_WATCHDOG"], env["TESSERA_WATCHDOG_PERIOD"], env["TESSERA_WATCHDOG_TOLERANCE"]) == (
+        "kill",
+        "5",
+        "512Mi",
+    )
+    for sets in (
+        {"driver.watchdog.action": "off"},
+        {"vendors.nvidia.backend": "mock"},
+    ):
+        objs = helm.render(helm_home, sets=sets)
+        driver = next(w for w in helm.workloads(objs) if w["metadata"]["name"] == "tessera-nvidia-driver")
+        assert "hostPID" not in helm.pod_spec(driver), sets
+        assert _driver_container(driver)["securityContext"]["capabilities"] == {"drop": ["ALL"]}, sets
+    objs = helm.render(
+        helm_home,
+        sets={"driver.watchdog.action": "report", "driver.watchdog.period": "2", "driver.watchdog.tolerance": "10%"},
+    )
+    driver = next(w for w in helm.workloads(objs) if w["metadata"]["name"] == "tessera-nvidia-driver")
+    assert helm.pod_spec(driver)["hostPID"] is True  # it still reads host PIDs, but kills nothing
+    assert _driver_container(driver)["securityContext"]["capabilities"] == {"drop": ["ALL"]}
+    env = {e["name"]: e.get("value") for e in _driver_container(driver)["env"]}
+    assert (env["TESSERA_WATCHDOG"], env["TESSERA_WATCHDOG_PERIOD"], env["TESSERA_WATCHDOG_TOLERANCE"]) == (
+        "report",
+        "2",
+        "10%",
+    )
+    bad = helm.run_helm(helm.template_args(sets={"driver.watchdog.action": "shoot"}), helm_home, check=False)
+    assert bad.returncode != 0 and "watchdog" in bad.stderr

@@ -49,7 +49,7 @@ def test_generated_certificate_is_valid_for_the_service(default_objs: list[helm.
     assert ca.extensions.get_extension_for_class(x509.BasicConstraints).value.ca is True
     assert cert.issuer == ca.subject
     _verify_signed_by(cert, ca)
-    service = helm.one(default_objs, "Service")["metadata"]["name"]
+    service = helm.one(default_objs, "Service", "tessera-webhook")["metadata"]["name"]
     sans = set(
         cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value.get_values_for_type(x509.DNSName)
     )

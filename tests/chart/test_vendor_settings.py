@@ -129,18 +129,18 @@ def test_webhook_and_cambricon_driver_agree_on_the_vmemory_unit(
 ) -> None:
     """The webhook converts `mlu.smlu.vmemory` with the unit; the driver writes the sMLU profile in it."""
     for objs, unit in ((real_objs, MemoryUnit(mib=512)), (default_objs, MemoryUnit(mib=None))):
-        webhook = _env(helm.pod_spec(helm.one(objs, "Deployment"))["containers"][0])
+        webhook = _env(helm.pod_spec(helm.one(objs, "Deployment", "tessera-webhook"))["containers"][0])
         assert {k for k in webhook if k in WEBHOOK_SETTINGS} == WEBHOOK_SETTINGS
         read, instance = from_env("cambricon", webhook)
         assert read >= WEBHOOK_SETTINGS
         assert isinstance(instance, cambricon.Cambricon) and instance.memory_unit == unit
     driver = _vendor_env(_drivers(real_objs)["cambricon"])
-    webhook = _env(helm.pod_spec(helm.one(real_objs, "Deployment"))["containers"][0])
+    webhook = _env(helm.pod_spec(helm.one(real_objs, "Deployment", "tessera-webhook"))["containers"][0])
     assert driver[cambricon.VMEMORY_UNIT_ENV] == webhook[cambricon.VMEMORY_UNIT_ENV] == "512"
 
 
 def test_webhook_converts_with_the_configured_unit(real_objs: list[helm.Obj]) -> None:
-    webhook = _env(helm.pod_spec(helm.one(real_objs, "Deployment"))["containers"][0])
+    webhook = _env(helm.pod_spec(helm.one(real_objs, "Deployment", "tessera-webhook"))["containers"][0])
     _, instance = from_env("cambricon", webhook)
     assert isinstance(instance, cambricon.Cambricon)
     pod_container = {

@@ -14,7 +14,7 @@ from e2e.apiserver.validation import SchemaValidator
 
 from .helpers import add_node
 
-VALIDATED_KINDS = {"ResourceSlice", "Event", "Node"}
+VALIDATED_KINDS = {"ResourceSlice", "Event", "Node", "ResourceClaim"}
 
 
 def strict_validator(version: str = "1.36") -> Any:

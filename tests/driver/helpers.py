@@ -5,14 +5,19 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import signal
+import sys
+import tempfile
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
 from dra_driver.cli import Settings, settings_from_args
 from dra_driver.daemon import Driver
 from e2e.apiserver import APIServer
+
+from .kubelet import find_registration_socket
 
 DRIVER = "nvidia.tessera.dev"
 NODE = "node1"
@@ -117,6 +122,57 @@ async def running_driver(s: Settings):  # type: ignore[no-untyped-def]
         await driver.stop()
 
 
+CAPLESS = ("setpriv", "--bounding-set=-all", "--inh-caps=-all", "--ambient-caps=-all", "--")
+"""Runs a command as root without any capability, as the chart runs the driver (the tests run as
+root with every capability, which would hide permission problems)."""
+
+
+@asynccontextmanager
+async def plugin_process(
+    args: list[str], failpoint: str | None = None, *, capless: bool = False, env: Mapping[str, str] | None = None
+) -> AsyncIterator[asyncio.subprocess.Process]:
+    """``python -m dra_driver`` as a real process (the DaemonSet's way), stopped with SIGTERM at the end;
+    ``capless``: as root without capabilities, as the chart runs it."""
+    child_env = {k: v for k, v in os.environ.items() if not k.startswith("TESSERA_")}
+    child_env.update(env or {})
+    if failpoint:
+        child_env["TESSERA_FAILPOINT"] = failpoint
+    argv = [*(CAPLESS if capless else ()), sys.executable, "-m", "dra_driver", *args]
+    # The log goes to a file (a pipe nobody reads would block a chatty driver).
+    with tempfile.NamedTemporaryFile(prefix="driver-", suffix=".log", delete=False) as log:
+        proc = await asyncio.create_subprocess_exec(*argv, env=child_env, stderr=log)
+    _LOGS[proc.pid] = log.name
+    try:
+        yield proc
+    finally:
+        if proc.returncode is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                await asyncio.wait_for(proc.wait(), timeout=10)
+            except TimeoutError:
+                proc.kill()
+                await proc.wait()
+        os.unlink(_LOGS.pop(proc.pid))
+
+
+_LOGS: dict[int, str] = {}
+
+
+def driver_log(proc: asyncio.subprocess.Process) -> str:
+    """What a :func:`plugin_process` driver logged so far."""
+    with open(_LOGS[proc.pid], encoding="utf-8", errors="replace") as f:
+        return f.read()
+
+
+async def wait_ready(s: Settings, proc: asyncio.subprocess.Process) -> None:
+    try:
+        await find_registration_socket(s.registry_dir, timeout=20)
+    except TimeoutError:
+        proc.kill()
+        await proc.wait()
+        raise AssertionError(driver_log(proc)) from None
+
+
 def files_under(path: str) -> list[str]:
     out: list[str] = []
     for base, _, files in os.walk(path):
@@ -149,6 +205,8 @@ def checkpoint_records(s: Settings) -> dict[str, Any]:
     if not os.path.isdir(s.checkpoint_dir):
         return out
     for name in sorted(os.listdir(s.checkpoint_dir)):
+        if not name.endswith(".json"):
+            continue  # records moved aside (``.damaged``)
         with open(os.path.join(s.checkpoint_dir, name), encoding="utf-8") as f:
             record = json.load(f)
         assert record["kind"] == "DRAClaimCheckpoint" and name == f"{record['uid']}.json", name

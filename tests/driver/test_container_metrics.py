@@ -1,9 +1,8 @@
 """Per-container metrics on /metrics, read at scrape time from region files the real libvgpu wrote.
 
 A claim is prepared through the driver's DRA socket; a real process (``cuda-workload`` on the fake
-CUDA driver, with ``libvgpu.so`` preloaded) runs with the env and the limits file of the claim's CDI
-spec, so the region file is the one a container on a node would write. Missing (empty), foreign and
-truncated files are skipped; the limits come from the driver's limits file, never from the region.
+CUDA driver, with ``libvgpu.so`` preloaded) runs with the env of the claim's CDI spec, so the region
+file is the one a container on a node would write. Missing, foreign and truncated files are skipped.
 """
 
 from __future__ import annotations
@@ -20,11 +19,11 @@ from typing import Any
 import pytest
 
 from dra_driver import cdi
-from dra_driver.checkpoint import COMPLETED, STARTED, ClaimEntry, PreparedDevice
-from dra_driver.container_metrics import RegionSource, region_sources
+from dra_driver.checkpoint import COMPLETED, STARTED, ClaimEntry, DeviceHold, PreparedDevice
+from dra_driver.container_metrics import ContainerDevice, RegionSource, region_sources
 from e2e.apiserver import APIServer
-from isolation import limits as iso_limits
 from vendors import nvidia
+from vendors.base import DeviceInfo
 
 from .helpers import claim, request, result, running_driver, settings, sharing_config
 from .kubelet import Claim, Kubelet
@@ -35,6 +34,7 @@ BUILD = ROOT / "isolation" / "build"
 WORKLOAD = BUILD / "tools" / "cuda-workload"
 MIB = 1 << 20
 GIB = 1 << 30
+H200 = DeviceInfo(index=0, uuid="GPU-0", product_name="NVIDIA H200", model="H200", memory_bytes=143771 * MIB)
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -66,8 +66,8 @@ def one(text: str, name: str, **labels: str) -> float:
 
 
 def container_env(cdi_path: str, fake_dir: str, gpus: str) -> dict[str, str]:
-    """What the runtime gives the container (the CDI spec's env), plus the fake driver and the preload
-    (the local harness's stand-in for the ``/etc/ld.so.preload`` mount)."""
+    """What the runtime gives the container (the CDI spec's env and its limits file), plus the fake
+    driver and the preload (the local harness's stand-in for the ``/etc/ld.so.preload`` mount)."""
     with open(cdi_path, encoding="utf-8") as f:
         spec = json.load(f)
     env = {k: v for k, v in os.environ.items() if not k.startswith(("CUDA_", "GPU_CORE", "TESSERA_", "LD_"))}
@@ -76,7 +76,7 @@ def container_env(cdi_path: str, fake_dir: str, gpus: str) -> dict[str, str]:
         key, _, value = entry.partition("=")
         env[key] = value
     # the limits file's fixed container path, as the harness maps it to the host file
-    limits = [m["hostPath"] for m in edits.get("mounts") or [] if m["containerPath"] == iso_limits.CONTAINER_PATH]
+    limits = [m["hostPath"] for m in edits.get("mounts") or [] if m["containerPath"] == "/run/tessera/limits"]
     if limits:
         env["TESSERA_LIMITS_FILE"] = limits[0]
     env.update(
@@ -148,10 +148,17 @@ async def test_container_metrics_from_real_regions(
         spec = {name: cdi.spec_path(s.cdi_dir, nvidia.NAMES, u) for name, u in uid.items()}
         claims_dir = os.path.join(s.host_lib_dir, "claims")
 
-        # Nothing ran yet: every region is missing, the scrape still answers.
+        # Nothing ran yet: every region is missing, yet every prepared container is there with its
+        # limit and zero use (what the checkpoint says it got).
         text = await scrape(port)
         assert one(text, "tessera_container_regions", state="missing") == 5
-        assert samples(text, "tessera_container_memory_used_bytes") == []
+        before = {lab["claim"]: v for lab, v in samples(text, "tessera_container_memory_used_bytes")}
+        assert before == dict.fromkeys(uid, 0.0)
+        assert one(text, "tessera_container_memory_limit_bytes", claim="trainer-0-main", container="main") == 4 * GIB
+        assert one(text, "tessera_container_memory_limit_bytes", claim="whole-0-main") == gpu0.memory_bytes
+        assert one(text, "tessera_container_utilization_ratio", claim="idle-0-main", device="gpu-1") == 0
+        assert one(text, "hami_vgpu_memory_used_bytes", pod="trainer-0", container="main") == 0
+        assert samples(text, "tessera_container_last_kernel_age_seconds") == []
 
         # A whole-device container that ran and exited: no limit in its region (the device's memory).
         done = await start(container_env(spec["whole-0-main"], root, gpus), "--total-mib", "512")
@@ -179,6 +186,7 @@ async def test_container_metrics_from_real_regions(
         "claim": "trainer-0-main",
         "claim_uid": uid["trainer-0-main"],
         "pod": "trainer-0",
+        "container": "main",
         "request": "main",
         "device": "gpu-1",
         "uuid": gpu1.uuid,
@@ -209,12 +217,16 @@ async def test_container_metrics_from_real_regions(
     assert one(text, "tessera_container_utilization_ratio", **whole_labels) == 0
     assert [lab for lab, _ in samples(text, "tessera_container_last_kernel_age_seconds")] == [ours], "no launch, no age"
 
-    # Skipped, counted, never a series.
+    # Counted; a container whose region cannot be read shows its limit, never a made-up use; one
+    # without CUDA yet shows zero use.
     assert one(text, "tessera_container_regions", state="ok") == 2
     assert one(text, "tessera_container_regions", state="missing") == 1
     assert one(text, "tessera_container_regions", state="invalid") == 2
     named = {lab.get("claim") for lab, _ in samples(text, "tessera_container_memory_used_bytes")}
-    assert named == {"trainer-0-main", "whole-0-main"}
+    assert named == {"trainer-0-main", "whole-0-main", "idle-0-main"}
+    limited = {lab.get("claim") for lab, _ in samples(text, "tessera_container_memory_limit_bytes")}
+    assert limited == set(uid)
+    assert one(text, "tessera_container_memory_limit_bytes", claim="foreign-0-main") == 1 * GIB
 
     # The trainer exited normally: its memory is released in the region; the last launch stays.
     assert one(after, "tessera_container_memory_used_bytes", **ours) == 0
@@ -222,20 +234,15 @@ async def test_container_metrics_from_real_regions(
     assert one(after, "tessera_container_last_kernel_age_seconds", **ours) >= age
 
 
-def test_region_sources_come_from_the_limits_files() -> None:
+def test_region_sources_come_from_the_cdi_env() -> None:
     uid = "0b6d3c52-0000-4000-8000-000000000001"
     claim_dir = f"/usr/local/tessera/claims/{uid}"
-    names = [f"{uid}-gpu-0-s1", f"{uid}-gpu-1-s2", f"{uid}-gpu-2", f"{uid}-gpu-3"]
+    names = [f"{uid}-gpu-0-s1", f"{uid}-gpu-1-s2", f"{uid}-gpu-2"]
 
-    def device(name: str, limits: str | None) -> dict[str, Any]:
-        env = ["NVIDIA_VISIBLE_DEVICES=GPU-a", f"CUDA_DEVICE_MEMORY_SHARED_CACHE={claim_dir}/env-says.cache"]
-        mounts = [{"hostPath": limits, "containerPath": iso_limits.CONTAINER_PATH}] if limits else []
-        return {"name": name, "containerEdits": {"env": env, "mounts": mounts}}
+    def device(name: str, cache: str | None) -> dict[str, Any]:
+        env = ["NVIDIA_VISIBLE_DEVICES=GPU-a"] + ([f"CUDA_DEVICE_MEMORY_SHARED_CACHE={cache}"] if cache else [])
+        return {"name": name, "containerEdits": {"env": env}}
 
-    def limits(region: str, memory: int) -> str:
-        return iso_limits.Limits(region=region, devices=(iso_limits.DeviceLimits("GPU-a", memory, 0),)).render()
-
-    train = limits(f"{claim_dir}/train.cache", 4 * GIB)
     entry = ClaimEntry(
         state=COMPLETED,
         namespace="ml",
@@ -246,21 +253,32 @@ def test_region_sources_come_from_the_limits_files() -> None:
             PreparedDevice(("train",), "node1", "gpu-0", (f"k8s.nvidia.tessera.dev/claim={names[0]}",), "s1"),
             PreparedDevice(("train",), "node1", "gpu-1", (f"k8s.nvidia.tessera.dev/claim={names[1]}",), "s2"),
             PreparedDevice(("eval",), "node1", "gpu-2", (f"k8s.nvidia.tessera.dev/claim={names[2]}",)),
-            PreparedDevice(("old",), "node1", "gpu-3", (f"k8s.nvidia.tessera.dev/claim={names[3]}",)),
         ),
         cdi_spec={
             "devices": [
-                device(names[0], f"{claim_dir}/train.limits"),
-                device(names[1], f"{claim_dir}/train.limits"),  # both devices of one request: one file
-                device(names[2], f"{claim_dir}/eval.limits"),  # names a region outside the claim dir: never read
-                device(names[3], None),  # no limits file (an older driver's claim): no source
+                device(names[0], f"{claim_dir}/train.cache"),
+                device(names[1], f"{claim_dir}/train.cache"),  # both devices of one request: one file
+                device(names[2], "/etc/passwd"),  # outside the claim directory: never read
             ]
         },
-        files={f"{claim_dir}/train.limits": train, f"{claim_dir}/eval.limits": limits("/etc/passwd", GIB)},
+        holds=(
+            DeviceHold("gpu-0", "s1", 4 * GIB, 30),
+            DeviceHold("gpu-1", "s2", 2 * GIB, None),
+            DeviceHold("gpu-2", None, None, None),
+        ),
         pods=("p-1",),
+        containers={"train": "trainer", "eval": "eval"},
     )
-    assert region_sources(uid, entry) == [
-        RegionSource("ml", "c", uid, "train", ("p-1",), f"{claim_dir}/train.cache", iso_limits.parse(train))
-    ]
+    train = RegionSource("ml", "c", uid, "train", ("p-1",), f"{claim_dir}/train.cache", "trainer", claim_dir=claim_dir)
+    # the eval container is still a container, but its region path lies outside the claim dir: no file
+    evaluation = RegionSource("ml", "c", uid, "eval", ("p-1",), "", "eval", claim_dir=claim_dir)
+    assert region_sources(uid, entry) == [train, evaluation]
     assert region_sources(uid, dataclasses.replace(entry, state=STARTED)) == [], "only prepared claims"
-    assert region_sources(uid, dataclasses.replace(entry, files={})) == [], "only the driver's recorded files"
+    # With the node's devices: what each container got, in its CUDA ordinal order, limits applied
+    cards = {f"gpu-{i}": dataclasses.replace(H200, index=i, uuid=f"GPU-{i}") for i in range(3)}
+    got = {s.request: s.devices for s in region_sources(uid, entry, cards)}
+    assert got["train"] == (
+        ContainerDevice("gpu-0", "GPU-0", 0, 0, 4 * GIB),
+        ContainerDevice("gpu-1", "GPU-1", 1, 1, 2 * GIB),
+    )
+    assert got["eval"] == (ContainerDevice("gpu-2", "GPU-2", 2, 0, H200.memory_bytes),), "whole device"

@@ -1,4 +1,4 @@
-"""The Node condition of the gate-off fallback (DESIGN §1): False while devices are published whole,
+"""The Node condition of the gate-off fallback (docs/driver.md): False while devices are published whole,
 True when shares are published, written only on a change, never clobbering the kubelet's conditions."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""A kubelet-like client prepares and unprepares claims over the real sockets (DESIGN §2 steps 4-7)."""
+"""A kubelet-like client prepares and unprepares claims over the real sockets (docs/architecture.md, steps 6-10)."""
 
 from __future__ import annotations
 
@@ -195,7 +195,10 @@ async def test_whole_device_and_core_rules(api: APIServer, s: Settings) -> None:
     assert "CUDA_DEVICE_SM_LIMIT_0" not in aenv, "100 % of the cores is no limit"
 
 
-async def test_sharing_config_precedence_and_per_request(api: APIServer, s: Settings) -> None:
+async def test_sharing_config_precedence_and_per_request(api: APIServer, root: str, kubeconfig: str) -> None:
+    # The policy lets claims disable the core limit here: this test is about precedence (test_policy.py
+    # is about what a claim may ask for).
+    s = settings(root, kubeconfig, "4xH200", "--allow-core-limit-disable")
     other = {"source": "FromClaim", "opaque": {"driver": "other.example.com", "parameters": {"x": 1}}}
     c = claim(
         "cfg",

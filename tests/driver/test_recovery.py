@@ -7,9 +7,6 @@ import asyncio
 import json
 import os
 import signal
-import sys
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 
 import grpc
 import pytest
@@ -24,49 +21,22 @@ from .helpers import (
     checkpoint_records,
     claim,
     driver_args,
+    driver_log,
     exists,
     files_under,
+    plugin_process,
     read_text,
     request,
     result,
     running_driver,
     settings,
+    wait_ready,
     write_text,
 )
-from .kubelet import Claim, Kubelet, find_registration_socket
+from .kubelet import Claim, Kubelet
 
 PREPARE_STEPS = [f for f in FAILPOINTS if not f.startswith("unprepare-")]
 UNPREPARE_STEPS = [f for f in FAILPOINTS if f.startswith("unprepare-")]
-
-
-@asynccontextmanager
-async def plugin_process(args: list[str], failpoint: str | None = None) -> AsyncIterator[asyncio.subprocess.Process]:
-    """``python -m dra_driver`` as a real process (the DaemonSet's way), stopped with SIGTERM at the end."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("TESSERA_")}
-    if failpoint:
-        env["TESSERA_FAILPOINT"] = failpoint
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "dra_driver", *args, env=env, stderr=asyncio.subprocess.PIPE
-    )
-    try:
-        yield proc
-    finally:
-        if proc.returncode is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                await asyncio.wait_for(proc.wait(), timeout=10)
-            except TimeoutError:
-                proc.kill()
-                await proc.wait()
-
-
-async def wait_ready(s: Settings, proc: asyncio.subprocess.Process) -> None:
-    try:
-        await find_registration_socket(s.registry_dir, timeout=20)
-    except TimeoutError:
-        assert proc.stderr is not None
-        proc.kill()
-        raise AssertionError((await proc.stderr.read()).decode()) from None
 
 
 def leftovers(s: Settings) -> list[str]:
@@ -177,3 +147,124 @@ async def test_1000_prepare_unprepare_cycles_leave_nothing_behind(api: APIServer
         await kubelet.close()
     assert leftovers(s) == []
     assert checkpoint_records(s) == {}
+
+
+async def test_both_records_are_fsynced_before_the_step_they_guard(
+    api: APIServer, root: str, kubeconfig: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``PrepareStarted`` (file and directory) is on disk before the claim directory is created;
+    ``PrepareCompleted`` before the kubelet is answered."""
+    s = settings(root, kubeconfig, "2xH100")
+    c = claim("durable", [result("gpu-0", memory="1Gi")])
+    api.store.put(c)
+    uid = c["metadata"]["uid"]
+    steps: list[str] = []
+    real_fsync, real_mkdir, real_replace = os.fsync, os.mkdir, os.replace
+
+    def fsync(fd: int) -> None:
+        real_fsync(fd)
+        steps.append(f"fsync {os.readlink(f'/proc/self/fd/{fd}')}")
+
+    def mkdir(path: str, *args: object, **kw: object) -> None:
+        real_mkdir(path, *args, **kw)  # type: ignore[arg-type]
+        steps.append(f"mkdir {path}")
+
+    def replace(src: str, dst: str, *args: object, **kw: object) -> None:
+        record = json.loads(read_text(src)) if dst == os.path.join(s.checkpoint_dir, f"{uid}.json") else None
+        real_replace(src, dst, *args, **kw)  # type: ignore[arg-type]
+        if record is not None:
+            steps.append(f"record {record['claim']['state']}")
+
+    async with running_driver(s):
+        kubelet = await Kubelet(s.registry_dir).register()
+        monkeypatch.setattr(os, "fsync", fsync)
+        monkeypatch.setattr(os, "mkdir", mkdir)
+        monkeypatch.setattr(os, "replace", replace)
+        answer = (await kubelet.prepare(Claim("default", "durable", uid))).claims[uid]
+        steps.append("answered")
+        monkeypatch.undo()
+        await kubelet.close()
+    assert answer.error == ""
+    ckpt = s.checkpoint_dir
+    started = steps.index("record PrepareStarted")
+    completed = steps.index("record PrepareCompleted")
+    claim_dir = steps.index(f"mkdir {uid}")
+    assert steps[started - 1].startswith(f"fsync {ckpt}/.tessera-tmp-"), steps  # the file, before its rename
+    assert steps[started + 1] == f"fsync {ckpt}", steps  # the rename
+    assert started < claim_dir < completed, steps
+    assert steps[completed - 1].startswith(f"fsync {ckpt}/.tessera-tmp-") and steps[completed + 1] == f"fsync {ckpt}"
+    assert completed + 1 < steps.index("answered")
+
+
+@pytest.mark.parametrize(
+    ("damage", "keep_spec"),
+    [("empty", True), ("truncated", True), ("garbage", True), ("empty", False), ("truncated", False)],
+)
+async def test_a_damaged_record_is_recovered_never_fatal(
+    api: APIServer, root: str, kubeconfig: str, damage: str, keep_spec: bool
+) -> None:
+    """A zero-length, truncated or garbage record (a power cut before fsync on an older version, a
+    full disk, a bad sector) is moved aside and the driver starts. With its CDI spec intact, the claim
+    rolls forward: its files stay, the next prepare re-reads it from the API server, the unprepare
+    removes everything. Without a spec the unfinished prepare is rolled back."""
+    args = driver_args(root, kubeconfig, "2xH100")
+    s = settings(root, kubeconfig, "2xH100")
+    c = claim("damaged", [result("gpu-0", memory="2Gi")])
+    other = claim("healthy", [result("gpu-1", memory="1Gi")])
+    api.store.put(c)
+    api.store.put(other)
+    mine, theirs = (Claim("default", o["metadata"]["name"], o["metadata"]["uid"]) for o in (c, other))
+    async with plugin_process(args) as proc:
+        await wait_ready(s, proc)
+        kubelet = await Kubelet(s.registry_dir).register()
+        first = await kubelet.prepare(mine, theirs)
+        assert all(a.error == "" for a in first.claims.values())
+        await kubelet.close()
+    record = os.path.join(s.checkpoint_dir, f"{mine.uid}.json")
+    spec = os.path.join(s.cdi_dir, f"k8s.{DRIVER}-claim_{mine.uid}.json")
+    claim_dir = os.path.join(s.host_lib_dir, "claims", mine.uid)
+    text = read_text(record)
+    write_text(record, {"empty": "", "truncated": text[: len(text) // 2], "garbage": "\0\x17garbage\n"}[damage])
+    if not keep_spec:
+        os.unlink(spec)
+
+    async with plugin_process(args) as proc:
+        await wait_ready(s, proc)  # it starts
+        assert exists(record + ".damaged") and not exists(record)
+        assert exists(claim_dir) == keep_spec and exists(spec) == keep_spec
+        kubelet = await Kubelet(s.registry_dir).register()
+        # The healthy claim is untouched and answered from its record.
+        assert (await kubelet.prepare(theirs)).claims[theirs.uid] == first.claims[theirs.uid]
+        again = (await kubelet.prepare(mine)).claims[mine.uid]
+        assert again == first.claims[mine.uid]
+        assert checkpoint_records(s)[mine.uid]["state"] == "PrepareCompleted"
+        assert (await kubelet.unprepare(mine, theirs)).claims[mine.uid].error == ""
+        await kubelet.close()
+        log = driver_log(proc)
+    assert "checkpoint record damaged" in log
+    assert ("kept" in log) == keep_spec and ("rolled back" in log) == (not keep_spec)
+    assert leftovers(s) == [f"checkpoint/{mine.uid}.json.damaged"]
+
+
+async def test_a_damaged_record_of_an_unprepared_claim_leaves_nothing(
+    api: APIServer, root: str, kubeconfig: str
+) -> None:
+    """The kubelet unprepares a claim whose record was lost: its files, found by UID, go."""
+    args = driver_args(root, kubeconfig, "2xH100")
+    s = settings(root, kubeconfig, "2xH100")
+    c = claim("gone", [result("gpu-0", memory="2Gi")])
+    api.store.put(c)
+    who = Claim("default", "gone", c["metadata"]["uid"])
+    async with plugin_process(args) as proc:
+        await wait_ready(s, proc)
+        kubelet = await Kubelet(s.registry_dir).register()
+        assert (await kubelet.prepare(who)).claims[who.uid].error == ""
+        await kubelet.close()
+    write_text(os.path.join(s.checkpoint_dir, f"{who.uid}.json"), "")
+    api.store.delete("resourceclaims", "default", "gone")
+    async with plugin_process(args) as proc:
+        await wait_ready(s, proc)
+        kubelet = await Kubelet(s.registry_dir).register()
+        assert (await kubelet.unprepare(who)).claims[who.uid].error == ""
+        await kubelet.close()
+    assert leftovers(s) == [f"checkpoint/{who.uid}.json.damaged"]

@@ -1,4 +1,4 @@
-"""ResourceSlices: shape (DESIGN §3), strict validation for 1.34 and 1.36, repair, gate-off fallback."""
+"""ResourceSlices: shape (docs/driver.md), strict validation for 1.34 and 1.36, repair, gate-off fallback."""
 
 from __future__ import annotations
 

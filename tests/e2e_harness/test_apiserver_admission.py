@@ -138,11 +138,19 @@ async def test_mutating_webhook_patch_is_applied(env: tuple[APIServer, KubeClien
             {"op": "remove", "path": "/spec/containers/0/resources/limits"},
         ]
     )
-    created = await kube.create(PODS, pod(None))
+    # an extended resource cannot be left with a request and no limit (kube-apiserver's validation)
+    with pytest.raises(KubeError) as exc:
+        await kube.create(PODS, pod(None))
+    assert exc.value.status == 422 and "Limit must be set for non overcommitable resources" in exc.value.reason
+    cpu = pod(None)
+    cpu["spec"]["containers"][0]["resources"] = {"limits": {"cpu": "1000m"}}
+    created = await kube.create(PODS, cpu)
     assert created["metadata"]["annotations"] == {"tessera.dev/seen": "yes"}
-    # scheme defaults ran before the webhook (requests copied from limits) and the patch kept them
-    assert created["spec"]["containers"][0]["resources"] == {"requests": {"nvidia.com/gpu": "1"}}
-    request = hook.reviews[0]["request"]
+    # scheme defaults ran before the webhook (requests copied from limits) and the patch kept them, in
+    # canonical form
+    assert created["spec"]["containers"][0]["resources"] == {"requests": {"cpu": "1"}}
+    request = hook.reviews[-1]["request"]
+    assert request["object"]["spec"]["containers"][0]["resources"]["limits"] == {"cpu": "1"}  # as decoded
     assert request["operation"] == "CREATE" and request["namespace"] == "default"
     assert request["name"] == ""  # generateName: no name yet, as on a real server
     assert request["kind"] == {"group": "", "version": "v1", "kind": "Pod"}
@@ -247,9 +255,16 @@ async def test_strict_schema_validation(env: tuple[APIServer, KubeClient, Script
     _api, kube, _hook = env
     bad = pod()
     bad["spec"]["containers"][0]["bogus"] = True
+    # unknown fields: refused with fieldValidation=Strict (what kubectl sends), else dropped (Warn, the default)
     with pytest.raises(KubeError) as exc:
-        await kube.create(PODS, bad)
-    assert exc.value.status == 422 and "bogus" in exc.value.reason
+        await kube.request("POST", PODS, body=bad, query={"fieldValidation": "Strict"})
+    assert exc.value.status == 400
+    assert 'strict decoding error: unknown field "spec.containers[0].bogus"' in exc.value.reason
+    created = await kube.create(PODS, bad)
+    assert "bogus" not in created["spec"]["containers"][0]
+    with pytest.raises(KubeError) as exc:
+        await kube.request("POST", PODS, body=pod("x"), query={"fieldValidation": "Loose"})
+    assert exc.value.status == 400 and "fieldValidation parameter unsupported" in exc.value.reason
     claim = {"apiVersion": "resource.k8s.io/v1", "kind": "ResourceClaim", "metadata": {"name": "Bad_Name"}, "spec": {}}
     with pytest.raises(KubeError) as exc:
         await kube.create(namespaced_path("resource.k8s.io/v1", "resourceclaims", "default"), claim)
@@ -304,3 +319,167 @@ async def test_capacity_policy_rules_and_gate(tmp_path: Path) -> None:
             assert device["capacity"] == {"tessera.dev/memory": {"value": "80Gi"}}
         finally:
             await kube.close()
+
+
+# --- matchConditions, as kube-apiserver evaluates them ------------------------------------------------
+GPU_ONLY = {
+    "name": "gpu-pods",
+    "expression": "object != null && object.spec.containers.exists(c, has(c.resources) && has(c.resources.limits)"
+    " && c.resources.limits.exists(r, r.startsWith('nvidia.com/')))",
+}
+
+
+def plain_pod(name: str) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": name},
+        "spec": {"containers": [{"name": "c", "image": "busybox:1.36"}]},
+    }
+
+
+async def test_match_conditions_choose_the_pods_sent(env: tuple[APIServer, KubeClient, ScriptedWebhook]) -> None:
+    _api, kube, hook = env
+    by_operation = {"name": "creates", "expression": "request.operation == 'CREATE' && oldObject == null"}
+    await kube.create(CONFIGS, config(hook, matchConditions=[by_operation, GPU_ONLY]))
+    await kube.create(PODS, plain_pod("plain"))  # a condition false: skipped
+    assert hook.reviews == []
+    await kube.create(PODS, pod("gpu"))  # all true: sent
+    assert [r["request"]["name"] for r in hook.reviews] == ["gpu"]
+
+
+async def test_match_condition_errors_follow_the_failure_policy(
+    env: tuple[APIServer, KubeClient, ScriptedWebhook],
+) -> None:
+    api, kube, hook = env
+    # no has() guard: a pod without limits makes the expression fail (no such key)
+    unguarded = {"name": "unguarded", "expression": "object.spec.containers[0].resources.limits.size() > 0"}
+    await kube.create(CONFIGS, config(hook, matchConditions=[unguarded]))
+    with pytest.raises(KubeError) as exc:
+        await kube.create(PODS, plain_pod("plain"))
+    assert exc.value.status == 403
+    assert exc.value.reason == (
+        f"pods \"plain\" is forbidden: expression '{unguarded['expression']}' resulted in error: no such key: limits"
+    )
+    assert api.store.get("pods", "default", "plain") is None and hook.reviews == []
+    # a false condition wins over an error in another one: skipped, not refused
+    never = {"name": "never", "expression": "false"}
+    await kube.replace(f"{CONFIGS}/tessera", config(hook, matchConditions=[unguarded, never]))
+    await kube.create(PODS, plain_pod("plain"))
+    # failurePolicy Ignore: the error skips the webhook
+    await kube.replace(f"{CONFIGS}/tessera", config(hook, matchConditions=[unguarded], failurePolicy="Ignore"))
+    await kube.create(PODS, plain_pod("plain-2"))
+    assert hook.reviews == []
+    await kube.create(PODS, pod("gpu"))  # the condition holds: sent
+    assert len(hook.reviews) == 1
+
+
+async def test_match_conditions_are_validated_on_write(env: tuple[APIServer, KubeClient, ScriptedWebhook]) -> None:
+    _api, kube, hook = env
+    many = [{"name": f"c{i}", "expression": "true"} for i in range(65)]
+    with pytest.raises(KubeError) as exc:
+        await kube.create(CONFIGS, config(hook, matchConditions=many))
+    assert exc.value.status == 422
+    assert "webhooks[0].matchConditions: Too many: 65: must have at most 64 items" in exc.value.reason
+    twice = [{"name": "a", "expression": "true"}, {"name": "a", "expression": "true"}]
+    with pytest.raises(KubeError) as exc:
+        await kube.create(CONFIGS, config(hook, matchConditions=twice))
+    assert 'webhooks[0].matchConditions[1].name: Duplicate value: "a"' in exc.value.reason.replace("'", '"')
+    broken = [{"name": "a", "expression": "object.spec.("}, {"name": "-b-", "expression": " "}]
+    with pytest.raises(KubeError) as exc:
+        await kube.create(CONFIGS, config(hook, matchConditions=broken))
+    reason = exc.value.reason
+    assert "webhooks[0].matchConditions[0].expression: Invalid value" in reason and "compilation failed" in reason
+    assert "webhooks[0].matchConditions[1].expression: Required value" in reason
+    assert "webhooks[0].matchConditions[1].name: Invalid value" in reason
+    await kube.create(CONFIGS, config(hook, matchConditions=many[:64]))  # 64 is the limit
+
+
+async def test_unreachable_webhook_is_worded_as_kube_apiserver_does(
+    env: tuple[APIServer, KubeClient, ScriptedWebhook],
+) -> None:
+    api, kube, hook = env
+    cfg = config(hook, matchConditions=[GPU_ONLY])
+    cfg["webhooks"][0]["clientConfig"] = {
+        "service": {"namespace": "tessera-system", "name": "tessera-webhook", "path": "/mutate", "port": 443},
+        "caBundle": hook.ca_bundle,
+    }
+    await kube.create(CONFIGS, cfg)
+    shown = "https://tessera-webhook.tessera-system.svc:443/mutate?timeout=5s"
+    with pytest.raises(KubeError) as exc:
+        await kube.create(PODS, pod("a"))
+    assert exc.value.reason == (
+        'Internal error occurred: failed calling webhook "pods.tessera.dev": failed to call webhook: '
+        f'Post "{shown}": services "tessera-webhook" not found'
+    )
+    api.webhooks.services[("tessera-system", "tessera-webhook")] = None  # the service, no ready endpoint
+    with pytest.raises(KubeError) as exc:
+        await kube.create(PODS, pod("a"))
+    assert exc.value.status == 500 and exc.value.reason.endswith(
+        f'Post "{shown}": no endpoints available for service "tessera-webhook"'
+    )
+    await hook.stop()
+    api.webhooks.services[("tessera-system", "tessera-webhook")] = ("127.0.0.1", hook.port)  # nothing listens
+    with pytest.raises(KubeError) as exc:
+        await kube.create(PODS, pod("a"))
+    assert exc.value.reason.endswith(f'Post "{shown}": dial tcp 127.0.0.1:{hook.port}: connect: connection refused')
+    await kube.create(PODS, plain_pod("plain"))  # not matched: created while the webhook is down
+
+
+async def test_ephemeral_containers_subresource(env: tuple[APIServer, KubeClient, ScriptedWebhook]) -> None:
+    """`kubectl debug`: a strategic-merge PATCH of pods/<name>/ephemeralcontainers, admitted as an UPDATE of
+    that subresource carrying the whole pod (object and oldObject), storing only the ephemeral containers."""
+    api, kube, hook = env
+    ephemeral_rule = {
+        "operations": ["UPDATE"],
+        "apiGroups": [""],
+        "apiVersions": ["v1"],
+        "resources": ["pods/ephemeralcontainers"],
+        "scope": "Namespaced",
+    }
+    created = await kube.create(PODS, pod())
+    await kube.create(CONFIGS, config(hook, rules=[ephemeral_rule]))
+    assert hook.reviews == []  # the CREATE rule is not there
+    path = f"{PODS}/p/ephemeralcontainers"
+    debugger = {"name": "debugger", "image": "busybox:1.36", "targetContainerName": "c", "stdin": True, "tty": True}
+    hook.answer = lambda review: {"allowed": False, "status": {"code": 400, "message": "no debugging here"}}
+    with pytest.raises(KubeError) as refused:
+        await kube.request(
+            "PATCH", path, body={"spec": {"ephemeralContainers": [debugger]}},
+            content_type="application/strategic-merge-patch+json",
+        )  # fmt: skip
+    assert refused.value.status == 400 and "no debugging here" in refused.value.reason
+    (review,) = hook.reviews
+    request = review["request"]
+    assert (request["operation"], request["subResource"], request["kind"]["kind"]) == (
+        "UPDATE",
+        "ephemeralcontainers",
+        "Pod",
+    )
+    assert request["resource"] == {"group": "", "version": "v1", "resource": "pods"}
+    assert request["object"]["spec"]["ephemeralContainers"][0]["name"] == "debugger"
+    assert request["object"]["spec"]["containers"] == created["spec"]["containers"]
+    assert "ephemeralContainers" not in request["oldObject"]["spec"]
+    assert "ephemeralContainers" not in api.store.get("pods", "default", "p")["spec"]
+
+    hook.answer = lambda review: {"allowed": True}
+    await kube.request(
+        "PATCH", path, body={"spec": {"ephemeralContainers": [debugger]}},
+        content_type="application/strategic-merge-patch+json",
+    )  # fmt: skip
+    stored = api.store.get("pods", "default", "p")
+    assert [c["name"] for c in stored["spec"]["ephemeralContainers"]] == ["debugger"]
+    assert stored["spec"]["containers"] == created["spec"]["containers"]
+    # Only ephemeral containers change through it, and existing ones never do.
+    sneaky = dict(stored, spec={**stored["spec"], "hostPID": True})
+    await kube.replace(path, sneaky)
+    assert "hostPID" not in api.store.get("pods", "default", "p")["spec"]
+    changed = dict(stored, spec={**stored["spec"], "ephemeralContainers": [{**debugger, "image": "evil:1"}]})
+    with pytest.raises(KubeError) as invalid:
+        await kube.replace(path, changed)
+    assert invalid.value.status == 422 and "may not be changed" in invalid.value.reason
+    # Through the pod itself ephemeral containers cannot be added at all.
+    plain = dict(stored, spec={**stored["spec"], "ephemeralContainers": [debugger, {**debugger, "name": "more"}]})
+    with pytest.raises(KubeError) as forbidden:
+        await kube.replace(f"{PODS}/p", plain)
+    assert forbidden.value.status == 422

@@ -375,3 +375,40 @@ async def test_cli_serves_and_writes_kubeconfig(tmp_path: Path) -> None:
     finally:
         proc.terminate()
         assert await asyncio.wait_for(proc.wait(), 10) == 0
+
+
+async def test_quantities_are_stored_and_served_in_canonical_form(kube: KubeClient) -> None:
+    """As kube-apiserver: every Quantity field is re-emitted canonically on write; bad ones are a 400."""
+    body = pod("q")
+    body["spec"]["containers"][0]["resources"] = {
+        "limits": {"example.com/gpumem": 3000, "memory": "2048Mi", "cpu": "0.5"},
+        "requests": {"example.com/gpumem": "3000", "memory": "1.5Gi", "cpu": "500m"},
+    }
+    body["spec"]["overhead"] = {"cpu": "1000m"}
+    created = await kube.create(namespaced_path("v1", "pods", "default"), body)
+    resources = created["spec"]["containers"][0]["resources"]
+    assert resources["limits"] == {"example.com/gpumem": "3k", "memory": "2Gi", "cpu": "500m"}
+    assert resources["requests"] == {"example.com/gpumem": "3k", "memory": "1536Mi", "cpu": "500m"}
+    assert created["spec"]["overhead"] == {"cpu": "1"}
+    slice_body = {
+        "apiVersion": "resource.k8s.io/v1",
+        "kind": "ResourceSlice",
+        "metadata": {"name": "s"},
+        "spec": {
+            "driver": "example.com",
+            "nodeName": "n",
+            "pool": {"name": "n", "generation": 1, "resourceSliceCount": 1},
+            "devices": [{"name": "d", "capacity": {"memory": {"value": "81920Mi"}, "cores": {"value": 100}}}],
+        },
+    }
+    got = await kube.create(cluster_path("resource.k8s.io/v1", "resourceslices"), slice_body)
+    assert got["spec"]["devices"][0]["capacity"] == {"memory": {"value": "80Gi"}, "cores": {"value": "100"}}
+    body = pod("bad")
+    body["spec"]["containers"][0]["resources"] = {"limits": {"memory": "lots"}}
+    with pytest.raises(KubeError) as exc:
+        await kube.create(namespaced_path("v1", "pods", "default"), body)
+    assert exc.value.status == 400 and "cannot be handled as a Pod: quantities must match" in exc.value.reason
+    body["spec"]["containers"][0]["resources"] = {"limits": {"example.com/gpu": "1500m"}}
+    with pytest.raises(KubeError) as exc:
+        await kube.create(namespaced_path("v1", "pods", "default"), body)
+    assert exc.value.status == 422 and "must be an integer" in exc.value.reason

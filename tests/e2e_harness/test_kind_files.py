@@ -18,6 +18,10 @@ def test_cluster_config_enables_dra_and_consumable_capacity() -> None:
     config = yaml.safe_load((KIND / "cluster.yaml").read_text())
     assert config["apiVersion"] == "kind.x-k8s.io/v1alpha4" and config["kind"] == "Cluster"
     assert config["featureGates"]["DRAConsumableCapacity"] is True
+    # what e2e/tests/test_observability.py needs of a real cluster: device taints, claim device
+    # status and the pods' device health
+    for gate in ("DRADeviceTaints", "DRAResourceClaimDeviceStatus", "ResourceHealthStatus"):
+        assert config["featureGates"][gate] is True, gate
     assert "enable_cdi = true" in config["containerdConfigPatches"][0]
     workers = [n for n in config["nodes"] if n["role"] == "worker"]
     nvidia = [n for n in workers if n["labels"].get("tessera.dev/nvidia") == "true"]

@@ -24,7 +24,9 @@ def test_eight_processes_four_threads_zero_bytes_over(node: FakeNode) -> None:
     procs = [
         subprocess.Popen(
             [str(STRESS), "--threads", "4", "--chunk-mib", "48", "--start-file", str(start), "--hold-seconds", "2"],
-            env=env, stdout=subprocess.PIPE, text=True,
+            env=env,
+            stdout=subprocess.PIPE,
+            text=True,
         )
         for _ in range(8)
     ]
@@ -63,7 +65,8 @@ def test_sigkill_inside_the_lock_blocks_no_one_and_frees_memory(node: FakeNode) 
     deadline = time.monotonic() + 40
     while caught_inside < 2 and time.monotonic() < deadline:
         victim = subprocess.Popen(
-            [str(STRESS), "--threads", "4", "--chunk-mib", "256", "--churn-seconds", "30"], env=env,
+            [str(STRESS), "--threads", "4", "--chunk-mib", "256", "--churn-seconds", "30"],
+            env=env,
             stdout=subprocess.DEVNULL,
         )
         time.sleep(0.15)
@@ -92,7 +95,9 @@ def test_sigkill_inside_the_lock_blocks_no_one_and_frees_memory(node: FakeNode) 
 def test_holder_killed_with_memory_returns_it(node: FakeNode) -> None:
     env = node.container("holder", CUDA_DEVICE_MEMORY_LIMIT_0="2g")
     holder = subprocess.Popen(
-        [str(WORKLOAD), "--json", "--total-mib", "1536", "--hold-seconds", "30"], env=env, stdout=subprocess.PIPE,
+        [str(WORKLOAD), "--json", "--total-mib", "1536", "--hold-seconds", "30"],
+        env=env,
+        stdout=subprocess.PIPE,
         text=True,
     )
     assert holder.stdout is not None

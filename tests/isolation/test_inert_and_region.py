@@ -20,8 +20,12 @@ from .fakegpu import GIB, LIBVGPU, MIB, WORKLOAD, FakeNode, prepare_container, w
     [
         ["/bin/true"],
         ["/bin/sh", "-c", "exit 3"],
-        [sys.executable, "-c", "import os, ctypes, ctypes.util; ctypes.CDLL(ctypes.util.find_library('m'));"
-         " print(len(os.listdir('/proc/self/task')))"],
+        [
+            sys.executable,
+            "-c",
+            "import os, ctypes, ctypes.util; ctypes.CDLL(ctypes.util.find_library('m'));"
+            " print(len(os.listdir('/proc/self/task')))",
+        ],
     ],
 )
 def test_inert_without_cuda(node: FakeNode, cmd: list[str]) -> None:

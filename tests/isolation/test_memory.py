@@ -57,7 +57,9 @@ def test_every_path_stops_at_the_limit_and_frees(node: FakeNode, api: str) -> No
 def test_refused_allocation_never_reaches_the_driver(node: FakeNode) -> None:
     holder = node.container("held", CUDA_DEVICE_MEMORY_LIMIT_0="2g")
     proc = subprocess.Popen(
-        [str(WORKLOAD), "--json", "--total-mib", "2048", "--hold-seconds", "3"], env=holder, stdout=subprocess.PIPE,
+        [str(WORKLOAD), "--json", "--total-mib", "2048", "--hold-seconds", "3"],
+        env=holder,
+        stdout=subprocess.PIPE,
         text=True,
     )
     try:
@@ -81,8 +83,12 @@ def test_nvml_shows_the_limit_and_the_container_use(node: FakeNode) -> None:
     env = node.container("smi", CUDA_DEVICE_MEMORY_LIMIT_0="4096m")
     other = node.container("other", CUDA_DEVICE_MEMORY_LIMIT_0="8g")
     procs = [
-        subprocess.Popen([str(WORKLOAD), "--json", "--total-mib", mib, "--hold-seconds", "4"],
-                         env=e, stdout=subprocess.PIPE, text=True)
+        subprocess.Popen(
+            [str(WORKLOAD), "--json", "--total-mib", mib, "--hold-seconds", "4"],
+            env=e,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
         for e, mib in ((env, "1536"), (other, "3072"))
     ]
     try:

@@ -69,6 +69,7 @@ def test_every_launch_route_is_metered(tmp_path: Path) -> None:
 def test_no_limit_or_disable_policy_leaves_the_device_free(node: FakeNode) -> None:
     free = node.container("free", devices=(0,))
     off = node.container("off", devices=(1,), CUDA_DEVICE_SM_LIMIT="20", GPU_CORE_UTILIZATION_POLICY="disable")
-    fractions = _measure(node, [(0, free, ["--kernel-us", "500", "--grid", "264"]),
-                                (1, off, ["--kernel-us", "500", "--grid", "32"])])
+    fractions = _measure(
+        node, [(0, free, ["--kernel-us", "500", "--grid", "264"]), (1, off, ["--kernel-us", "500", "--grid", "32"])]
+    )
     assert all(f > 0.97 for f in fractions), fractions

@@ -275,7 +275,8 @@ def test_hygon_asks_and_denials() -> None:
     assert "at most one shared DCU" in denied(hygon.VENDOR, {"hygon.com/dcunum": 2, "hygon.com/dcumem": 100})
     assert "at most 100" in denied(hygon.VENDOR, {"hygon.com/dcunum": 1, "hygon.com/dcucores": 200})
     assert "unknown Hygon resource" in denied(hygon.VENDOR, {"hygon.com/dcu": 1})
-    assert "whole number" in denied(hygon.VENDOR, {"hygon.com/dcumem": "-5"})
+    assert "must not be negative" in denied(hygon.VENDOR, {"hygon.com/dcumem": "-5"})
+    assert "must be an integer" in denied(hygon.VENDOR, {"hygon.com/dcumem": "1500m"})
     assert "must not be negative" in denied(hygon.VENDOR, {"hygon.com/dcumem": -5})
     got_sel = hygon.VENDOR.selectors({"hygon.com/use-dcutype": "K100", "hygon.com/use-gpuuuid": "DCU-0x1"})
     assert got_sel[1] == 'device.attributes["hygon.tessera.dev"].uuid in ["DCU-0x1"]'

@@ -166,3 +166,113 @@ async def test_kubeconfig_reads_the_inventory_from_the_cluster(tmp_path):
     out, err = await asyncio.wait_for(proc.communicate(yaml.safe_dump(pod).encode()), 60)
     assert proc.returncode == EXIT_BAD_INPUT
     assert f"127.0.0.1:{port}" in err.decode() and len(err.decode().strip().splitlines()) == 1
+
+
+# --- workloads: their pod templates are what their pods become ------------------------------------------
+GPU = {"nvidia.com/gpu": 1, "nvidia.com/gpumem": 4096}
+POD_SPEC = {"containers": [{"name": "main", "image": "busybox:1.36", "resources": {"limits": GPU}}]}
+WORKLOADS = {
+    "Deployment": {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "w", "namespace": "ml"},
+                   "spec": {"selector": {"matchLabels": {"a": "b"}},
+                            "template": {"metadata": {"labels": {"a": "b"}}, "spec": POD_SPEC}}},
+    "StatefulSet": {"apiVersion": "apps/v1", "kind": "StatefulSet", "metadata": {"name": "w", "namespace": "ml"},
+                    "spec": {"selector": {"matchLabels": {"a": "b"}}, "serviceName": "w",
+                             "template": {"metadata": {"labels": {"a": "b"}}, "spec": POD_SPEC}}},
+    "DaemonSet": {"apiVersion": "apps/v1", "kind": "DaemonSet", "metadata": {"name": "w", "namespace": "ml"},
+                  "spec": {"selector": {"matchLabels": {"a": "b"}},
+                           "template": {"metadata": {"labels": {"a": "b"}}, "spec": POD_SPEC}}},
+    "ReplicaSet": {"apiVersion": "apps/v1", "kind": "ReplicaSet", "metadata": {"name": "w", "namespace": "ml"},
+                   "spec": {"selector": {"matchLabels": {"a": "b"}},
+                            "template": {"metadata": {"labels": {"a": "b"}}, "spec": POD_SPEC}}},
+    "Job": {"apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": "w", "namespace": "ml"},
+            "spec": {"template": {"spec": {**POD_SPEC, "restartPolicy": "Never"}}}},
+    "CronJob": {"apiVersion": "batch/v1", "kind": "CronJob", "metadata": {"name": "w", "namespace": "ml"},
+                "spec": {"schedule": "0 1 * * *",
+                         "jobTemplate": {"spec": {"template": {"spec": {**POD_SPEC, "restartPolicy": "Never"}}}}}},
+}  # fmt: skip
+
+
+def _template(obj: dict[str, Any]) -> dict[str, Any]:
+    spec = obj["spec"]["jobTemplate"]["spec"] if obj["kind"] == "CronJob" else obj["spec"]
+    found: dict[str, Any] = spec["template"]
+    return found
+
+
+@pytest.mark.parametrize("kind", sorted(WORKLOADS))
+def test_a_workloads_pod_template_is_converted_and_said_so(kind: str):
+    workload = WORKLOADS[kind]
+    proc = run("-f", "-", "--inventory", str(INVENTORY), stdin=yaml.safe_dump(workload))
+    assert proc.returncode == EXIT_OK, proc.stderr
+    out = docs(proc.stdout)
+    assert [d["kind"] for d in out] == [kind, "ResourceClaimTemplate"]
+    converted, template = out
+    for doc in out:
+        validate(doc)
+    pod_template = _template(converted)
+    (container,) = pod_template["spec"]["containers"]
+    assert "limits" not in container["resources"]  # gpumem does not pass through
+    assert container["resources"]["claims"] == [{"name": "tessera", "request": "main"}]
+    assert pod_template["spec"]["resourceClaims"] == [
+        {"name": "tessera", "resourceClaimTemplateName": template["metadata"]["name"]}
+    ]
+    assert template["metadata"]["namespace"] == "ml"
+    (request,) = template["spec"]["spec"]["devices"]["requests"]
+    assert request["exactly"]["capacity"]["requests"]["memory"] == "4096Mi"
+    # the rest of the workload is as written
+    assert converted["metadata"] == workload["metadata"]
+    assert "namespace" not in (pod_template.get("metadata") or {})
+    assert f"{kind} ml/w (document 1): converted its pod template" in proc.stderr
+    assert "what each of its pods becomes" in proc.stderr
+
+
+def test_the_pods_of_a_converted_workload_pass_the_webhook_unchanged():
+    """A converted template is a valid one: the pods it creates are already converted (idempotent)."""
+    import vendors
+    from webhook.convert import Converter
+    from webhook.inventory import load_file
+
+    proc = run("-f", "-", "--inventory", str(INVENTORY), stdin=yaml.safe_dump(WORKLOADS["Deployment"]))
+    converted = docs(proc.stdout)[0]
+    pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "w-abc", **_template(converted)["metadata"]},
+           "spec": _template(converted)["spec"]}  # fmt: skip
+    result = Converter(vendors.admission_vendors()).convert(pod, "ml", load_file(str(INVENTORY)))
+    assert result.allowed and not result.patch and result.template is None
+
+
+def test_a_denied_pod_template_exits_3_and_other_objects_still_print():
+    bad = {**WORKLOADS["Job"], "metadata": {"name": "bad"}}
+    too_many_cores = {"limits": {"nvidia.com/gpucores": 150}}
+    bad["spec"] = {"template": {"spec": {"restartPolicy": "Never", "containers": [
+        {"name": "main", "image": "busybox:1.36", "resources": too_many_cores}]}}}  # fmt: skip
+    proc = run("-f", "-", stdin=yaml.safe_dump_all([bad, WORKLOADS["DaemonSet"]]))
+    assert proc.returncode == EXIT_DENIED
+    assert "Job default/bad (document 1) denied: container 'main': nvidia.com/gpucores" in proc.stderr
+    assert [d["kind"] for d in docs(proc.stdout)] == ["DaemonSet", "ResourceClaimTemplate"]
+
+
+def test_unknown_kinds_naming_vendor_resources_are_not_passed_silently():
+    rollout = {"apiVersion": "argoproj.io/v1alpha1", "kind": "Rollout", "metadata": {"name": "r"},
+               "spec": {"template": {"spec": POD_SPEC}}}  # fmt: skip
+    plain = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "cm"}, "data": {"limits": "x"}}
+    proc = run("-f", "-", stdin=yaml.safe_dump_all([rollout, plain]))
+    assert proc.returncode == EXIT_OK
+    assert docs(proc.stdout) == [rollout, plain]
+    (warning,) = proc.stderr.strip().splitlines()
+    assert warning.startswith("convert: warning: argoproj.io/v1alpha1 Rollout default/r (document 1) names ")
+    assert "nvidia.com/gpu, nvidia.com/gpumem and is passed through unchanged" in warning
+
+
+def test_a_workload_without_a_pod_template_is_bad_input():
+    proc = run(
+        "-f", "-", stdin=yaml.safe_dump({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "d"}})
+    )
+    assert proc.returncode == EXIT_BAD_INPUT
+    assert "Deployment default/d (document 1): spec is missing or not an object" in proc.stderr
+
+
+def test_the_shipped_examples_convert_as_the_readme_says():
+    for example in ("examples/seed-pods.yaml", "examples/workloads.yaml", "examples/hygon-pod.yaml"):
+        proc = run("-f", example, "--inventory", "examples/inventory-all-vendors.yaml")
+        assert proc.returncode == EXIT_OK, (example, proc.stderr)
+        for doc in docs(proc.stdout):
+            validate(doc)

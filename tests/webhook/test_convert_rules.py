@@ -1,4 +1,4 @@
-"""The conversion rules of DESIGN §4, one by one, on small pods."""
+"""The conversion rules of docs/webhook.md, one by one, on small pods."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import json
 import pytest
 
 import vendors
-from vendors.base import MIB
+from vendors.base import MIB, SharingPolicy
 from webhook.convert import ALLOWED, CONVERTED_ANNOTATION, TEMPLATE_ANNOTATION, Converter
 from webhook.inventory import Inventory
 
@@ -221,7 +221,7 @@ def test_init_and_several_containers_share_one_claim(converter: Converter):
 
 
 def test_core_policy_goes_into_every_config():
-    converter = Converter(vendors.admission_vendors(), core_policy="force")
+    converter = Converter(vendors.admission_vendors(), policy=SharingPolicy(core_limit_policy="force"))
     template, _ = _convert(converter, make_pod(container(limits={"nvidia.com/gpu": 1})))
     (config,) = template["spec"]["spec"]["devices"]["config"]
     assert config["opaque"]["parameters"]["coreLimitPolicy"] == "force"
@@ -326,10 +326,16 @@ def test_pods_without_accelerators_take_the_fast_path(converter: Converter):
 
 
 @pytest.mark.parametrize("where", ["labels", "annotations"])
-def test_opt_out_leaves_the_pod_alone(converter: Converter, where: str):
+def test_opt_out_leaves_the_pod_alone_where_the_admin_allows_it(where: str):
+    converter = Converter(vendors.admission_vendors(), opt_out_namespaces=["team-a"])
     pod = make_pod(container(limits={"nvidia.com/gpu": 1}), **{where: {"tessera.dev/webhook": "ignore"}})  # type: ignore[arg-type]
     result = converter.convert(pod, "team-a", None)
-    assert result.allowed and result.patch == [] and result.template is None
+    assert result.allowed and result.patch == [] and result.template is None and not result.warnings
+    # Anywhere else the opt-out is not honoured: the pod is converted and its author is told why.
+    elsewhere = converter.convert(pod, "team-b", None)
+    assert elsewhere.allowed and elsewhere.template is not None
+    (warning,) = elsewhere.warnings
+    assert "webhook.optOutNamespaces" in warning and "'team-b'" in warning
 
 
 # --- denials ----------------------------------------------------------------------------------------
@@ -341,7 +347,8 @@ def test_opt_out_leaves_the_pod_alone(converter: Converter, where: str):
         ({"nvidia.com/gpu": -1}, ["nvidia.com/gpu", "negative"]),
         ({"nvidia.com/gpu": "two"}, ["nvidia.com/gpu", "whole number"]),
         ({"nvidia.com/gpu": 1.5}, ["nvidia.com/gpu", "whole number"]),
-        ({"nvidia.com/gpumem": "10Gi"}, ["nvidia.com/gpumem", "whole number"]),
+        ({"nvidia.com/gpumem": "1500m"}, ["nvidia.com/gpumem", "whole number", "must be an integer"]),
+        ({"nvidia.com/gpu": "1e-3"}, ["nvidia.com/gpu", "must be an integer"]),
         ({"nvidia.com/gpumem": [1]}, ["nvidia.com/gpumem", "whole number"]),
         ({"nvidia.com/gpumem-percentage": 101}, ["between 0 and 100"]),
         ({"nvidia.com/gpucores": 101}, ["at most 100"]),

@@ -1,4 +1,4 @@
-"""Every seed pod converts as DESIGN §4 says; every emitted object and patched pod passes strict validation."""
+"""Every seed pod converts as docs/webhook.md says; every emitted object and patched pod passes strict validation."""
 
 from __future__ import annotations
 

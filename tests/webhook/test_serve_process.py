@@ -44,6 +44,7 @@ async def test_serve_process_answers_and_stops_on_sigterm(tmp_path):
             "TESSERA_KUBECONFIG": api.write_kubeconfig(tmp_path / "kubeconfig"),
             "TESSERA_VENDORS": "nvidia",
             "TESSERA_CORE_POLICY": "disable",
+            "TESSERA_ALLOW_CORE_LIMIT_DISABLE": "true",
             "TESSERA_LOG_FORMAT": "json",
         }
         proc = await asyncio.create_subprocess_exec(

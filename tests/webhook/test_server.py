@@ -163,7 +163,7 @@ async def test_review_in_patch_out_and_the_template_is_created(stack: Stack):
     stored = stack.api.store.get("resourceclaimtemplates", NS, entry["resourceClaimTemplateName"])
     assert stored is not None
     request = stored["spec"]["spec"]["devices"]["requests"][0]
-    assert request["exactly"]["capacity"]["requests"] == {"memory": "4096Mi"}
+    assert request["exactly"]["capacity"]["requests"] == {"memory": "4Gi"}  # 4096Mi, as the API server keeps it
     assert stack.templates() == [stored]
 
 

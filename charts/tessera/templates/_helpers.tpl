@@ -79,6 +79,48 @@ app.kubernetes.io/component: webhook
 {{- define "tessera.driver.serviceAccount" -}}
 {{- printf "%s-driver" (include "tessera.fullname" .) | trunc 63 | trimSuffix "-" -}}
 {{- end -}}
+{{/* The driver's own kubelet plugin directory (DRA socket, checkpoint): call with (dict "root" $ "vendor" $name). */}}
+{{- define "tessera.driver.pluginDir" -}}
+{{- printf "%s/plugins/%s" (trimSuffix "/" .root.Values.driver.kubeletDir) (include "tessera.driver.name" .) -}}
+{{- end -}}
+{{- define "tessera.driver.registryDir" -}}
+{{- printf "%s/plugins_registry" (trimSuffix "/" .Values.driver.kubeletDir) -}}
+{{- end -}}
+
+{{/*
+Tessera's directories on the nodes (comma list): the host library dir (libvgpu.so, limits and usage
+files), the CDI dir, the registration dir and the plugin dir of every enabled driver. The drivers
+mount exactly these; the webhook refuses pods with shares that mount any of them as hostPath
+(vendors/base.py host_dirs computes the same list from the drivers' defaults).
+*/}}
+{{- define "tessera.hostDirs" -}}
+{{- $d := .Values.driver -}}
+{{- $dirs := list (trimSuffix "/" $d.hostLibDir) (trimSuffix "/" $d.cdiDir) (include "tessera.driver.registryDir" .) -}}
+{{- range $vendor, $v := .Values.vendors -}}
+{{- if $v.enabled -}}{{- $dirs = append $dirs (include "tessera.driver.pluginDir" (dict "root" $ "vendor" $vendor)) -}}{{- end -}}
+{{- end -}}
+{{- join "," $dirs -}}
+{{- end -}}
+
+{{/*
+The cluster's sharing policy, as env of the webhook and of every driver (the same flags in both): the
+webhook writes claims within it, the drivers honour a claim's own SharingConfig only within it.
+*/}}
+{{- define "tessera.policyEnv" -}}
+{{- $p := .Values.policy -}}
+{{- if and (eq $p.coreLimitPolicy "disable") (not $p.allowCoreLimitDisable) -}}
+{{- fail "policy.coreLimitPolicy is disable but policy.allowCoreLimitDisable is false: set both, or choose default or force" -}}
+{{- end -}}
+- name: TESSERA_CORE_POLICY
+  value: {{ $p.coreLimitPolicy | quote }}
+- name: TESSERA_ALLOW_HIGH_PRIORITY
+  value: {{ $p.allowHighPriority | toString | quote }}
+- name: TESSERA_ALLOW_OVERSUBSCRIBE
+  value: {{ $p.allowOversubscribe | toString | quote }}
+- name: TESSERA_ALLOW_CORE_LIMIT_DISABLE
+  value: {{ $p.allowCoreLimitDisable | toString | quote }}
+{{- end -}}
+
 {{- define "tessera.driver.selectorLabels" -}}
 app.kubernetes.io/name: {{ include "tessera.name" .root }}
 app.kubernetes.io/instance: {{ .root.Release.Name }}
@@ -135,13 +177,27 @@ paths only with the real backend; the other settings shape what both backends pu
 {{- end -}}
 {{- end -}}
 
-{{/* The security context every container gets, root or not: no privilege gain, no capabilities,
-read-only root filesystem, the runtime's default seccomp profile. */}}
+{{/* The security context every container gets, root or not: no privilege gain, no capabilities
+(but those a caller passing (dict "addCapabilities" (list ...)) names), read-only root filesystem,
+the runtime's default seccomp profile. */}}
 {{- define "tessera.restrictedContainer" -}}
 allowPrivilegeEscalation: false
 readOnlyRootFilesystem: true
 capabilities:
   drop: ["ALL"]
+  {{- if and (kindIs "map" .) (hasKey . "addCapabilities") }}
+  add: {{ .addCapabilities | toJson }}
+  {{- end }}
 seccompProfile:
   type: RuntimeDefault
+{{- end -}}
+
+{{/* Cluster exporter names. */}}
+{{- define "tessera.exporter.fullname" -}}
+{{- printf "%s-exporter" (include "tessera.fullname" .) | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+{{- define "tessera.exporter.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "tessera.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/component: exporter
 {{- end -}}

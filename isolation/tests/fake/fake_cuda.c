@@ -252,7 +252,7 @@ EXPORT CUresult cuDeviceTotalMem_v2(size_t *bytes, CUdevice d)
     return CUDA_SUCCESS;
 }
 
-EXPORT CUresult cuDeviceGetAttribute(int *v, int attr, CUdevice d)
+EXPORT CUresult cuDeviceGetAttribute(int *v, CUdevice_attribute attr, CUdevice d)
 {
     FAKE_COUNT(cuDeviceGetAttribute);
     NEED_INIT();
@@ -615,14 +615,14 @@ EXPORT CUresult cuMemcpy(CUdeviceptr d, CUdeviceptr s, size_t n) { FAKE_COUNT(cu
 EXPORT CUresult cuMemcpy_ptds(CUdeviceptr d, CUdeviceptr s, size_t n) { FAKE_COUNT(cuMemcpy_ptds); (void)d; (void)s; (void)n; NEED_CTX(); return CUDA_SUCCESS; }
 EXPORT CUresult cuMemsetD8_v2(CUdeviceptr d, unsigned char v, size_t n) { FAKE_COUNT(cuMemsetD8_v2); (void)d; (void)v; (void)n; NEED_CTX(); return CUDA_SUCCESS; }
 EXPORT CUresult cuMemsetD8_v2_ptds(CUdeviceptr d, unsigned char v, size_t n) { FAKE_COUNT(cuMemsetD8_v2_ptds); (void)d; (void)v; (void)n; NEED_CTX(); return CUDA_SUCCESS; }
-EXPORT CUresult cuMemAdvise(CUdeviceptr p, size_t n, int advice, CUdevice d)
+EXPORT CUresult cuMemAdvise(CUdeviceptr p, size_t n, CUmem_advise advice, CUdevice d)
 {
     FAKE_COUNT(cuMemAdvise);
     (void)p; (void)n; (void)advice;
     NEED_INIT();
     return sdev_of(d) < 0 && d != -1 ? CUDA_ERROR_INVALID_DEVICE : CUDA_SUCCESS;
 }
-EXPORT CUresult cuMemAdvise_v2(CUdeviceptr p, size_t n, int advice, CUmemLocation loc)
+EXPORT CUresult cuMemAdvise_v2(CUdeviceptr p, size_t n, CUmem_advise advice, CUmemLocation loc)
 {
     FAKE_COUNT(cuMemAdvise_v2);
     (void)p; (void)n; (void)advice;
@@ -889,7 +889,8 @@ EXPORT CUresult cuMemPoolTrimTo(CUmemoryPool p, size_t keep)
 struct vhandle { int magic, sdev, maps, released; uint64_t size; };
 #define VH_MAGIC 0x564d4d48
 
-EXPORT CUresult cuMemGetAllocationGranularity(size_t *g, const CUmemAllocationProp *prop, int option)
+EXPORT CUresult cuMemGetAllocationGranularity(size_t *g, const CUmemAllocationProp *prop,
+                                               CUmemAllocationGranularity_flags option)
 {
     FAKE_COUNT(cuMemGetAllocationGranularity);
     (void)option;
@@ -1339,7 +1340,7 @@ EXPORT CUresult cuGraphGetNodes(CUgraph g, CUgraphNode *nodes, size_t *n)
     return CUDA_SUCCESS;
 }
 
-EXPORT CUresult cuGraphNodeGetType(CUgraphNode node, int *type)
+EXPORT CUresult cuGraphNodeGetType(CUgraphNode node, CUgraphNodeType *type)
 {
     FAKE_COUNT(cuGraphNodeGetType);
     NEED_INIT();
@@ -1378,7 +1379,7 @@ EXPORT CUresult cuGraphInstantiateWithFlags(CUgraphExec *e, CUgraph g, unsigned 
 }
 
 /* params: CUDA_GRAPH_INSTANTIATE_PARAMS {u64 flags; CUstream upload; CUgraphNode err_out; int result_out} */
-static CUresult instantiate_params(CUgraphExec *e, CUgraph g, void *params)
+static CUresult instantiate_params(CUgraphExec *e, CUgraph g, CUDA_GRAPH_INSTANTIATE_PARAMS *params)
 {
     if (!params) return CUDA_ERROR_INVALID_VALUE;
     CUresult r = cuGraphInstantiateWithFlags(e, g, *(unsigned long long *)params);
@@ -1386,13 +1387,14 @@ static CUresult instantiate_params(CUgraphExec *e, CUgraph g, void *params)
     return r;
 }
 
-EXPORT CUresult cuGraphInstantiateWithParams(CUgraphExec *e, CUgraph g, void *params)
+EXPORT CUresult cuGraphInstantiateWithParams(CUgraphExec *e, CUgraph g, CUDA_GRAPH_INSTANTIATE_PARAMS *params)
 {
     FAKE_COUNT(cuGraphInstantiateWithParams);
     return instantiate_params(e, g, params);
 }
 
-EXPORT CUresult cuGraphInstantiateWithParams_ptsz(CUgraphExec *e, CUgraph g, void *params)
+EXPORT CUresult cuGraphInstantiateWithParams_ptsz(CUgraphExec *e, CUgraph g,
+                                                 CUDA_GRAPH_INSTANTIATE_PARAMS *params)
 {
     FAKE_COUNT(cuGraphInstantiateWithParams_ptsz);
     return instantiate_params(e, g, params);
@@ -1430,8 +1432,8 @@ EXPORT CUresult cuGraphLaunch_ptsz(CUgraphExec e, CUstream s) { FAKE_COUNT(cuGra
 struct proc_row { const char *base; int since; int ptds; void *fn; };
 #define R(b, v, f) { b, v, 0, (void *)(f) }
 #define P(b, v, f) { b, v, 1, (void *)(f) }
-EXPORT CUresult cuGetProcAddress(const char *sym, void **pfn, int ver, unsigned long long flags);
-EXPORT CUresult cuGetProcAddress_v2(const char *sym, void **pfn, int ver, unsigned long long flags,
+EXPORT CUresult cuGetProcAddress(const char *sym, void **pfn, int ver, cuuint64_t flags);
+EXPORT CUresult cuGetProcAddress_v2(const char *sym, void **pfn, int ver, cuuint64_t flags,
                                     CUdriverProcAddressQueryResult *status);
 static const struct proc_row g_rows[] = {
     R("cuInit", 2000, cuInit), R("cuDriverGetVersion", 2020, cuDriverGetVersion),
@@ -1502,7 +1504,7 @@ static const struct proc_row g_rows[] = {
 #undef R
 #undef P
 
-static CUresult lookup(const char *sym, void **pfn, int ver, unsigned long long flags, int *status)
+static CUresult lookup(const char *sym, void **pfn, int ver, cuuint64_t flags, int *status)
 {
     if (!sym || !pfn) return CUDA_ERROR_INVALID_VALUE;
     struct fake_view *v = fake_view();
@@ -1527,14 +1529,14 @@ static CUresult lookup(const char *sym, void **pfn, int ver, unsigned long long 
     return CUDA_SUCCESS;
 }
 
-EXPORT CUresult cuGetProcAddress(const char *sym, void **pfn, int ver, unsigned long long flags)
+EXPORT CUresult cuGetProcAddress(const char *sym, void **pfn, int ver, cuuint64_t flags)
 {
     FAKE_COUNT(cuGetProcAddress);
     int status;
     return lookup(sym, pfn, ver, flags, &status);
 }
 
-EXPORT CUresult cuGetProcAddress_v2(const char *sym, void **pfn, int ver, unsigned long long flags,
+EXPORT CUresult cuGetProcAddress_v2(const char *sym, void **pfn, int ver, cuuint64_t flags,
                                     CUdriverProcAddressQueryResult *status)
 {
     FAKE_COUNT(cuGetProcAddress_v2);

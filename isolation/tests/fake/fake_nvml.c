@@ -163,7 +163,25 @@ EXPORT nvmlReturn_t nvmlDeviceGetMemoryInfo_v2(nvmlDevice_t d, nvmlMemory_v2_t *
     return NVML_SUCCESS;
 }
 
-/* Processes holding a context on the device, with the bytes they were granted. */
+/* Reaping checks every process slot against /proc (PID reuse): a node's worth of processes costs
+ * milliseconds. A caller that queries every device in a row (a monitor's scan) pays it once: at most
+ * one reap per REAP_NS in this process (the time of the last one is this library's own state, like
+ * the device handles above). */
+#define REAP_NS 20000000LL
+static _Atomic int64_t g_last_reap;
+
+static void reap_now_and_then(struct fake_state *st)
+{
+    int64_t now = fake_now_ns();
+    if (now - atomic_load(&g_last_reap) < REAP_NS) return;
+    fake_reap_locked(st);
+    atomic_store(&g_last_reap, now);
+}
+
+/* Processes holding a context on the device, with the bytes they were granted (the fake CUDA
+ * driver's per-process accounting: every copy of it in a process, a dlmopen'd one included, charges
+ * the same slot). NVML's per-process figure on a real GPU is the same kind of number: what the
+ * driver allocated for the process, whoever asked. */
 static nvmlReturn_t procs(nvmlDevice_t d, unsigned int *n, void *out, size_t stride, int v1)
 {
     struct fake_dev *fd = dev_of(d);
@@ -171,7 +189,7 @@ static nvmlReturn_t procs(nvmlDevice_t d, unsigned int *n, void *out, size_t str
     struct fake_state *st = fake_view()->st;
     int sdev = (int)(fd - st->dev);
     fake_lock(st);
-    fake_reap_locked(st);
+    reap_now_and_then(st);
     unsigned found = 0;
     for (int i = 0; i < FAKE_MAX_PROC; i++) {
         struct fake_proc *p = &st->proc[i];
@@ -209,6 +227,30 @@ EXPORT nvmlReturn_t nvmlDeviceGetComputeRunningProcesses_v2(nvmlDevice_t d, unsi
 EXPORT nvmlReturn_t nvmlDeviceGetComputeRunningProcesses_v3(nvmlDevice_t d, unsigned int *n, nvmlProcessInfo_t *p)
 {
     return procs(d, n, p, sizeof *p, 0);
+}
+
+/* The fake runs no graphics work: an empty list, with NVML's answers to the size query. */
+static nvmlReturn_t graphics(nvmlDevice_t d, unsigned int *n)
+{
+    FAKE_COUNT(nvmlDeviceGetGraphicsRunningProcesses);
+    if (!dev_of(d) || !n) return NVML_ERROR_INVALID_ARGUMENT;
+    *n = 0;
+    return NVML_SUCCESS;
+}
+EXPORT nvmlReturn_t nvmlDeviceGetGraphicsRunningProcesses(nvmlDevice_t d, unsigned int *n, nvmlProcessInfo_v1_t *p)
+{
+    (void)p;
+    return graphics(d, n);
+}
+EXPORT nvmlReturn_t nvmlDeviceGetGraphicsRunningProcesses_v2(nvmlDevice_t d, unsigned int *n, nvmlProcessInfo_t *p)
+{
+    (void)p;
+    return graphics(d, n);
+}
+EXPORT nvmlReturn_t nvmlDeviceGetGraphicsRunningProcesses_v3(nvmlDevice_t d, unsigned int *n, nvmlProcessInfo_t *p)
+{
+    (void)p;
+    return graphics(d, n);
 }
 
 static unsigned long long wall_us(void)

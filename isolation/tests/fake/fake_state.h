@@ -12,9 +12,9 @@
 #include <stdint.h>
 
 #define FAKE_MAGIC 0x46414b45u /* "FAKE" */
-#define FAKE_VERSION 1u
+#define FAKE_VERSION 2u
 #define FAKE_MAX_DEV 16
-#define FAKE_MAX_PROC 512
+#define FAKE_MAX_PROC 1024 /* a node's worth: 8 devices x 80 processes and more (the watchdog benchmark) */
 #define FAKE_RING 4096
 
 /* Every fake entry point, in one list: call counters are indexed by it. */
@@ -46,7 +46,8 @@
     X(cuGraphInstantiateWithFlags) X(cuGraphInstantiateWithParams) \
     X(cuGraphInstantiateWithParams_ptsz) X(cuGraphExecDestroy) X(cuGraphLaunch) X(cuGraphLaunch_ptsz) \
     X(nvmlInit) X(nvmlInit_v2) X(nvmlDeviceGetMemoryInfo) X(nvmlDeviceGetMemoryInfo_v2) \
-    X(nvmlDeviceGetComputeRunningProcesses) X(nvmlDeviceGetProcessUtilization)
+    X(nvmlDeviceGetComputeRunningProcesses) X(nvmlDeviceGetGraphicsRunningProcesses) \
+    X(nvmlDeviceGetProcessUtilization)
 
 #define FAKE_ENUM(n) FAKE_CALL_##n,
 enum { FAKE_CALLS(FAKE_ENUM) FAKE_NCALLS };
