@@ -27,6 +27,7 @@ Node
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import os
 import re
@@ -252,11 +253,12 @@ class Iluvatar:
         if not limited:
             env[ENFORCER_ENV] = "none"
             return ContainerEdits(env=env, device_nodes=tuple(nodes.values()))
-        limits, mounts = libvgpu.env_and_mounts(ordered, config, layout)
+        edits = libvgpu.container_edits(ordered, config, layout)
+        limits = dict(edits.env)
         limits.pop(isolation_env.VISIBLE_DEVICES, None)  # NVIDIA's; CoreX reads IX_VISIBLE_DEVICES
         env.update(limits)
         env[ENFORCER_ENV] = "libvgpu"
-        return ContainerEdits(env=env, device_nodes=tuple(nodes.values()), mounts=mounts)
+        return dataclasses.replace(edits, env=env, device_nodes=tuple(nodes.values()))
 
 
 def short_model(product_name: str) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -238,12 +239,11 @@ class _Nvidia:
         ordered = sorted(shares, key=lambda s: s.device.index)
         if not ordered:
             return ContainerEdits()
-        env, mounts = libvgpu.env_and_mounts(ordered, config, layout)
         nodes: dict[str, DeviceNode] = {}
         for s in ordered:
             for path in s.device.device_nodes:
                 nodes.setdefault(path, DeviceNode(path=path))
-        return ContainerEdits(env=env, device_nodes=tuple(nodes.values()), mounts=mounts)
+        return dataclasses.replace(libvgpu.container_edits(ordered, config, layout), device_nodes=tuple(nodes.values()))
 
 
 def _text(value: Any) -> str:
