@@ -246,7 +246,8 @@ class Hygon:
         vdev = plan_vdev(share, others)
         directory = os.path.join(layout.claim_dir, "hygon-vdev-" + re.sub(r"[^A-Za-z0-9_.-]", "-", share.request))
         path = os.path.join(directory, f"vdev{vdev.vdev_id}.conf")
-        mounts.append(Mount(directory, VDEV_MOUNT, read_only=False))
+        # Read-only: the vdev file is the container's limit (memory, compute units); the runtime reads it.
+        mounts.append(Mount(directory, VDEV_MOUNT, read_only=True))
         return ContainerEdits(
             env={ENFORCER_ENV: "hygon-vdev"},
             device_nodes=tuple(nodes.values()),

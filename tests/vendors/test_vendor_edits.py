@@ -234,6 +234,7 @@ def test_hygon_partial_share_gets_a_vdev_file_under_the_claim_dir(layout: NodeLa
     )
     mounts = {m.container_path: m for m in edits.mounts}
     assert mounts["/etc/vdev/docker/"].host_path == os.path.dirname(path)
+    assert mounts["/etc/vdev/docker/"].read_only  # the vdev file is the limit: the tenant must not edit it
     assert mounts["/opt/hyhal"].host_path == "/opt/hyhal" and mounts["/opt/hyhal"].read_only
     assert mounts["/opt/hygondriver"].host_path == "/opt/dtk-24.04"
     assert hygon.VdevConfig.parse(content).cu_count == 36
