@@ -2,8 +2,10 @@
 
 Measures, per call, reached the way cudart reaches the driver (cuGetProcAddress_v2):
 kernel launch with no SM limit, a cuMemAlloc/cuMemFree pair under a memory limit, and one
-cuGetProcAddress resolution. Runs alternate plain and hooked so both see the same machine load;
-the figure per metric is the median over the runs. Targets (docs/benchmarks.md): <= 50 ns added per launch,
+cuGetProcAddress resolution. libvgpu takes its limit from a limits file, as in a Tessera container
+(named by ``TESSERA_LIMITS_FILE`` here; the fixed path only changes where it is read, once). Runs
+alternate plain and hooked so both see the same machine load; the figure per metric is the median
+over the runs. Targets (docs/benchmarks.md): <= 50 ns added per launch,
 <= 500 ns per alloc/free pair.
 
     python -m bench.isolation [--runs N] [--iterations N]
@@ -19,6 +21,8 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
+
+from isolation import limits as limits_file
 
 ROOT = Path(__file__).resolve().parents[1]
 BUILD = ROOT / "isolation" / "build"
@@ -51,11 +55,13 @@ def main() -> int:
             "TESSERA_FAKE_STATE": f"{tmp}/fake.state",
             "TESSERA_FAKE_GPUS": "GPU-3e7a0c1d-5b2f-4c8e-9a61-0d4f2b7c9e10=80GiB/132sm/NVIDIA H100",
         }
-        hooked = base | {
-            "LD_PRELOAD": str(BUILD / "libvgpu.so"),
-            "CUDA_DEVICE_MEMORY_LIMIT_0": "40g",
-            "CUDA_DEVICE_MEMORY_SHARED_CACHE": f"{tmp}/bench.cache",
-        }
+        limits = limits_file.Limits(
+            region=f"{tmp}/bench.cache",
+            devices=(limits_file.DeviceLimits("GPU-3e7a0c1d-5b2f-4c8e-9a61-0d4f2b7c9e10", 40 << 30, 0),),
+        )
+        Path(tmp, "bench.limits").write_text(limits.render())
+        Path(tmp, "bench.cache").touch()  # the driver creates the region empty
+        hooked = base | {"LD_PRELOAD": str(BUILD / "libvgpu.so"), "TESSERA_LIMITS_FILE": f"{tmp}/bench.limits"}
         plain_runs: list[dict[str, float]] = []
         hooked_runs: list[dict[str, float]] = []
         for _ in range(args.runs):

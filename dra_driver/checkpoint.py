@@ -114,7 +114,9 @@ class ClaimEntry:
     cdi_spec: Mapping[str, Any] = field(default_factory=dict)
     """The spec's content, so that a spec lost with ``/var/run`` (reboot) can be restored."""
     files: Mapping[str, str] = field(default_factory=dict)
-    """Vendor files written into the claim directory (host path -> content), restored with the spec."""
+    """Vendor files (host path -> content) in the claim or node directory, restored with the spec."""
+    writable_files: tuple[str, ...] = ()
+    """Files the containers write (created empty when missing, never rewritten), removed at unprepare."""
     pods: tuple[str, ...] = ()
     """Pods the claim was reserved for when it was prepared (``status.reservedFor``), for the metrics."""
     containers: Mapping[str, str] = field(default_factory=dict)
@@ -137,6 +139,7 @@ class ClaimEntry:
             "holds": [h.to_json() for h in self.holds],
             "cdiSpec": dict(self.cdi_spec),
             "files": dict(self.files),
+            "writableFiles": list(self.writable_files),
             "pods": list(self.pods),
             "containers": dict(self.containers),
             "podUIDs": dict(self.pod_uids),
@@ -157,6 +160,7 @@ class ClaimEntry:
             holds=tuple(DeviceHold.from_json(h) for h in data.get("holds") or []),
             cdi_spec=dict(data.get("cdiSpec") or {}),
             files={str(k): str(v) for k, v in (data.get("files") or {}).items()},
+            writable_files=tuple(str(p) for p in data.get("writableFiles") or ()),
             pods=tuple(str(p) for p in data.get("pods") or ()),
             containers={str(k): str(v) for k, v in (data.get("containers") or {}).items()},
             pod_uids={str(k): str(v) for k, v in (data.get("podUIDs") or {}).items()},

@@ -3,16 +3,19 @@ docs/architecture.md), and the devices' host figures.
 
 Every prepared container is reported, whether or not it has touched CUDA yet: the prepared claims in
 the checkpoint say which containers there are (one per request), which devices each got and the
-limits applied. Its use comes from its libvgpu region file (``CUDA_DEVICE_MEMORY_SHARED_CACHE``, in
+limits applied (never the region's word: the container can write its region, which holds usage
+only). Its use comes from its libvgpu region file (``CUDA_DEVICE_MEMORY_SHARED_CACHE``, in
 its claim directory ``<host-lib-dir>/claims/<uid>/``; the path is the env value in the claim's CDI
 spec): per device the bytes its processes hold, the utilisation the library last measured and the
 time of the last kernel launch. A container without a region yet shows its limit and zero use.
 Nothing runs between scrapes: :class:`ContainerCollector` reads the files when Prometheus asks, so a
 container whose claim was unprepared is gone from the very next scrape.
 
-A file that is missing (no CUDA call yet), truncated, foreign (a HAMi-core cache, anything else) or
-of another layout is skipped with a debug log and counted in ``tessera_container_regions``; it never
-fails the scrape. The containers can write their claim directory, so a region is read the safe way
+A file that is missing or empty (no CUDA call yet; the driver creates it empty), truncated, foreign
+(a HAMi-core cache, anything else), of another layout or written over (its totals fail their check
+values, on every one of a few reads) is skipped with a debug log and counted in
+``tessera_container_regions``; it never fails the scrape. The containers can write their region (and
+the driver assumes the worst of their claim directory), so a region is read the safe way
 (:mod:`tessera_common.safefs`): a link, a FIFO, a device or an oversized file in its place is skipped
 as invalid, never followed or waited on; only its header and device records are read (3 KiB of the
 263 KiB: a scrape needs no process slot).
@@ -174,7 +177,7 @@ class ContainerCollector(Collector):
     def collect(self) -> Iterator[GaugeMetricFamily]:
         used = GaugeMetricFamily(
             "tessera_container_memory_used_bytes",
-            "Device memory held by the container's processes (libvgpu's shared region; 0 before its first CUDA call).",
+            "Device memory held by the container's processes (libvgpu's usage region; 0 before its first CUDA call).",
             labels=LABELS,
         )
         limit = GaugeMetricFamily(
@@ -251,12 +254,12 @@ class ContainerCollector(Collector):
                     str(index) if index >= 0 else "",
                 ]  # fmt: skip
                 info = by_uuid.get(uuid)
-                memory_limit = (
-                    (dev.memory_limit if dev is not None else 0)
-                    or (expected[uuid].memory_limit if uuid in expected else 0)
-                    or (info.memory_bytes if info else 0)
+                memory_limit = (expected[uuid].memory_limit if uuid in expected else 0) or (
+                    info.memory_bytes if info else 0
                 )
                 memory_used = float(dev.memory_used) if dev is not None else 0.0
+                if dev is not None and dev.memory_used >= regions.USED_INVALID and memory_limit:
+                    memory_used = float(memory_limit)  # a damaged live slot: libvgpu counts the device as full
                 utilization = dev.utilization if dev is not None else 0.0
                 since = max(0.0, now - dev.last_kernel_unix) if dev is not None and dev.last_kernel_unix else None
                 sums_used[uuid] = sums_used.get(uuid, 0) + int(memory_used)
@@ -301,19 +304,28 @@ def _claim(source: RegionSource) -> str:
     return f"{source.namespace}/{source.claim}"
 
 
-def read_region(source: RegionSource) -> regions.Region:
+def read_region(source: RegionSource, attempts: int = 3) -> regions.Region:
     """One container's region, read without following links or blocking (the container can put
-    anything at that path); :class:`regions.RegionError` when it is missing, unsafe or not a region."""
+    anything at that path); :class:`regions.RegionError` when it is missing, empty, unsafe, not a
+    region, or inconsistent on every attempt (a read can catch a total half-way through its update)."""
     root = source.claim_dir or os.path.dirname(source.path)
-    try:
-        data, size = safefs.read_head_beneath(
-            root, os.path.relpath(source.path, root), length=regions.SLOT_OFFSET, max_bytes=regions.REGION_SIZE
-        )
-    except FileNotFoundError as exc:
-        raise MissingRegion(f"{source.path}: {exc.strerror}") from exc
-    except (OSError, ValueError) as exc:
-        raise regions.RegionError(f"{source.path}: {exc}") from exc
-    return regions.parse_region(data, source.path, processes=False, file_size=size)
+    for attempt in range(attempts):
+        try:
+            data, size = safefs.read_head_beneath(
+                root, os.path.relpath(source.path, root), length=regions.SLOT_OFFSET, max_bytes=regions.REGION_SIZE
+            )
+        except FileNotFoundError as exc:
+            raise MissingRegion(f"{source.path}: {exc.strerror}") from exc
+        except (OSError, ValueError) as exc:
+            raise regions.RegionError(f"{source.path}: {exc}") from exc
+        if size == 0:
+            raise MissingRegion(f"{source.path}: empty (no CUDA call in the container yet)")
+        try:
+            return regions.parse_region(data, source.path, processes=False, file_size=size)
+        except regions.RegionInconsistent:
+            if attempt == attempts - 1:
+                raise
+    raise regions.RegionError(f"{source.path}: not read")
 
 
 class MissingRegion(regions.RegionError):

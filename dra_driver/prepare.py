@@ -29,6 +29,7 @@ import logging
 import os
 import secrets
 import signal
+import stat
 import time
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -37,7 +38,7 @@ from typing import ParamSpec, TypeVar
 
 from kubeapi import KubeClient, KubeError, namespaced_path
 from tessera_common import safefs
-from vendors.base import DeviceInfo, NodeLayout, NodeVendor, SharingPolicy
+from vendors.base import DeviceInfo, NodeLayout, NodeVendor, SharingPolicy, node_dir
 
 from . import cdi, claimstatus
 from .checkpoint import COMPLETED, STARTED, Checkpoint, ClaimEntry, DeviceHold, PreparedDevice
@@ -347,7 +348,7 @@ class Preparer:
             await self._remove_files(entry)
         self._check_overlap(plan)
         claim_dir = os.path.join(self.claims_dir, ref.uid)
-        spec, devices, files = self._build(plan, claim_dir)
+        spec, devices, files, writable = self._build(plan, claim_dir)
         holds = tuple(DeviceHold(r.device, r.share_id, r.memory_bytes, r.cores, r.admin_access) for r in plan.results)
         started = ClaimEntry(
             state=STARTED,
@@ -359,6 +360,7 @@ class Preparer:
             holds=holds,
             cdi_spec=spec,
             files=files,
+            writable_files=writable,
             pods=reserved_pods(claim),
             containers=claimstatus.container_names(claim, self.names, self.known_vendors),
             pod_uids=reserved_pod_uids(claim),
@@ -385,9 +387,7 @@ class Preparer:
         self.checkpoint.write_record(uid, started, durable=True)
         self._fail("after-started")
         if started.cdi_spec.get("devices"):
-            with safefs.opened_dir(self.claims_dir) as claims:
-                safefs.make_dir_at(claims, uid, 0o777)
-            _write_files(started.claim_dir, started.files)
+            self._write_vendor_files(started)
             self._fail("after-claim-dir")
             cdi.write_spec(started.cdi_spec_path, started.cdi_spec)
             self._fail("after-cdi")
@@ -427,7 +427,7 @@ class Preparer:
 
     def _build(
         self, plan: ClaimPlan, claim_dir: str
-    ) -> tuple[dict[str, object], tuple[PreparedDevice, ...], dict[str, str]]:
+    ) -> tuple[dict[str, object], tuple[PreparedDevice, ...], dict[str, str], tuple[str, ...]]:
         # The other claims' vendor files come from the checkpoint held in memory, which a concurrent
         # prepare has already updated before its first await: no two claims get the same partition.
         peer_files = {
@@ -440,16 +440,18 @@ class Preparer:
         cdi_devices: list[tuple[str, Mapping[str, object]]] = []
         prepared: list[PreparedDevice] = []
         files: dict[str, str] = {}
+        writable: list[str] = []
         for request in plan.requests:
             vendor_edits = self.vendor.container_edits(request.shares, request.config, layout)
-            for path, content in vendor_edits.files.items():
-                inside = os.path.normpath(path).startswith(os.path.normpath(claim_dir) + os.sep)
-                if not os.path.isabs(path) or not inside:
+            for path in (*vendor_edits.files, *vendor_edits.writable_files):
+                if not _file_place(path, claim_dir, layout.node_dir, plan.ref.uid):
                     raise ClaimError(
                         "io",
-                        f"ResourceClaim {plan.ref}: vendor file {path} lies outside the claim directory {claim_dir}",
+                        f"ResourceClaim {plan.ref}: vendor file {path} lies outside the claim directory {claim_dir} "
+                        f"and is not one of the claim's files in {layout.node_dir}",
                     )
-                files[path] = content
+            files.update(vendor_edits.files)
+            writable.extend(p for p in vendor_edits.writable_files if p not in writable)
             edits = vendor_edits.to_cdi()
             for res in request.results:
                 name = cdi.device_name(plan.ref.uid, res.device, res.share_id)
@@ -463,7 +465,7 @@ class Preparer:
                         share_id=res.share_id,
                     )
                 )
-        return cdi.build_spec(self.names, cdi_devices), tuple(prepared), files
+        return cdi.build_spec(self.names, cdi_devices), tuple(prepared), files, tuple(writable)
 
     # -- unprepare ------------------------------------------------------------------------------
 
@@ -532,8 +534,9 @@ class Preparer:
     # -- files ----------------------------------------------------------------------------------
 
     def _files_present(self, entry: ClaimEntry) -> bool:
-        """The claim's CDI spec and vendor files hold what the record says, and its directory exists.
-        Files in the claim directory are read the safe way (the containers can replace them). Blocking."""
+        """The claim's CDI spec and vendor files hold what the record says, and the files the containers
+        write are there (regular files; their content is the containers'). Files are read the safe way.
+        Blocking."""
         if not entry.cdi_spec.get("devices"):
             return True
         owner = os.geteuid()
@@ -546,12 +549,15 @@ class Preparer:
             )
             if spec != cdi.encode(entry.cdi_spec):
                 return False
-            with safefs.opened_dir(self._claim_dir(entry)) as claim_fd:
-                for path, content in entry.files.items():
-                    data = content.encode()
-                    relative = os.path.relpath(path, entry.claim_dir)
-                    if safefs.read_at(claim_fd, relative, max_bytes=len(data), owner=owner) != data:
-                        return False
+            for path, content in entry.files.items():
+                data = content.encode()
+                root, relative = self._file_root(entry, path)
+                if safefs.read_beneath(root, relative, max_bytes=len(data), owner=owner) != data:
+                    return False
+            for path in entry.writable_files:
+                root, relative = self._file_root(entry, path)
+                if not _is_regular_beneath(root, relative):
+                    return False
         except (OSError, ValueError):
             return False
         return True
@@ -565,15 +571,40 @@ class Preparer:
             ) from exc
 
     def _write_claim_files(self, entry: ClaimEntry) -> None:
-        with safefs.opened_dir(self.claims_dir) as claims:
-            safefs.make_dir_at(claims, os.path.basename(self._claim_dir(entry)), 0o777)
-        _write_files(entry.claim_dir, entry.files)
+        self._write_vendor_files(entry)
         cdi.write_spec(entry.cdi_spec_path, entry.cdi_spec)
+
+    def _write_vendor_files(self, entry: ClaimEntry) -> None:
+        """The claim directory (mode 0755: no container gets it, only single files of it) and the
+        vendor's files, in it or in the node directory; the files the containers write are created
+        empty where missing and never rewritten. Blocking."""
+        with safefs.opened_dir(self.claims_dir) as claims:
+            safefs.make_dir_at(claims, os.path.basename(self._claim_dir(entry)), 0o755)
+        os.makedirs(node_dir(self.host_lib_dir), mode=0o755, exist_ok=True)
+        for path, content in entry.files.items():
+            root, relative = self._file_root(entry, path)
+            safefs.write_beneath(root, relative, content.encode(), mode=0o644)
+        for path in entry.writable_files:
+            root, relative = self._file_root(entry, path)
+            _create_writable_beneath(root, relative)
+
+    def _file_root(self, entry: ClaimEntry, path: str) -> tuple[str, str]:
+        """Where a vendor file of the entry lies: (trusted root, path beneath it); the claim directory or,
+        for ``<claim uid>.*`` names, the node directory. Anything else raises (never written or read)."""
+        claim_dir = self._claim_dir(entry)
+        node = node_dir(self.host_lib_dir)
+        if not _file_place(path, claim_dir, node, os.path.basename(claim_dir)):
+            raise OSError(errno.EINVAL, f"{path} lies neither in {claim_dir} nor among the claim's files in {node}")
+        norm = os.path.normpath(path)
+        if norm.startswith(os.path.normpath(claim_dir) + os.sep):
+            return claim_dir, os.path.relpath(norm, claim_dir)
+        return node, os.path.basename(norm)
 
     async def _remove_files(self, entry: ClaimEntry, *, failpoints: bool = False) -> None:
         await self._io(cdi.remove_spec, entry.cdi_spec_path)
         if failpoints:
             self._fail("unprepare-after-cdi")
+        await self._io(self._remove_node_files, entry)
         set_aside = await self._io(self._remove_claim_dir, entry)
         if set_aside:
             log.warning(
@@ -591,6 +622,18 @@ class Preparer:
         if parent != os.path.normpath(self.claims_dir) or uid_problem(name):
             raise OSError(errno.EINVAL, f"{entry.claim_dir} is not a claim directory under {self.claims_dir}")
         return entry.claim_dir
+
+    def _remove_node_files(self, entry: ClaimEntry) -> None:
+        """Remove the claim's files in the node directory (``<claim uid>.*``: its containers' records
+        and meta files), found by the UID alone (an orphan's too). Blocking."""
+        uid = os.path.basename(self._claim_dir(entry))
+        try:
+            with safefs.opened_dir(node_dir(self.host_lib_dir)) as node:
+                for name in os.listdir(node):
+                    if name.startswith(uid + "."):
+                        safefs.remove_at(node, name)
+        except FileNotFoundError:
+            return
 
     def _remove_claim_dir(self, entry: ClaimEntry) -> dict[str, str]:
         """Remove the claim directory whatever the containers left in it. When a directory of another
@@ -639,9 +682,49 @@ class Preparer:
         return {"claim": f"{namespace}/{name}", "uid": uid}
 
 
-def _write_files(claim_dir: str, files: Mapping[str, str]) -> None:
-    """Write the vendor's files (inside the claim directory) atomically, without following anything
-    the containers placed there; like the CDI spec they are rebuilt from the checkpoint record if a
-    power cut damages them. Blocking."""
-    for path, content in files.items():
-        safefs.write_beneath(claim_dir, os.path.relpath(path, claim_dir), content.encode(), mode=0o644)
+def _file_place(path: str, claim_dir: str, node: str, uid: str) -> bool:
+    """A vendor file lies in the claim directory, or in the node directory under a name starting with
+    ``<claim uid>.`` (so unprepare finds it from the UID alone). Pure."""
+    norm = os.path.normpath(path)
+    if not os.path.isabs(path) or norm != path.rstrip("/"):
+        return False
+    if norm.startswith(os.path.normpath(claim_dir) + os.sep):
+        return True
+    return os.path.dirname(norm) == os.path.normpath(node) and os.path.basename(norm).startswith(uid + ".")
+
+
+def _beneath(root: str, relative: str) -> tuple[int, str]:
+    """A descriptor of the directory holding ``root/relative`` (opened without following links) and the
+    leaf name; the caller closes it."""
+    parent, _, leaf = relative.rpartition("/")
+    safefs.components(relative)
+    with safefs.opened_dir(root) as rfd:
+        return (safefs.open_dir_at(rfd, parent) if parent else os.dup(rfd)), leaf
+
+
+def _is_regular_beneath(root: str, relative: str) -> bool:
+    dfd, leaf = _beneath(root, relative)
+    try:
+        return stat.S_ISREG(os.stat(leaf, dir_fd=dfd, follow_symlinks=False).st_mode)
+    finally:
+        os.close(dfd)
+
+
+def _create_writable_beneath(root: str, relative: str) -> None:
+    """Create an empty file every user of a container may write (its content is the container's) where
+    none is; a regular file already there is kept, anything else in its place is replaced. Blocking."""
+    dfd, leaf = _beneath(root, relative)
+    try:
+        try:
+            if stat.S_ISREG(os.stat(leaf, dir_fd=dfd, follow_symlinks=False).st_mode):
+                return
+            safefs.remove_at(dfd, leaf)
+        except FileNotFoundError:
+            pass
+        fd = os.open(leaf, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o666, dir_fd=dfd)
+        try:
+            os.fchmod(fd, 0o666)
+        finally:
+            os.close(fd)
+    finally:
+        os.close(dfd)

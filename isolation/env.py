@@ -1,8 +1,10 @@
-"""The isolation env contract (isolation/README.md, Env contract): limits in, environment variables out.
+"""The isolation env contract: limits in, environment variables out.
 
 The names and formats are HAMi-core compatible, so a workload image that already knows HAMi-core
-sees the same variables. ``libvgpu.so`` (``isolation/libvgpu``) is the reader; the DRA driver writes
-them into the CDI spec through :func:`container_env`.
+sees the same variables. The DRA driver writes them into the CDI spec through :func:`container_env`,
+but inside a Tessera container ``libvgpu.so`` takes its limits from the driver's read-only limits
+file (:mod:`isolation.limits`) and ignores these: a tenant can change its own environment. The env is
+what libvgpu reads when it runs by hand, outside a container (``isolation/libvgpu/env.c``).
 """
 
 from __future__ import annotations
@@ -25,7 +27,9 @@ OVERSUBSCRIBE = "CUDA_OVERSUBSCRIBE"
 DISABLE_CONTROL = "CUDA_DISABLE_CONTROL"
 """HAMi's opt-out of isolation; users may not set it (the webhook refuses it)."""
 NODE_DIR = "TESSERA_NODE_DIR"
-"""Directory of the node-wide region shared by all containers (task priority across containers)."""
+"""Formerly the node-wide region's directory; reserved (task priority now comes from the limits file)."""
+LIMITS_FILE = "TESSERA_LIMITS_FILE"
+"""Names the limits file where nothing is at its fixed container path (:mod:`isolation.limits`)."""
 VISIBLE_DEVICES = "NVIDIA_VISIBLE_DEVICES"
 
 LIBRARY_NAME = "libvgpu.so"
@@ -34,7 +38,17 @@ PRELOAD_FILE = "ld.so.preload"
 ISOLATION_ENV_PREFIXES: tuple[str, ...] = (MEMORY_LIMIT, SM_LIMIT)
 """Env names (and their ``_<i>`` forms) that only the system may set."""
 ISOLATION_ENV_NAMES: frozenset[str] = frozenset(
-    {MEMORY_LIMIT, SM_LIMIT, SHARED_CACHE, CORE_POLICY, OVERSUBSCRIBE, DISABLE_CONTROL, NODE_DIR, VISIBLE_DEVICES}
+    {
+        MEMORY_LIMIT,
+        SM_LIMIT,
+        SHARED_CACHE,
+        CORE_POLICY,
+        OVERSUBSCRIBE,
+        DISABLE_CONTROL,
+        NODE_DIR,
+        LIMITS_FILE,
+        VISIBLE_DEVICES,
+    }
 )
 """``NVIDIA_VISIBLE_DEVICES`` is among them: which devices a container sees is the claim's business."""
 
@@ -68,7 +82,6 @@ def container_env(
     limits: Sequence[DeviceLimit],
     *,
     shared_cache: str,
-    node_dir: str | None = None,
     priority: int | None = None,
     core_policy: str = "default",
     oversubscribe: bool = False,
@@ -82,8 +95,6 @@ def container_env(
         if dev.sm_percent is not None and 0 < dev.sm_percent < 100:
             env[f"{SM_LIMIT}_{i}"] = str(dev.sm_percent)
     env[SHARED_CACHE] = shared_cache
-    if node_dir is not None:
-        env[NODE_DIR] = node_dir
     env[TASK_PRIORITY] = str(1 if priority is None else priority)
     env[CORE_POLICY] = core_policy
     # Always set, so that a value a user slipped in (e.g. through envFrom, which admission cannot

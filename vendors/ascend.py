@@ -60,6 +60,7 @@ from .base import (
     MockModel,
     Mount,
     NodeLayout,
+    QuotaNames,
     Share,
     SharingConfig,
     VendorNames,
@@ -167,6 +168,13 @@ FAMILIES: Mapping[str, tuple[str, ...]] = {
     **{c.word: (c.model,) for c in CHIPS.values()},
 }
 """Resource words and the chip models they select."""
+
+QUOTA_NAMES = tuple(
+    QuotaNames(f"{RESOURCE_PREFIX}{word}{MEMORY_SUFFIX}", f"{RESOURCE_PREFIX}{word}{CORE_SUFFIX}", 1, frozenset(models))
+    for word, models in sorted(FAMILIES.items())
+)
+"""``huawei.com/<Word>-memory`` (MiB) and ``-core`` per chip, as HAMi names them, and per family word
+(``Ascend910``, ``Ascend910B``), which covers every chip of the family."""
 
 UNSUPPORTED = {
     "Ascend910C": "its two dies must be allocated as one module, which Tessera does not model yet",
@@ -318,6 +326,9 @@ class Ascend:
             if uuids:
                 out.append(uuid_selector(NAMES, uuids, negate=bool(match.group(1))))
         return out
+
+    def quota_names(self) -> Sequence[QuotaNames]:
+        return QUOTA_NAMES
 
     # --- node side -------------------------------------------------------------------------------
 

@@ -353,9 +353,14 @@ class ContainerEdits:
     mounts: tuple[Mount, ...] = ()
     files: Mapping[str, str] = field(default_factory=dict)
     """Files the driver writes on the host before it publishes the CDI spec: absolute host path ->
-    text content. Every path lies under :attr:`NodeLayout.claim_dir`, so the files go away with the
-    claim directory on unprepare; the mounts above refer to them (Hygon's vdev config). Not part of
-    the CDI spec itself."""
+    text content (mode 0644; restored from the checkpoint when missing or changed). Every path lies
+    under :attr:`NodeLayout.claim_dir` or :attr:`NodeLayout.node_dir`; unprepare removes them with the
+    claim directory. The mounts above refer to them (Hygon's vdev config, libvgpu's limits file).
+    Not part of the CDI spec itself."""
+    writable_files: tuple[str, ...] = ()
+    """Files the container writes (libvgpu's usage region and node record): created empty, mode 0666,
+    when missing, and never rewritten or compared by the driver (their content is the container's).
+    Same places and removal as :attr:`files`; mount each one by itself, never its directory."""
 
     def to_cdi(self) -> dict[str, Any]:
         edits: dict[str, Any] = {}
@@ -418,10 +423,24 @@ class NodeLayout:
     host_lib_dir: str
     """Holds ``libvgpu.so``, ``ld.so.preload``, ``claims/<claim uid>/`` and ``node/``."""
     claim_dir: str
-    """The per-claim writable directory (host path; mounted at the same path in the container)."""
+    """The per-claim directory of the driver's files (host path). Never mounted into a container as a
+    whole: single files of it are."""
     peer_files: Mapping[str, str] = field(default_factory=dict)
     """Files (host path -> content) the node's other prepared claims hold, from the driver's checkpoint:
     what a vendor that partitions a device itself (Hygon's vdevs) must not hand out twice."""
+
+    @property
+    def node_dir(self) -> str:
+        """The node-wide directory (host path): one record and meta file per prepared container, read
+        by the other containers for task priority; read-only in every container."""
+        return node_dir(self.host_lib_dir)
+
+
+NODE_DIR_NAME = "node"
+
+
+def node_dir(host_lib_dir: str) -> str:
+    return f"{host_lib_dir.rstrip('/')}/{NODE_DIR_NAME}"
 
 
 class AdmissionVendor(Protocol):
@@ -457,6 +476,33 @@ class AttributeMatchingVendor(Protocol):
     def match_attributes(self, annotations: Mapping[str, str]) -> list[str]:
         """Unqualified attribute names; raises :class:`ConversionError` for a malformed annotation."""
         ...
+
+
+@dataclass(frozen=True)
+class QuotaNames:
+    """Resource names a namespace's ResourceQuota may cap for one vendor's shares, HAMi's spelling
+    (``limits.<memory>``, ``limits.<cores>`` in ``spec.hard``).
+
+    A claim's request is charged, per device, its memory in ``memory_unit_mib`` units (rounded up) and
+    its cores in percent; a request is charged under these names when it may get a device of one of
+    ``models`` (empty: any device of the vendor).
+    """
+
+    memory: str
+    """e.g. ``nvidia.com/gpumem`` (without the ``limits.`` prefix)."""
+    cores: str | None
+    """e.g. ``nvidia.com/gpucores``; ``None`` when the vendor has no cores resource."""
+    memory_unit_mib: int = 1
+    """MiB per unit of the memory quota (the unit of the vendor's memory resource)."""
+    models: frozenset[str] = frozenset()
+    """Device models (the ``type`` attribute) the names cover; empty: every model of the vendor."""
+
+
+@runtime_checkable
+class QuotaVendor(Protocol):
+    """Optional webhook-side extension: the ResourceQuota names that cap the vendor's shares (HAMi's)."""
+
+    def quota_names(self) -> Sequence[QuotaNames]: ...
 
 
 class NodeVendor(Protocol):

@@ -53,6 +53,7 @@ from .base import (
     DiscoveryError,
     MockModel,
     NodeLayout,
+    QuotaNames,
     Share,
     SharingConfig,
     VendorNames,
@@ -174,6 +175,11 @@ class Cambricon:
     def selectors(self, annotations: Mapping[str, str]) -> list[str]:
         return annotation_selectors(NAMES, annotations, use_type=USE_TYPE, nouse_type=NOUSE_TYPE,
                                     use_uuid=USE_UUID, nouse_uuid=NOUSE_UUID)  # fmt: skip
+
+    def quota_names(self) -> Sequence[QuotaNames]:
+        """HAMi's names, the memory counted in the configured ``vmemory`` unit (MiB when it is a percentage:
+        a percentage of each card does not add up across cards)."""
+        return (QuotaNames(MEMORY_RESOURCES[0], CORE_RESOURCES[0], memory_unit_mib=self.memory_unit.mib or 1),)
 
     # --- node side -------------------------------------------------------------------------------
 

@@ -52,6 +52,7 @@ from .base import (
     MockModel,
     Mount,
     NodeLayout,
+    QuotaNames,
     Share,
     SharingConfig,
     VendorNames,
@@ -74,6 +75,8 @@ COUNT_RESOURCES = ("hygon.com/dcunum",)
 MEMORY_RESOURCES = ("hygon.com/dcumem",)
 CORE_RESOURCES = ("hygon.com/dcucores",)
 ALL_RESOURCES = frozenset(COUNT_RESOURCES + MEMORY_RESOURCES + CORE_RESOURCES)
+QUOTA_NAMES = (QuotaNames(MEMORY_RESOURCES[0], CORE_RESOURCES[0]),)
+"""``limits.hygon.com/dcumem`` (MiB) and ``limits.hygon.com/dcucores`` (percent per DCU), HAMi's."""
 
 USE_TYPE = "hygon.com/use-dcutype"
 NOUSE_TYPE = "hygon.com/nouse-dcutype"
@@ -167,6 +170,9 @@ class Hygon:
         return annotation_selectors(NAMES, annotations, use_type=USE_TYPE, nouse_type=NOUSE_TYPE,
                                     use_uuid=USE_UUID, nouse_uuid=NOUSE_UUID)  # fmt: skip
 
+    def quota_names(self) -> Sequence[QuotaNames]:
+        return QUOTA_NAMES
+
     # --- node side -------------------------------------------------------------------------------
 
     def discover(self) -> list[DeviceInfo]:
@@ -240,7 +246,8 @@ class Hygon:
         vdev = plan_vdev(share, others)
         directory = os.path.join(layout.claim_dir, "hygon-vdev-" + re.sub(r"[^A-Za-z0-9_.-]", "-", share.request))
         path = os.path.join(directory, f"vdev{vdev.vdev_id}.conf")
-        mounts.append(Mount(directory, VDEV_MOUNT, read_only=False))
+        # Read-only: the vdev file is the container's limit (memory, compute units); the runtime reads it.
+        mounts.append(Mount(directory, VDEV_MOUNT, read_only=True))
         return ContainerEdits(
             env={ENFORCER_ENV: "hygon-vdev"},
             device_nodes=tuple(nodes.values()),

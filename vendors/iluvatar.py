@@ -27,6 +27,7 @@ Node
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import os
 import re
@@ -47,6 +48,7 @@ from .base import (
     DiscoveryError,
     MockModel,
     NodeLayout,
+    QuotaNames,
     Share,
     SharingConfig,
     VendorNames,
@@ -95,6 +97,18 @@ MOCK_MODELS: Mapping[str, MockModel] = {
     )
 }
 """Simulated cards (memory as ixsmi reports it; the talk's MR-V100 shows 32768 MiB)."""
+
+QUOTA_NAMES = (
+    QuotaNames(MEMORY_RESOURCES[0], CORE_RESOURCES[0], memory_unit_mib=MEMORY_UNIT.mib or 1),
+    *(
+        QuotaNames(
+            f"{RESOURCE_PREFIX}{chip}.vMem", f"{RESOURCE_PREFIX}{chip}.vCore", MEMORY_UNIT.mib or 1, frozenset({chip})
+        )
+        for chip in sorted(MOCK_MODELS)
+    ),
+)
+"""HAMi's names: the generic ``vcuda-memory``/``vcuda-core`` for every chip, and ``<CHIP>.vMem``/``.vCore``
+for the chips HAMi lists; memory in units of 256 MiB."""
 
 
 @functools.lru_cache(maxsize=1024)
@@ -188,6 +202,9 @@ class Iluvatar:
                 out.append(uuid_selector(NAMES, uuids, negate=bool(match.group(1))))
         return out
 
+    def quota_names(self) -> Sequence[QuotaNames]:
+        return QUOTA_NAMES
+
     # --- node side -------------------------------------------------------------------------------
 
     def discover(self) -> list[DeviceInfo]:
@@ -236,11 +253,12 @@ class Iluvatar:
         if not limited:
             env[ENFORCER_ENV] = "none"
             return ContainerEdits(env=env, device_nodes=tuple(nodes.values()))
-        limits, mounts = libvgpu.env_and_mounts(ordered, config, layout)
+        edits = libvgpu.container_edits(ordered, config, layout)
+        limits = dict(edits.env)
         limits.pop(isolation_env.VISIBLE_DEVICES, None)  # NVIDIA's; CoreX reads IX_VISIBLE_DEVICES
         env.update(limits)
         env[ENFORCER_ENV] = "libvgpu"
-        return ContainerEdits(env=env, device_nodes=tuple(nodes.values()), mounts=mounts)
+        return dataclasses.replace(edits, env=env, device_nodes=tuple(nodes.values()))
 
 
 def short_model(product_name: str) -> str:

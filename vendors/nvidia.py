@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -18,6 +19,7 @@ from .base import (
     DiscoveryError,
     MockModel,
     NodeLayout,
+    QuotaNames,
     Share,
     SharingConfig,
     VendorNames,
@@ -38,6 +40,9 @@ CORE_RESOURCES = ("nvidia.com/gpucores", "nvidia.com/gpucore", "volcano.sh/vgpu-
 PRIORITY_RESOURCES = ("nvidia.com/priority",)
 PRIORITY_ENV = isolation_env.TASK_PRIORITY
 """The seed pods also give the priority as this container env; it moves into the opaque config."""
+
+QUOTA_NAMES = (QuotaNames(MEMORY_RESOURCES[0], CORE_RESOURCES[0]),)
+"""``limits.nvidia.com/gpumem`` (MiB) and ``limits.nvidia.com/gpucores`` (percent per GPU), HAMi's defaults."""
 
 ALL_RESOURCES = frozenset(
     COUNT_RESOURCES + MEMORY_RESOURCES + MEMORY_PERCENT_RESOURCES + CORE_RESOURCES + PRIORITY_RESOURCES
@@ -179,6 +184,9 @@ class _Nvidia:
             return [ATTR_NUMA_NODE]
         raise ConversionError(f'annotation {NUMA_BIND} must be "true" or "false", got {annotations[NUMA_BIND]!r}')
 
+    def quota_names(self) -> Sequence[QuotaNames]:
+        return QUOTA_NAMES
+
     # --- node side -----------------------------------------------------------------------------
 
     def discover(self) -> list[DeviceInfo]:
@@ -231,12 +239,11 @@ class _Nvidia:
         ordered = sorted(shares, key=lambda s: s.device.index)
         if not ordered:
             return ContainerEdits()
-        env, mounts = libvgpu.env_and_mounts(ordered, config, layout)
         nodes: dict[str, DeviceNode] = {}
         for s in ordered:
             for path in s.device.device_nodes:
                 nodes.setdefault(path, DeviceNode(path=path))
-        return ContainerEdits(env=env, device_nodes=tuple(nodes.values()), mounts=mounts)
+        return dataclasses.replace(libvgpu.container_edits(ordered, config, layout), device_nodes=tuple(nodes.values()))
 
 
 def _text(value: Any) -> str:

@@ -97,6 +97,32 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         help="how often the certificate files are checked (default %(default)s)",
     )
+    opt(
+        "--quota",
+        "false",
+        metavar="true|false",
+        help="enforce ResourceQuota limits on Tessera's resources with HAMi's names (limits.nvidia.com/gpumem, "
+        "...) for pods (/mutate) and resource claims (/validate) (default %(default)s)",
+    )
+    opt("--quota-namespace", help="namespace of the quota ledgers (the webhook's own; required with --quota true)")
+    opt(
+        "--quota-resync-seconds",
+        30.0,
+        type=float,
+        help="how often every quota ledger is compared with the claims that exist (default %(default)s)",
+    )
+    opt(
+        "--quota-pending-seconds",
+        30.0,
+        type=float,
+        help="how long a pod's reservation waits for its claim to be created (default %(default)s)",
+    )
+    opt(
+        "--quota-grace-seconds",
+        60.0,
+        type=float,
+        help="how long a charged claim that is not seen yet is kept in the ledger (default %(default)s)",
+    )
 
     convert = sub.add_parser(
         "convert",

@@ -58,6 +58,19 @@ class Metrics:
             registry=self.registry,
         )
 
+        self.quota_checks = Counter(
+            "tessera_webhook_quota_checks",
+            "Quota checks of pods (at conversion) and resource claims (at creation) in namespaces with a quota "
+            "on Tessera's resources, by result: admitted, denied, unavailable (the ledger could not be used).",
+            ["kind", "result"],
+            registry=self.registry,
+        )
+        self.quota_conflicts = Counter(
+            "tessera_webhook_quota_conflicts",
+            "Quota ledger writes that lost a compare-and-swap to another writer and were computed again.",
+            registry=self.registry,
+        )
+
     def review(self, outcome: str, vendors: Sequence[str], seconds: float) -> None:
         for vendor in vendors or ("none",):
             self.reviews.labels(outcome, vendor).inc()

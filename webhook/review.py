@@ -20,10 +20,12 @@ KIND = "AdmissionReview"
 
 # status codes in denials (kube-apiserver passes them to the client)
 BAD_REQUEST = 400
+FORBIDDEN = 403
 INTERNAL_ERROR = 500
 UNAVAILABLE = 503
 
 EPHEMERAL_CONTAINERS = "ephemeralcontainers"
+CLAIMS = "resource.k8s.io/resourceclaims"
 
 
 class ReviewError(ValueError):
@@ -49,6 +51,18 @@ class Review:
     """``ephemeralcontainers``, ``status``, ...; empty for the resource itself."""
     old_obj: Any = None
     """``request.oldObject``: the object before an UPDATE."""
+    resource: str = ""
+    """``<group>/<resource>`` of the request (``/pods``, ``resource.k8s.io/resourceclaims``)."""
+
+    @property
+    def creates_claim(self) -> bool:
+        """A ResourceClaim CREATE (the quota's second admission point)."""
+        return (
+            self.operation == "CREATE"
+            and self.resource == CLAIMS
+            and not self.subresource
+            and isinstance(self.obj, dict)
+        )
 
     @property
     def adds_ephemeral(self) -> bool:
@@ -95,11 +109,17 @@ def parse(body: bytes) -> Review:
         raise ReviewError(f"request.subResource must be a string, got {_show(sub)}", uid)
     pods = isinstance(resource, Mapping) and resource.get("group", "") == "" and resource.get("resource") == "pods"
     is_pod = pods and not sub
+    group_resource = ""
+    if isinstance(resource, Mapping) and isinstance(resource.get("resource"), str):
+        group = resource.get("group", "")
+        group_resource = f"{group if isinstance(group, str) else ''}/{resource['resource']}"
     obj = request.get("object")
     if is_pod and operation == "CREATE" and not isinstance(obj, dict):
         raise ReviewError("request.object is missing: a pod CREATE review must carry the pod", uid)
     if pods and sub == EPHEMERAL_CONTAINERS and operation == "UPDATE" and not isinstance(obj, dict):
         raise ReviewError("request.object is missing: a pods/ephemeralcontainers review must carry the pod", uid)
+    if group_resource == CLAIMS and operation == "CREATE" and not sub and not isinstance(obj, dict):
+        raise ReviewError("request.object is missing: a resourceclaims CREATE review must carry the claim", uid)
     namespace = request.get("namespace")
     meta = obj.get("metadata") if isinstance(obj, dict) else None
     if not isinstance(namespace, str) or not namespace:
@@ -125,8 +145,9 @@ def parse(body: bytes) -> Review:
         dry_run=dry_run,
         is_pod=is_pod,
         obj=obj,
-        subresource=sub if pods else "",
+        subresource=sub if pods or group_resource == CLAIMS else "",
         old_obj=request.get("oldObject"),
+        resource=group_resource,
     )
 
 
@@ -155,7 +176,9 @@ def allowed(uid: str, patch: Sequence[Mapping[str, Any]] = (), warnings: Sequenc
 
 
 def denial(uid: str, message: str, code: int = BAD_REQUEST) -> dict[str, Any]:
-    reason = {BAD_REQUEST: "BadRequest", UNAVAILABLE: "ServiceUnavailable"}.get(code, "InternalError")
+    reason = {BAD_REQUEST: "BadRequest", FORBIDDEN: "Forbidden", UNAVAILABLE: "ServiceUnavailable"}.get(
+        code, "InternalError"
+    )
     return {
         "apiVersion": API_VERSION,
         "kind": KIND,

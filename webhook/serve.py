@@ -11,10 +11,14 @@ import signal
 from aiohttp import web
 
 from kubeapi import KubeClient
+from tessera_common.flags import parse_bool
 
 from . import logs
 from .cli import UsageError, converter_from_args
+from .ledger import LedgerStore
 from .metrics import Metrics
+from .quota import Catalog
+from .quota_controller import QuotaController
 from .server import Webhook
 from .templates import TemplateStore
 from .tls import ReloadingTLS, TLSError
@@ -26,6 +30,12 @@ async def serve(args: argparse.Namespace, *, stop: asyncio.Event | None = None) 
             "serve needs --tls-cert-file and --tls-key-file (or TESSERA_TLS_CERT_FILE/TESSERA_TLS_KEY_FILE)"
         )
     converter = converter_from_args(args)
+    try:
+        quota = parse_bool(str(args.quota))
+    except ValueError as exc:
+        raise UsageError(f"--quota {exc}") from None
+    if quota and not args.quota_namespace:
+        raise UsageError("--quota true needs --quota-namespace (or TESSERA_QUOTA_NAMESPACE): where the ledgers live")
     metrics = Metrics()
     try:
         tls = ReloadingTLS(
@@ -55,6 +65,17 @@ async def serve(args: argparse.Namespace, *, stop: asyncio.Event | None = None) 
             tls=tls,
             inventory_refresh=args.inventory_refresh_seconds,
         )
+        if quota:
+            webhook.quota = QuotaController(
+                client,
+                Catalog(converter.vendors.values()),
+                LedgerStore(client, args.quota_namespace, metrics, deadline=args.api_deadline_seconds),
+                metrics,
+                inventory=lambda: webhook.inventory,
+                resync=args.quota_resync_seconds,
+                grace=args.quota_grace_seconds,
+                pending=args.quota_pending_seconds,
+            )
         runner = web.AppRunner(webhook.app(), access_log=None, handle_signals=False, shutdown_timeout=5.0)
         await runner.setup()
         site = web.TCPSite(runner, args.host, args.port, ssl_context=tls.context, reuse_address=True)
@@ -63,7 +84,8 @@ async def serve(args: argparse.Namespace, *, stop: asyncio.Event | None = None) 
             f"serving https://{args.host}:{args.port}/mutate for vendors {','.join(converter.vendors)} "
             f"({converter.policy}, opt-out namespaces {','.join(sorted(converter.opt_out_namespaces)) or 'none'}, "
             f"default scheduling policies node={converter.scheduling.node or 'none'} "
-            f"gpu={','.join(converter.scheduling.gpu) or 'none'}, API {client.host})"
+            f"gpu={','.join(converter.scheduling.gpu) or 'none'}, "
+            f"quota {'ledgers in ' + args.quota_namespace if quota else 'off'}, API {client.host})"
         )
         stop = stop or asyncio.Event()
         loop = asyncio.get_running_loop()

@@ -1,4 +1,5 @@
-"""The admission server: ``POST /mutate``, ``GET /healthz``, ``GET /readyz``, ``GET /metrics``.
+"""The admission server: ``POST /mutate`` (pods), ``POST /validate`` (resource claims, for the quota),
+``GET /healthz``, ``GET /readyz``, ``GET /metrics``.
 
 Every request to ``/mutate`` is answered with HTTP 200 and a well-formed AdmissionReview, whatever
 it carried: a malformed review is denied with the reason, an internal error is denied and logged
@@ -10,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
@@ -23,10 +24,14 @@ from .convert import Converter
 from .inventory import Inventory, InventoryError
 from .logs import logger
 from .metrics import ALLOWED, DENIED, ERROR, INVALID, MUTATED, UNAVAILABLE, Metrics
+from .quota_controller import QuotaController
 from .templates import EnsureError, TemplateStore
 from .tls import ReloadingTLS
 
 MAX_BODY = 8 * 1024 * 1024
+Answer = tuple[dict[str, Any], str, tuple[str, ...]]
+"""The review to send back, its outcome (for metrics) and the vendors involved."""
+Handler = Callable[[rv.Review, dict[str, Any]], Awaitable[Answer]]
 READY_CACHE_SECONDS = 2.0
 
 
@@ -43,6 +48,7 @@ class Webhook:
         tls: ReloadingTLS | None = None,
         inventory: Inventory | None = None,
         inventory_refresh: float = 30.0,
+        quota: QuotaController | None = None,
     ) -> None:
         self.converter = converter
         self.client = client
@@ -51,6 +57,7 @@ class Webhook:
         self.tls = tls
         self.inventory = inventory
         self.inventory_refresh = inventory_refresh
+        self.quota = quota
         self._api_ok_at = 0.0
         self._ready_lock = asyncio.Lock()
 
@@ -59,6 +66,7 @@ class Webhook:
     def app(self) -> web.Application:
         app = web.Application(client_max_size=MAX_BODY)
         app.router.add_post("/mutate", self.mutate)
+        app.router.add_post("/validate", self.validate)
         app.router.add_get("/healthz", self.healthz)
         app.router.add_get("/readyz", self.readyz)
         app.router.add_get("/metrics", self.metrics_page)
@@ -71,6 +79,8 @@ class Webhook:
             tasks.append(asyncio.create_task(self.tls.watch(), name="tls-watch"))
         if self.client is not None and self.inventory_refresh > 0:
             tasks.append(asyncio.create_task(self._refresh_inventory(), name="inventory"))
+        if self.quota is not None:
+            tasks.append(asyncio.create_task(self.quota.run(), name="quota"))
         yield
         for task in tasks:
             task.cancel()
@@ -133,6 +143,12 @@ class Webhook:
     # --- admission ---------------------------------------------------------------------------------
 
     async def mutate(self, request: web.Request) -> web.Response:
+        return await self._serve(request, self._answer)
+
+    async def validate(self, request: web.Request) -> web.Response:
+        return await self._serve(request, self._validate)
+
+    async def _serve(self, request: web.Request, handler: Handler) -> web.Response:
         start = time.perf_counter()
         vendors: tuple[str, ...] = ()
         try:
@@ -140,29 +156,31 @@ class Webhook:
         except web.HTTPRequestEntityTooLarge:
             answer, outcome = rv.denial("", f"the review is larger than {MAX_BODY} bytes"), INVALID
         else:
-            answer, outcome, vendors = await self.answer(body)
+            answer, outcome, vendors = await self.answer(body, handler)
         self.metrics.review(outcome, vendors, time.perf_counter() - start)
         return web.Response(body=rv.encode(answer), content_type="application/json")
 
-    async def answer(self, body: bytes) -> tuple[dict[str, Any], str, tuple[str, ...]]:
-        """The review to send back, its outcome (for metrics) and the vendors involved."""
+    async def answer(self, body: bytes, handler: Handler | None = None) -> Answer:
+        """The review to send back, its outcome (for metrics) and the vendors involved (``handler``: the
+        endpoint's, ``/mutate``'s by default)."""
         try:
             review = rv.parse(body)
         except rv.ReviewError as exc:
             logger().warning(f"malformed review: {exc}", extra={"uid": exc.uid})
             return rv.denial(exc.uid, f"malformed AdmissionReview: {exc}"), INVALID, ()
-        extra = {"namespace": review.namespace, "pod": review.name, "uid": review.uid}
+        who = "claim" if review.resource == rv.CLAIMS else "pod"
+        extra = {"namespace": review.namespace, who: review.name, "uid": review.uid}
         try:
-            return await self._answer(review, extra)
+            return await (handler or self._answer)(review, extra)
         except Exception as exc:  # a bug: deny (the pod is not lost, the user can retry) and say where to look
             logger().exception("internal error while converting the pod", extra=extra)
             message = (
-                f"internal error in the Tessera webhook ({type(exc).__name__}); the pod was not admitted, "
+                f"internal error in the Tessera webhook ({type(exc).__name__}); the {who} was not admitted, "
                 f"see the webhook log for uid {review.uid}"
             )
             return rv.denial(review.uid, message, rv.INTERNAL_ERROR), ERROR, ()
 
-    async def _answer(self, review: rv.Review, extra: dict[str, Any]) -> tuple[dict[str, Any], str, tuple[str, ...]]:
+    async def _answer(self, review: rv.Review, extra: dict[str, Any]) -> Answer:
         if review.adds_ephemeral:
             # kubectl debug: checked, never converted or patched (the pod was converted at creation).
             result = self.converter.check_ephemeral(review.obj, review.old_obj)
@@ -188,9 +206,34 @@ class Webhook:
                 logger().warning(f"denied: {exc}", extra=extra)
                 code = rv.UNAVAILABLE if exc.unavailable else rv.BAD_REQUEST
                 return rv.denial(review.uid, str(exc), code), UNAVAILABLE, result.vendors
+        if result.template is not None and self.quota is not None:
+            verdict = await self.quota.check_pod(
+                review.namespace,
+                review.name,
+                result.template["spec"]["spec"],
+                review_uid=review.uid,
+                dry_run=review.dry_run,
+                log=extra,
+            )
+            if not verdict.allowed:
+                outcome = UNAVAILABLE if verdict.unavailable else DENIED
+                return rv.denial(review.uid, verdict.message, verdict.code), outcome, result.vendors
         template = result.template["metadata"]["name"] if result.template else ""
         logger().info(
             "converted" + (" (dry run)" if review.dry_run else ""),
             extra={**extra, "template": template, "vendors": ",".join(result.vendors)},
         )
         return rv.allowed(review.uid, result.patch, result.warnings), MUTATED, result.vendors
+
+    async def _validate(self, review: rv.Review, extra: dict[str, Any]) -> Answer:
+        """``/validate``: a ResourceClaim being created is charged to its namespace's quota; anything else
+        the configuration sends is allowed (the endpoint changes nothing)."""
+        if not review.creates_claim or self.quota is None:
+            return rv.allowed(review.uid), ALLOWED, ()
+        verdict = await self.quota.check_claim(
+            review.namespace, review.obj, dry_run=review.dry_run, review_uid=review.uid, log=extra
+        )
+        if not verdict.allowed:
+            outcome = UNAVAILABLE if verdict.unavailable else DENIED
+            return rv.denial(review.uid, verdict.message, verdict.code), outcome, ()
+        return rv.allowed(review.uid), ALLOWED, ()

@@ -10,7 +10,10 @@ refuse a dry run; an AdmissionReview ``admission.k8s.io/v1`` goes over HTTPS to 
 (``failed calling webhook "x": failed to call webhook: Post "https://svc.ns.svc:443/path?timeout=5s":
 no endpoints available for service "svc"``); the returned JSONPatch is applied and the object
 re-defaulted. ``reinvocationPolicy: IfNeeded`` webhooks run once more when a later webhook changed
-the object. Validating webhooks then see the final object.
+the object. Validating webhooks (:meth:`WebhookAdmission.validate`) run later, on the object as it
+will be stored (the server calls them after name generation, uid and schema validation), side by
+side. A service with several endpoints (:attr:`WebhookAdmission.services`) is called round robin, as
+kube-proxy spreads the API server's calls over a Service's pods.
 """
 
 from __future__ import annotations
@@ -96,11 +99,13 @@ class WebhookAdmission:
 
     def __init__(self, server: APIServer) -> None:
         self.server = server
-        self.services: dict[tuple[str, str], tuple[str, int] | None] = {}
-        """Webhook services: (namespace, name) -> the address of a ready endpoint, or ``None`` while
-        the service has none (its pods are down)."""
+        self.services: dict[tuple[str, str], tuple[str, int] | list[tuple[str, int]] | None] = {}
+        """Webhook services: (namespace, name) -> the address of a ready endpoint, or of each of its ready
+        endpoints (called in turn), or ``None`` (or an empty list) while the service has none (its pods
+        are down)."""
         self.calls: list[WebhookCall] = []
         self._ssl: dict[str, ssl.SSLContext] = {}
+        self._turn: dict[tuple[str, str], int] = {}
 
     # ------------------------------------------------------------------ selection
     def _hooks(self, mutating: bool) -> list[_Hook]:
@@ -191,9 +196,12 @@ class WebhookAdmission:
                 changed = await self._invoke(hook, ctx, obj)
                 if changed is not None:
                     obj = changed
+        return obj
+
+    async def validate(self, ctx: WriteContext, obj: Obj | None) -> None:
+        """The validating webhooks, side by side, on the object as it will be stored."""
         validating = [h for h in self._hooks(False) if self._selected(h, ctx, obj)]
         await asyncio.gather(*(self._invoke(h, ctx, obj) for h in validating))
-        return obj
 
     async def _invoke(self, hook: _Hook, ctx: WriteContext, obj: Obj | None) -> Obj | None:
         """Call one webhook; the patched object when it changed it, None when it did not."""
@@ -318,9 +326,13 @@ class WebhookAdmission:
         shown = _with_timeout(f"https://{name}.{ns}.svc:{int(service.get('port') or 443)}{path}", timeout)
         if (ns, name) not in self.services:
             raise _CallFailed(f'failed to call webhook: Post "{shown}": services "{name}" not found')
-        address = self.services[(ns, name)]
-        if address is None:
+        registered = self.services[(ns, name)]
+        endpoints = [registered] if isinstance(registered, tuple) else list(registered or [])
+        if not endpoints:
             raise _CallFailed(f'failed to call webhook: Post "{shown}": no endpoints available for service "{name}"')
+        turn = self._turn.get((ns, name), 0)
+        self._turn[(ns, name)] = turn + 1
+        address = endpoints[turn % len(endpoints)]
         return f"https://{address[0]}:{address[1]}{path}", shown, f"{name}.{ns}.svc"
 
     async def _post(self, spec: Obj, review: Obj, timeout: float) -> Any:

@@ -102,6 +102,7 @@ KINDS: tuple[Kind, ...] = (
     Kind("", "v1", "configmaps", "ConfigMap", True, (), (), ("cm",)),
     Kind("", "v1", "secrets", "Secret", True, (), ("type",)),
     Kind("", "v1", "serviceaccounts", "ServiceAccount", True, (), (), ("sa",)),
+    Kind("", "v1", "resourcequotas", "ResourceQuota", True, ("status",), (), ("quota",), has_status=True),
     Kind(
         "events.k8s.io",
         "v1",

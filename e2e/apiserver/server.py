@@ -2,7 +2,8 @@
 
 Request path, in kube-apiserver's order: decode (+ scheme defaults) -> built-in admission -> mutating
 admission webhooks -> REST strategy (name generation, system metadata, status handling) -> schema
-validation -> storage (conflict and existence checks). ``dryRun=All`` runs every step but the last.
+validation -> validating admission webhooks (which see the generated name and the uid) -> storage
+(conflict and existence checks). ``dryRun=All`` runs every step but the last.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import asyncio
 import base64
 import contextlib
 import copy
+import dataclasses
 import datetime as dt
 import json
 import logging
@@ -105,6 +107,7 @@ class WriteContext:
 
 
 Admission = Callable[[WriteContext], Awaitable[Obj | None]]
+Validation = Callable[[WriteContext, Obj | None], Awaitable[None]]
 Validator = Callable[[Kind, Obj], list[tuple[str, str]]]
 
 
@@ -140,6 +143,7 @@ class APIServer:
         self.validator: Validator | None = validator or (SchemaValidator() if validate else None)
         self.webhooks = WebhookAdmission(self)
         self.admission: Admission | None = admission or (self.webhooks if webhooks else None)
+        self.validating: Validation | None = self.webhooks.validate if webhooks and admission is None else None
         self.feature_gates: dict[str, bool] = {
             "DRAConsumableCapacity": True,
             "DRADeviceTaints": True,
@@ -660,6 +664,11 @@ class APIServer:
             return ctx.obj
         return await self.admission(ctx)
 
+    async def _validating(self, ctx: WriteContext, obj: Obj | None) -> None:
+        """Validating admission on the object as it will be stored (after the strategy and validation)."""
+        if self.validating is not None:
+            await self.validating(dataclasses.replace(ctx, obj=obj), obj)
+
     def _validate(self, kind: Kind, obj: Obj, old: Obj | None, subresource: str | None = None) -> None:
         errors: list[tuple[str, str]] = []
         if old is not None:
@@ -722,6 +731,9 @@ class APIServer:
             else:
                 managed.record_update(skind, None, obj, decoding.manager, now)
         self._validate(skind, obj, None)
+        await self._validating(
+            WriteContext("CREATE", skind, None, namespace, meta["name"], obj, None, dry_run, user), copy.deepcopy(obj)
+        )
         if self.store.raw(skind.bucket, namespace, meta["name"]) is not None:
             raise already_exists(kind, meta["name"])
         if dry_run:
@@ -797,6 +809,10 @@ class APIServer:
             else:
                 stored["metadata"].pop("managedFields", None)
         self._validate(skind, stored, old, sub)
+        await self._validating(
+            WriteContext("UPDATE", skind, sub, namespace, name, stored, copy.deepcopy(old), dry_run, user),
+            copy.deepcopy(stored),
+        )
         if _without_managed(stored) == _without_managed(old):
             return _view(kind, old)  # a no-op write: no new resourceVersion, no event, as in kube-apiserver
         if decoding is not None and decoding.manager and not applied:
@@ -925,10 +941,9 @@ class APIServer:
             )
         grace_param = query.get("gracePeriodSeconds", options.get("gracePeriodSeconds"))
         requested = int(grace_param) if grace_param not in (None, "") else None
-        admitted = await self._admit(
-            WriteContext("DELETE", skind, None, namespace, name, None, copy.deepcopy(old), dry_run, user)
-        )
-        del admitted
+        deleting = WriteContext("DELETE", skind, None, namespace, name, None, copy.deepcopy(old), dry_run, user)
+        await self._admit(deleting)
+        await self._validating(deleting, None)
         if skind.kind == "Namespace":
             return await self._delete_namespace(kind, old, dry_run)
         grace = strategy.graceful_delete_seconds(skind, old, requested)

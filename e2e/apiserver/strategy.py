@@ -144,8 +144,8 @@ def prepare_for_create(kind: Kind, obj: Obj) -> None:
         obj["status"] = {"phase": "Pending", "qosClass": qos_class(obj)}
     elif kind.kind == "Namespace":
         obj["status"] = {"phase": "Active"}
-    elif kind.kind == "ResourceClaim":
-        obj.pop("status", None)
+    elif kind.kind in ("ResourceClaim", "ResourceQuota"):
+        obj.pop("status", None)  # their strategies reset status on create; the quota controller writes it
 
 
 _SYSTEM_META = (

@@ -1,10 +1,12 @@
 """The local cluster: API server, webhook, drivers, controllers and kubelets, wired as on a real one.
 
 * The API server stand-in runs in this process; ``kubeconfig`` points at it.
-* The chart is rendered with helm and its DeviceClasses and MutatingWebhookConfiguration are applied
-  as they are, except the ``caBundle``: the harness makes its own CA (``cryptography``) and serving
-  certificate and registers the chart's webhook Service with the API server, which then calls the
-  real webhook (``python -m webhook serve``, a child process) over HTTPS for every pod CREATE.
+* The chart is rendered with helm and its DeviceClasses and Mutating/ValidatingWebhookConfigurations
+  are applied as they are, except the ``caBundle``: the harness makes its own CA (``cryptography``)
+  and serving certificate and registers the chart's webhook Service with the API server, which then
+  calls the real webhook (``python -m webhook serve``, child processes: as many as the chart's
+  ``webhook.replicas``, taking turns behind the Service) over HTTPS for every pod CREATE and every
+  claim CREATE the configurations send.
 * Per node, one vendor (:class:`NodeSpec`, ``nvidia`` unless it says otherwise): the kubelet stand-in
   (in this process) with the node labelled ``tessera.dev/<vendor>=true``, ``libvgpu.so`` and
   ``ld.so.preload`` installed into the node's host library directory with ``isolation.install`` where
@@ -300,8 +302,9 @@ class Harness:
         self.kubeconfig = os.path.join(self.state, "kubeconfig")
         self.kube: KubeClient | None = None
         self.nodes: dict[str, Node] = {}
-        self.webhook: Child | None = None
-        self.webhook_port = 0
+        self.webhooks: list[Child] = []
+        """One child per replica of the chart's webhook Deployment; the API server calls them in turn."""
+        self.webhook_ports: list[int] = []
         self.exporter: Child | None = None
         self.exporter_port = 0
         self.tls: tls.ServingTLS | None = None
@@ -350,7 +353,7 @@ class Harness:
             )
             await self.start_webhook()
             for doc in self.chart:
-                if doc.get("kind") == "MutatingWebhookConfiguration":
+                if doc.get("kind") in ("MutatingWebhookConfiguration", "ValidatingWebhookConfiguration"):
                     for hook in doc.get("webhooks") or []:
                         hook["clientConfig"]["caBundle"] = base64.b64encode(self.tls.ca_pem).decode()
                     await self.apply(doc)
@@ -384,7 +387,7 @@ class Harness:
                 if node.driver is not None:
                     with contextlib.suppress(Exception):
                         await node.driver.stop()
-            for child in (self.webhook, self.exporter):
+            for child in (*self.webhooks, self.exporter):
                 if child is not None:
                     with contextlib.suppress(Exception):
                         await child.stop()
@@ -405,11 +408,48 @@ class Harness:
                 await asyncio.to_thread(shutil.rmtree, self.state, True)
 
     # ------------------------------------------------------------------ webhook
+    @property
+    def webhook_replicas(self) -> int:
+        """``spec.replicas`` of the chart's webhook Deployment."""
+        (deployment,) = chart_objects(self.chart, "Deployment", "webhook")
+        return max(1, int((deployment.get("spec") or {}).get("replicas") or 1))
+
     async def start_webhook(self) -> None:
+        """Start every replica of the webhook and wait until each is ready."""
         assert self.tls is not None
-        self.webhook_port = self.webhook_port or free_port()
-        self.webhook = Child(
-            "webhook",
+        replicas = self.webhook_replicas
+        while len(self.webhook_ports) < replicas:
+            self.webhook_ports.append(free_port())
+        self.webhooks = [self._webhook_child(i, port) for i, port in enumerate(self.webhook_ports[:replicas])]
+        for child in self.webhooks:
+            await child.start()
+        self.api.webhooks.services[(NAMESPACE, WEBHOOK_SERVICE)] = [("127.0.0.1", p) for p in self.webhook_ports]
+        context = ssl.create_default_context(cafile=self.tls.ca_file)
+        deadline = asyncio.get_running_loop().time() + 60
+        async with aiohttp.ClientSession() as http:
+            for child, port in zip(self.webhooks, self.webhook_ports, strict=True):
+                while True:
+                    child.check()
+                    with contextlib.suppress(aiohttp.ClientError, OSError):
+                        async with http.get(
+                            f"https://127.0.0.1:{port}/readyz",
+                            ssl=context,
+                            server_hostname=f"{WEBHOOK_SERVICE}.{NAMESPACE}.svc",
+                        ) as resp:
+                            if resp.status == 200:
+                                break
+                    if asyncio.get_running_loop().time() > deadline:
+                        raise HarnessError(f"the webhook did not become ready within 60s; see {child.log_path}")
+                    await asyncio.sleep(0.1)
+                self.progress(f"webhook ready on https://127.0.0.1:{port} (python -m webhook serve)")
+        if self.nodes:
+            await self.wait_webhook_inventory()
+
+    def _webhook_child(self, index: int, port: int) -> Child:
+        assert self.tls is not None
+        suffix = f"-{index + 1}" if index else ""
+        return Child(
+            f"webhook{suffix}",
             [
                 python(),
                 "-m",
@@ -418,7 +458,7 @@ class Harness:
                 "--host",
                 "127.0.0.1",
                 "--port",
-                str(self.webhook_port),
+                str(port),
                 "--tls-cert-file",
                 self.tls.cert_file,
                 "--tls-key-file",
@@ -430,67 +470,56 @@ class Harness:
                 "--log-level",
                 self.child_log_level,
             ],
-            os.path.join(self.state, "logs", "webhook.log"),
+            os.path.join(self.state, "logs", f"webhook{suffix}.log"),
             env={
                 **os.environ,
                 **chart_env(self.chart, "Deployment", "webhook"),
                 "TESSERA_INVENTORY_REFRESH_SECONDS": str(self.inventory_refresh),
             },
         )
-        await self.webhook.start()
-        self.api.webhooks.services[(NAMESPACE, WEBHOOK_SERVICE)] = ("127.0.0.1", self.webhook_port)
+
+    async def webhook_metrics(self) -> list[str]:
+        """The ``/metrics`` page of each webhook replica."""
+        assert self.tls is not None
         context = ssl.create_default_context(cafile=self.tls.ca_file)
-        deadline = asyncio.get_running_loop().time() + 60
+        pages = []
         async with aiohttp.ClientSession() as http:
-            while True:
-                self.webhook.check()
-                with contextlib.suppress(aiohttp.ClientError, OSError):
-                    async with http.get(
-                        f"https://127.0.0.1:{self.webhook_port}/readyz",
-                        ssl=context,
-                        server_hostname=f"{WEBHOOK_SERVICE}.{NAMESPACE}.svc",
-                    ) as resp:
-                        if resp.status == 200:
-                            break
-                if asyncio.get_running_loop().time() > deadline:
-                    raise HarnessError(f"the webhook did not become ready within 60s; see {self.webhook.log_path}")
-                await asyncio.sleep(0.1)
-        self.progress(f"webhook ready on https://127.0.0.1:{self.webhook_port} (python -m webhook serve)")
-        if self.nodes:
-            await self.wait_webhook_inventory()
+            for port in self.webhook_ports[: len(self.webhooks)]:
+                async with http.get(
+                    f"https://127.0.0.1:{port}/metrics",
+                    ssl=context,
+                    server_hostname=f"{WEBHOOK_SERVICE}.{NAMESPACE}.svc",
+                ) as resp:
+                    pages.append(await resp.text())
+        return pages
 
     async def wait_webhook_inventory(self, timeout: float = 30.0) -> int:
-        """Wait until the webhook's inventory (its ``tessera_webhook_inventory_devices`` metric) holds
-        every published device, so that memory percentages convert; the device count."""
-        assert self.tls is not None and self.webhook is not None and self.kube is not None
-        context = ssl.create_default_context(cafile=self.tls.ca_file)
+        """Wait until every webhook replica's inventory (its ``tessera_webhook_inventory_devices`` metric)
+        holds every published device, so that memory percentages convert; the device count."""
+        assert self.tls is not None and self.webhooks and self.kube is not None
         deadline = asyncio.get_running_loop().time() + timeout
-        seen = -1
-        async with aiohttp.ClientSession() as http:
-            while True:
-                self.webhook.check()
-                slices = (await self.kube.list(cluster_path("resource.k8s.io/v1", "resourceslices"))).get("items") or []
-                published = published_devices(slices)
-                with contextlib.suppress(aiohttp.ClientError, OSError):
-                    async with http.get(
-                        f"https://127.0.0.1:{self.webhook_port}/metrics",
-                        ssl=context,
-                        server_hostname=f"{WEBHOOK_SERVICE}.{NAMESPACE}.svc",
-                    ) as resp:
-                        seen = inventory_metric(await resp.text())
-                if seen == published:
-                    return published
-                if asyncio.get_running_loop().time() > deadline:
-                    raise HarnessError(
-                        f"the webhook's inventory holds {seen} devices, {published} are published, after "
-                        f"{timeout:g}s; see {self.webhook.log_path}"
-                    )
-                await asyncio.sleep(0.1)
+        seen: list[int] = []
+        while True:
+            for child in self.webhooks:
+                child.check()
+            slices = (await self.kube.list(cluster_path("resource.k8s.io/v1", "resourceslices"))).get("items") or []
+            published = published_devices(slices)
+            with contextlib.suppress(aiohttp.ClientError, OSError):
+                seen = [inventory_metric(page) for page in await self.webhook_metrics()]
+            if seen and all(n == published for n in seen):
+                return published
+            if asyncio.get_running_loop().time() > deadline:
+                raise HarnessError(
+                    f"the webhooks' inventories hold {seen} devices, {published} are published, after "
+                    f"{timeout:g}s; see {', '.join(c.log_path for c in self.webhooks)}"
+                )
+            await asyncio.sleep(0.1)
 
     async def stop_webhook(self) -> None:
-        """Stop the webhook; its Service then has no endpoint, as when a cluster's webhook pods are gone."""
-        if self.webhook is not None:
-            await self.webhook.stop()
+        """Stop the webhook replicas; their Service then has no endpoint, as when a cluster's webhook pods
+        are gone."""
+        for child in self.webhooks:
+            await child.stop()
         if (NAMESPACE, WEBHOOK_SERVICE) in self.api.webhooks.services:
             self.api.webhooks.services[(NAMESPACE, WEBHOOK_SERVICE)] = None
 

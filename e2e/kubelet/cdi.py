@@ -5,16 +5,23 @@ A CDI ID is ``<vendor>/<class>=<name>``; the spec whose ``kind`` is ``<vendor>/<
 directory (``*.json`` or ``*.yaml``) holds the device. Edits of the spec and of each device are
 merged in order (env appended, later values win; mounts and device nodes appended).
 
-A process cannot have a filesystem view of its own, so: the ``/etc/ld.so.preload`` mount becomes
+A local process shares the host's filesystem, so: the ``/etc/ld.so.preload`` mount becomes
 ``LD_PRELOAD`` listing the libraries named in the mounted host file (each mapped to its host path);
 every other mount maps its container path to its host path in env values and arguments; device
-nodes are recorded, and a host that lacks them (no GPU) is reported, not failed.
+nodes are recorded, and a host that lacks them (no GPU) is reported, not failed. Where the harness
+may have a private mount namespace (root, or unprivileged user namespaces), :func:`namespace_argv`
+also makes the mounts real: bind mounts at their container paths, read-only where the spec says so,
+and the host directories they come from read-only (a container sees nothing else of them).
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import os
+import shlex
+import shutil
+import subprocess
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -97,6 +104,8 @@ class ProcessSpec:
     env: dict[str, str]
     argv: list[str]
     notes: list[str]
+    mounts: list[tuple[str, str, bool]] = field(default_factory=list)
+    """(host path, container path, read-only) of the spec's mounts other than the preload file."""
 
 
 def _map_path(value: str, mounts: Sequence[tuple[str, str]]) -> str:
@@ -156,4 +165,69 @@ def to_process(edits: Edits, base_env: Mapping[str, str], argv: Sequence[str]) -
             notes.append(f"device node {path} is absent on this host (simulated devices)")
     for hook in edits.hooks:
         notes.append(f"hook {hook.get('hookName')} {hook.get('path')} not run by the process runtime")
-    return ProcessSpec(env, [map_value(a, mounts) if a.startswith("/") else a for a in argv], notes)
+    real = [
+        (str(m["hostPath"]), str(m["containerPath"]), "ro" in (m.get("options") or []))
+        for m in edits.mounts
+        if m.get("containerPath") != PRELOAD_PATH and m.get("hostPath")
+    ]
+    return ProcessSpec(env, [map_value(a, mounts) if a.startswith("/") else a for a in argv], notes, real)
+
+
+# A tmpfs is mounted here in the namespace for mounts whose container path lies under it (libvgpu's
+# limits file): the one place a container path that does not exist on the host can be made.
+RUN_DIR = "/run/tessera"
+
+
+@functools.cache
+def namespace_prefix() -> tuple[str, ...] | None:
+    """The command prefix that runs a process in a private mount namespace here, as root or in an
+    unprivileged user namespace; None where neither is allowed (then mounts are only mapped)."""
+    if not shutil.which("unshare"):
+        return None
+    for prefix in (
+        ("unshare", "--mount", "--propagation", "private"),
+        ("unshare", "--user", "--map-root-user", "--mount", "--propagation", "private"),
+    ):
+        if subprocess.run([*prefix, "true"], capture_output=True, check=False).returncode == 0:
+            return prefix
+    return None
+
+
+def namespace_argv(mounts: Sequence[tuple[str, str, bool]], argv: Sequence[str]) -> list[str] | None:
+    """``argv`` run with ``mounts`` (host path, container path, read-only) made real in a private mount
+    namespace, as a container runtime would: first the host directories the mounted files come from,
+    read-only (a container sees none of them), then each mount in path-depth order (as CDI sorts
+    them), read-only or read-write as it says. Mounts at container paths that exist neither on the
+    host nor under :data:`RUN_DIR` stay mapped only. None when there is nothing to mount or no
+    namespace to be had. The command is exec'd: its PID is the process's."""
+    prefix = namespace_prefix()
+    usable = [
+        (h, c, ro)
+        for h, c, ro in mounts
+        if os.path.exists(h) and (c == h or c.startswith(RUN_DIR + "/")) and ":" not in h + c
+    ]
+    if prefix is None or not usable:
+        return None
+    steps = ["set -e"]
+    if any(c.startswith(RUN_DIR + "/") for _, c, _ in usable):
+        steps += [
+            # an empty directory on the host to mount on; without the right to make one, /run itself
+            f"if [ ! -d {RUN_DIR} ] && ! mkdir {RUN_DIR} 2>/dev/null; then"
+            f" mount -t tmpfs -o size=64k,mode=755 tessera-run /run; mkdir {RUN_DIR}; fi",
+            f"mount -t tmpfs -o size=1m,mode=755 tessera {RUN_DIR}",
+        ]
+        for h, c, _ in usable:
+            if c.startswith(RUN_DIR + "/"):
+                q = shlex.quote(c)
+                steps.append(f"mkdir -p {q}" if os.path.isdir(h) else f"mkdir -p $(dirname {q}); : >{q}")
+    parents = {os.path.dirname(h) for h, _, _ in usable if os.path.isfile(h)}
+    binds = sorted(
+        [(0, p, p, True) for p in parents] + [(1, h, c, ro) for h, c, ro in usable],
+        key=lambda m: (m[2].rstrip("/").count("/"), m[0]),
+    )
+    for _, h, c, ro in binds:
+        # a bind takes the read-only flag of the mount its source is seen through: set it each time
+        steps.append(f"mount --bind {shlex.quote(h)} {shlex.quote(c)}")
+        steps.append(f"mount -o remount,bind,{'ro' if ro else 'rw'} {shlex.quote(c)}")
+    steps.append('exec "$@"')
+    return [*prefix, "sh", "-c", "\n".join(steps), "sh", *argv]

@@ -364,7 +364,10 @@ class PodWorker:
         for source, target in self.kubelet.env_aliases.items():
             if source in spec.env:
                 spec.env[target] = spec.env[source]
-        return spec.argv, spec.env
+        contained = cdi.namespace_argv(spec.mounts, spec.argv)
+        if contained is None and spec.mounts:
+            log.info("%s: container %s: mounts mapped only (no mount namespace here)", self.tag(), container["name"])
+        return contained or spec.argv, spec.env
 
     def _env_value(self, container: Obj, entry: Mapping[str, Any]) -> str:
         if "value" in entry or "valueFrom" not in entry:

@@ -33,6 +33,10 @@ class ClusterControl(Protocol):
     async def start_driver(self, node: str) -> None: ...
     async def stop_webhook(self) -> None: ...
     async def start_webhook(self) -> None: ...
+    async def webhook_metrics(self) -> list[str]:
+        """The ``/metrics`` page of each webhook replica."""
+        ...
+
     async def cdi_specs(self, node: str) -> list[str]: ...
     async def claim_dirs(self, node: str) -> list[str]: ...
     async def cdi_spec(self, node: str, driver: str, claim_uid: str) -> dict[str, Any] | None:
@@ -80,6 +84,9 @@ class HarnessControl:
 
     async def start_webhook(self) -> None:
         await self.harness.start_webhook()
+
+    async def webhook_metrics(self) -> list[str]:
+        return await self.harness.webhook_metrics()
 
     async def cdi_specs(self, node: str) -> list[str]:
         return sorted(os.listdir(self.harness.nodes[node].cdi_dir))
@@ -270,6 +277,20 @@ class KindControl:
             )
 
         await _until(ready, 180)
+
+    async def webhook_metrics(self) -> list[str]:
+        """Through the API server's proxy to each webhook pod's HTTPS port."""
+        pages = []
+        for pod in await self._webhook_pods():
+            port = next(
+                p["containerPort"]
+                for c in pod["spec"]["containers"]
+                for p in c.get("ports") or []
+                if p["name"] == "https"
+            )
+            path = f"/api/v1/namespaces/{NAMESPACE}/pods/https:{pod['metadata']['name']}:{port}/proxy/metrics"
+            pages.append(await self.kube.text(path))
+        return pages
 
     async def _docker_ls(self, node: str, path: str) -> list[str]:
         proc = await asyncio.create_subprocess_exec(

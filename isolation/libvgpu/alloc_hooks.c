@@ -114,11 +114,12 @@ VGPU_EXPORT CUresult cuMemGetInfo_v2(size_t *free_b, size_t *total_b)
 {
     RESOLVE(cuMemGetInfo_v2);
     CUresult r = REAL(cuMemGetInfo_v2)(free_b, total_b);
-    if (r != CUDA_SUCCESS || vgpu_ensure_init() || !free_b || !total_b) return r;
-    int dev = vgpu_current_device();
-    uint64_t lim = vgpu_limit(dev);
+    if (r != CUDA_SUCCESS || vgpu_ensure_init() || !free_b || !total_b || !vgpu.region) return r;
+    int idx = vgpu_index(vgpu_current_device());
+    if (idx < 0 && vgpu.cfg.from_file) *free_b = 0; /* not one of the container's devices: nothing to get */
+    uint64_t lim = vgpu_limit_at(idx);
     if (!lim) return r;
-    uint64_t used = vgpu_used(dev), phys_free = *free_b;
+    uint64_t used = vgpu_used_at(idx), phys_free = *free_b;
     uint64_t fr = lim > used ? lim - used : 0;
     if (!vgpu.cfg.oversubscribe && fr > phys_free) fr = phys_free;
     *total_b = (size_t)lim;
@@ -131,7 +132,7 @@ VGPU_EXPORT CUresult cuDeviceTotalMem_v2(size_t *bytes, CUdevice dev)
     RESOLVE(cuDeviceTotalMem_v2);
     CUresult r = REAL(cuDeviceTotalMem_v2)(bytes, dev);
     if (r != CUDA_SUCCESS || vgpu_ensure_init() || !bytes) return r;
-    uint64_t lim = vgpu_limit(dev);
+    uint64_t lim = vgpu_limit_at(vgpu_index(dev));
     if (lim) *bytes = (size_t)lim;
     return r;
 }

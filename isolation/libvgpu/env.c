@@ -1,4 +1,5 @@
-/* The env contract (isolation/README.md, isolation/env.py): HAMi-core names and formats.
+/* The env contract (isolation/env.py): HAMi-core names and formats. It applies only where there is
+ * no limits file (limits.c): libvgpu run by hand, outside a Tessera container.
  * Sizes: digits with an optional k/m/g suffix (x1024^n), no suffix = bytes; per device
  * NAME_<i> overrides NAME; 0 means no limit; anything malformed (1.5g, 12q, -1, overflow) is
  * logged and ignored, never fatal. */
@@ -86,6 +87,7 @@ static int env_true(const char *name)
 void vgpu_config_load(struct vgpu_config *c)
 {
     memset(c, 0, sizeof *c);
+    c->ndev = VGPU_MAX_DEVICES; /* by CUDA ordinal */
     load_sizes("CUDA_DEVICE_MEMORY_LIMIT", c->mem_limit, 0);
     uint64_t sm[VGPU_MAX_DEVICES];
     load_sizes("CUDA_DEVICE_SM_LIMIT", sm, 1);
@@ -110,8 +112,6 @@ void vgpu_config_load(struct vgpu_config *c)
     const char *cache = getenv("CUDA_DEVICE_MEMORY_SHARED_CACHE");
     if (cache && *cache) snprintf(c->cache_path, sizeof c->cache_path, "%s", cache);
     else if (c->any_limit) snprintf(c->cache_path, sizeof c->cache_path, "/tmp/libvgpu.%u.cache", (unsigned)getuid());
-    const char *node = getenv("TESSERA_NODE_DIR");
-    if (node && *node) snprintf(c->node_dir, sizeof c->node_dir, "%s", node);
     c->period_ms = 100;
     const char *per = getenv("TESSERA_SM_PERIOD_MS");
     if (per && *per) {

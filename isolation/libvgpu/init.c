@@ -1,7 +1,7 @@
 /* Lazy initialisation. Loading the library does nothing: no file, no thread, no driver loaded.
- * The first CUDA or NVML call reads the env, maps the region and takes a process slot; a
- * successful cuInit then records the devices and starts the tick thread. fork() children start
- * over with their own slot. */
+ * The first CUDA or NVML call reads the limits (the driver's file, else the env), maps the region
+ * and takes a process slot; a successful cuInit then maps the CUDA ordinals to the limits' devices
+ * by UUID and starts the tick thread. fork() children start over with their own slot. */
 #include "vgpu.h"
 
 #include <pthread.h>
@@ -19,23 +19,33 @@ static void child_after_fork(void)
 {
     /* the parent's allocations, slot and thread are not ours */
     vgpu_tables_reset();
-    vgpu.slot = NULL;
     pthread_mutex_init(&g_post_mu, NULL);
     g_post_done = 0;
     vgpu_limiter_reset_after_fork();
-    if (vgpu.region && !vgpu.broken) vgpu.slot = vgpu_region_register(vgpu.region);
+    if (vgpu.region && !vgpu.broken) vgpu_region_after_fork();
 }
 
 static void init_once(void)
 {
     vgpu_log_init();
-    vgpu_config_load(&vgpu.cfg);
+    vgpu.region_fd = -1;
+    for (int d = 0; d < VGPU_MAX_DEVICES; d++) vgpu.index[d] = -1;
+    int from_file = vgpu_limits_load(&vgpu.cfg);
+    if (from_file < 0) {
+        vgpu.broken = 1;
+        return;
+    }
+    if (!from_file) {
+        vgpu_config_load(&vgpu.cfg);
+        for (int d = 0; d < VGPU_MAX_DEVICES; d++) vgpu.index[d] = d; /* the env is per CUDA ordinal */
+    }
     if (!g_atfork) {
         pthread_atfork(NULL, NULL, child_after_fork);
         g_atfork = 1;
     }
     if (!vgpu.cfg.cache_path[0]) return; /* nothing configured: pure pass-through */
-    vgpu.region = vgpu_region_open(vgpu.cfg.cache_path, &vgpu.cfg);
+    /* the driver creates the file; the env's word may name a new one */
+    vgpu.region = vgpu_region_open(vgpu.cfg.cache_path, !from_file, from_file);
     if (!vgpu.region) {
         vgpu.broken = 1;
         return;
@@ -57,33 +67,61 @@ static void uuid_string(const CUuuid *u, char *out, size_t n)
              b[3], b[4], b[5], b[6], b[7], b[8], b[9], b[10], b[11], b[12], b[13], b[14], b[15]);
 }
 
+/* The device index of CUDA ordinal d: by UUID in the limits file's list; the ordinal itself under
+ * the env (whose limits are per ordinal). */
+static int index_of(int d, const char *uuid)
+{
+    if (!vgpu.cfg.from_file) return d;
+    for (int i = 0; i < vgpu.cfg.ndev; i++)
+        if (uuid[0] && !strcmp(vgpu.cfg.uuid[i], uuid)) return i;
+    return -1;
+}
+
+/* A driver whose CUDA UUIDs are not in the form its management tool reports (what the limits file
+ * lists) matches none: then the file's order stands for the ordinals, each device still limited. */
+static void match_by_order(int n)
+{
+    for (int d = 0; d < n; d++)
+        if (vgpu.index[d] >= 0) return;
+    if (n) vgpu_log(LOG_WARN, "no CUDA device's UUID is in the limits file: its devices are taken in CUDA order");
+    for (int d = 0; d < n; d++) vgpu.index[d] = d < vgpu.cfg.ndev ? d : -1;
+}
+
 void vgpu_post_cuinit(void)
 {
     if (__atomic_load_n(&g_post_done, __ATOMIC_ACQUIRE)) return;
     pthread_mutex_lock(&g_post_mu);
-    if (!g_post_done) {
-        int n = 0;
-        if (CALL(cuDeviceGetCount, &n) != CUDA_SUCCESS) n = 0;
+    int n = 0;
+    char uuids[VGPU_MAX_DEVICES][48];
+    if (!g_post_done && CALL(cuDeviceGetCount, &n) == CUDA_SUCCESS) { /* not before cuInit succeeded */
         if (n > VGPU_MAX_DEVICES) n = VGPU_MAX_DEVICES;
         for (int d = 0; d < n; d++) {
             int sms = 0;
             if (CALL(cuDeviceGetAttribute, &sms, CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT, d) != CUDA_SUCCESS || sms <= 0)
                 sms = 1;
             vgpu.sm_count[d] = sms;
-            if (vgpu.region) {
-                struct vgpu_device *dv = &vgpu.region->dev[d];
-                CUuuid u;
-                if (!dv->uuid[0] && CALL(cuDeviceGetUuid_v2, &u, d) == CUDA_SUCCESS) {
-                    char s[48];
-                    uuid_string(&u, s, sizeof s);
-                    memcpy(dv->uuid, s, sizeof dv->uuid);
-                }
-                dv->sm_count = (uint32_t)sms;
+            char s[48] = "";
+            CUuuid u;
+            if (CALL(cuDeviceGetUuid_v2, &u, d) == CUDA_SUCCESS) uuid_string(&u, s, sizeof s);
+            vgpu.index[d] = index_of(d, s);
+            memcpy(uuids[d], s, sizeof s);
+        }
+        if (vgpu.cfg.from_file) match_by_order(n);
+        for (int d = 0; d < n; d++) {
+            int idx = vgpu.index[d];
+            if (idx < 0) {
+                vgpu_log(LOG_WARN, "CUDA device %d (%s) is not among the container's devices: allocations there are "
+                         "refused", d, uuids[d][0] ? uuids[d] : "no UUID");
+                continue;
             }
+            if (!vgpu.region) continue;
+            struct vgpu_device *dv = &vgpu.region->dev[idx]; /* what the node metrics show next to the usage */
+            if (strncmp(dv->uuid, uuids[d], sizeof dv->uuid)) memcpy(dv->uuid, uuids[d], sizeof dv->uuid);
+            dv->sm_count = (uint32_t)vgpu.sm_count[d];
+            if ((uint32_t)idx + 1 > atomic_load(&vgpu.region->device_count))
+                atomic_store(&vgpu.region->device_count, (uint32_t)idx + 1);
         }
         vgpu.ndev = n;
-        if (vgpu.region && (uint32_t)n > atomic_load(&vgpu.region->device_count))
-            atomic_store(&vgpu.region->device_count, (uint32_t)n);
         if (vgpu.region) vgpu_tick_start();
         __atomic_store_n(&g_post_done, 1, __ATOMIC_RELEASE);
     }
@@ -98,18 +136,5 @@ int vgpu_current_device(void)
 }
 
 /* A normal exit gives the slot back at once (the driver frees the process's memory); a killed
- * process's slot is reclaimed by the next process that checks liveness. */
-__attribute__((destructor)) static void release_slot(void)
-{
-    struct vgpu_region *r = vgpu.region;
-    struct vgpu_slot *s = vgpu.slot;
-    if (!r || !s || atomic_load(&s->pid) != getpid() || vgpu_region_lock(r)) return;
-    for (int d = 0; d < VGPU_MAX_DEVICES; d++) {
-        uint64_t u = atomic_exchange(&s->used[d], 0), cur = atomic_load(&r->dev[d].used);
-        atomic_store(&r->dev[d].used, cur >= u ? cur - u : 0);
-    }
-    atomic_store(&s->hostpid, 0);
-    atomic_store(&s->pid, 0);
-    vgpu.slot = NULL;
-    vgpu_region_unlock(r);
-}
+ * process's slot is reclaimed by the next process that finds its lock gone. */
+__attribute__((destructor)) static void release_slot(void) { vgpu_region_release(); }

@@ -8,8 +8,11 @@
  * device is saturated it doubles until it finds the range. One process of the container steps the
  * controller per period (whoever wins the CAS on tick_ns); all processes share the bucket.
  *
- * The tick thread (started after cuInit) also publishes activity to the node region (priority.c)
- * and keeps the per-process gate: 0 unless a device has an active limit or is paused. */
+ * Limits, policy and priority are this process's own (vgpu.cfg, from the limits file); the bucket
+ * and the measurements live in the region. The tick thread (started after cuInit) also publishes
+ * activity to the node records (priority.c), republishes this process's slot if it was written
+ * over (region.c), and keeps the per-process gate: 0 unless a device has an active limit or is
+ * paused. */
 #include "vgpu.h"
 
 #include <pthread.h>
@@ -56,19 +59,27 @@ uint64_t vgpu_waves(int dev, uint64_t blocks)
 
 int vgpu_limiter_active(int dev) { return dev >= 0 && dev < VGPU_MAX_DEVICES && atomic_load(&g_active[dev]); }
 
+/* The bucket's scale as stored, kept within what the controller can produce (the container can
+ * write the region: a scale of 0 or 1 ps must not admit everything). */
+static uint64_t scale_of(struct vgpu_device *dv)
+{
+    uint64_t scale = atomic_load(&dv->scale_ps);
+    return !scale ? SCALE_INIT_PS : scale < SCALE_MIN_PS ? SCALE_MIN_PS : scale > SCALE_MAX_PS ? SCALE_MAX_PS : scale;
+}
+
 void vgpu_graph_slow(int dev, uint64_t waves)
 {
-    if (dev < 0 || dev >= VGPU_MAX_DEVICES || !vgpu.region) return;
-    struct vgpu_device *dv = &vgpu.region->dev[dev];
+    int idx = vgpu_index(dev);
+    if (idx < 0 || !vgpu.region) return;
+    struct vgpu_device *dv = &vgpu.region->dev[idx];
     while (atomic_load_explicit(&g_paused[dev], memory_order_relaxed)) {
         atomic_store(&dv->waited, 1);
         sleep_ns(2000000); /* a higher-priority task is active on this device */
     }
     if (!atomic_load_explicit(&g_active[dev], memory_order_relaxed)) return;
-    uint32_t limit = dv->sm_limit;
+    uint32_t limit = vgpu.cfg.sm_limit[idx];
     if (!limit || limit >= 100) return;
-    uint64_t scale = atomic_load(&dv->scale_ps);
-    if (!scale) scale = SCALE_INIT_PS;
+    uint64_t scale = scale_of(dv);
     int64_t cost = (int64_t)((long double)waves * (long double)scale / 1000.0L * 100.0L / (long double)limit);
     for (;;) {
         int64_t tat = atomic_load(&dv->tat_ns), now = mono_ns();
@@ -88,6 +99,20 @@ void vgpu_launch_slow(int dev, uint64_t blocks) { vgpu_graph_slow(dev, vgpu_wave
 static nvmlDevice_t g_nvdev[VGPU_MAX_DEVICES];
 static int g_nvml_ok = -1;
 
+/* The UUID of CUDA ordinal d: the limits file's, else what CUDA reported into the region. */
+static const char *uuid_of(int d)
+{
+    int idx = vgpu_index(d);
+    if (idx < 0) return "";
+    return vgpu.cfg.from_file ? vgpu.cfg.uuid[idx] : vgpu.region->dev[idx].uuid;
+}
+
+static uint32_t sm_limit_of(int d)
+{
+    int idx = vgpu_index(d);
+    return idx < 0 ? 0 : vgpu.cfg.sm_limit[idx];
+}
+
 static int nvml_ready(void)
 {
     if (g_nvml_ok >= 0) return g_nvml_ok;
@@ -95,14 +120,14 @@ static int nvml_ready(void)
     g_nvml_ok = NCALL(nvmlInit_v2) == NVML_SUCCESS;
     if (!g_nvml_ok) {
         int limited = 0;
-        for (int d = 0; d < vgpu.ndev; d++) limited |= vgpu.region->dev[d].sm_limit > 0;
+        for (int d = 0; d < vgpu.ndev; d++) limited |= sm_limit_of(d) > 0;
         vgpu_log(limited ? LOG_WARN : LOG_INFO,
                  "NVML unavailable: utilisation cannot be measured%s", limited ? "; the SM limit is not enforced" : "");
     }
     unsigned n = 0;
     if (g_nvml_ok && NCALL(nvmlDeviceGetCount_v2, &n) == NVML_SUCCESS) {
         for (int d = 0; d < vgpu.ndev; d++) {
-            const char *want = vgpu.region->dev[d].uuid;
+            const char *want = uuid_of(d);
             for (unsigned i = 0; i < n; i++) { /* match by UUID; index order as the fallback */
                 nvmlDevice_t h;
                 char u[96];
@@ -131,7 +156,7 @@ static void discover_hostpid(int dev)
     unsigned n = 256;
     if (REAL(nvmlDeviceGetComputeRunningProcesses)(g_nvdev[dev], &n, procs) != NVML_SUCCESS) return;
     for (unsigned i = 0; i < n; i++)
-        if ((int)procs[i].pid == getpid()) atomic_store(&vgpu.slot->hostpid, getpid());
+        if ((int)procs[i].pid == getpid()) vgpu_region_set_hostpid(getpid());
 }
 
 /* Container utilisation of a device in percent over the last window; -1 if unknown. */
@@ -175,23 +200,21 @@ static double measure(int dev, int64_t window_ns)
     return total > 100 ? 100 : total;
 }
 
-/* One controller step for a device; the caller won this period's CAS. */
+/* One controller step for CUDA ordinal dev; the caller won this period's CAS. */
 static void control(int dev, int64_t period_ns)
 {
-    struct vgpu_device *dv = &vgpu.region->dev[dev];
+    struct vgpu_device *dv = &vgpu.region->dev[vgpu_index(dev)];
     double u = measure(dev, period_ns);
     if (u < 0) return;
     atomic_store(&dv->util_permille, (uint32_t)(u * 10));
     int waited = atomic_exchange(&dv->waited, 0);
-    double lim = dv->sm_limit, f = 1.0;
+    double lim = sm_limit_of(dev), f = 1.0;
     if (u >= 98) f = u / lim > 2 ? u / lim : 2; /* saturated: the true gain is unknown, move fast */
     else if (u > lim) f = 1 + 0.7 * (u / lim - 1);
     else if (waited) f = u > 0 ? 1 + 0.7 * (u / lim - 1) : 0.25; /* throttled below target: admit more */
     if (f < 0.25) f = 0.25;
     if (f > 4) f = 4;
-    uint64_t scale = atomic_load(&dv->scale_ps);
-    if (!scale) scale = SCALE_INIT_PS;
-    double ns = (double)scale * f;
+    double ns = (double)scale_of(dv) * f;
     if (ns < (double)SCALE_MIN_PS) ns = (double)SCALE_MIN_PS;
     if (ns > (double)SCALE_MAX_PS) ns = (double)SCALE_MAX_PS;
     atomic_store(&dv->scale_ps, (uint64_t)ns);
@@ -226,23 +249,28 @@ static void *tick_main(void *arg)
             if (nvml_ready())
                 for (int d = 0; d < vgpu.ndev; d++) discover_hostpid(d);
         }
+        vgpu_region_heal(); /* our slot back if someone wrote over it */
         int any_mem = 0;
         for (int d = 0; d < vgpu.ndev; d++)
-            if (vgpu.slot && atomic_load(&vgpu.slot->used[d])) any_mem = 1;
+            if (vgpu_index(d) >= 0 && atomic_load(&vgpu.mine[vgpu_index(d)])) any_mem = 1;
+        int here[VGPU_MAX_DEVICES] = { 0 }, higher[VGPU_MAX_DEVICES], others[VGPU_MAX_DEVICES];
+        for (int d = 0; d < vgpu.ndev; d++) {
+            int idx = vgpu_index(d);
+            /* a process launches where it holds memory (or anywhere, if it holds none) */
+            if (idx >= 0 && launched && (!any_mem || atomic_load(&vgpu.mine[idx]))) here[idx] = 1;
+        }
+        vgpu_node_update(here, higher, others);
         int gate = 0;
         for (int d = 0; d < vgpu.ndev; d++) {
-            struct vgpu_device *dv = &r->dev[d];
-            /* a process launches where it holds memory (or anywhere, if it holds none) */
-            int here = launched && (!any_mem || (vgpu.slot && atomic_load(&vgpu.slot->used[d])));
-            if (here) atomic_store(&dv->last_kernel_unix, (int64_t)time(NULL));
-            int higher = 0, others = 0;
-            if (g_node_ok && dv->uuid[0])
-                vgpu_node_update(dv->uuid, r->container_id, r->priority, here, &higher, &others);
-            atomic_store(&g_paused[d], higher);
-            int limited = dv->sm_limit > 0 && dv->sm_limit < 100 && r->policy != POLICY_DISABLE &&
-                          (r->policy == POLICY_FORCE || !g_node_ok || others);
+            int idx = vgpu_index(d);
+            if (idx < 0) continue;
+            struct vgpu_device *dv = &r->dev[idx];
+            if (here[idx]) atomic_store(&dv->last_kernel_unix, (int64_t)time(NULL));
+            atomic_store(&g_paused[d], higher[idx]);
+            int limited = sm_limit_of(d) > 0 && sm_limit_of(d) < 100 && vgpu.cfg.policy != POLICY_DISABLE &&
+                          (vgpu.cfg.policy == POLICY_FORCE || !g_node_ok || others[idx]);
             atomic_store(&g_active[d], limited);
-            gate |= limited | higher;
+            gate |= limited | higher[idx];
             if (limited) {
                 if (win_period(&dv->tick_ns, now, period)) control(d, period);
             } else if (now - g_metric_tick[d] >= 1000000000LL) { /* utilisation for the metrics */
@@ -259,12 +287,11 @@ static void *tick_main(void *arg)
 void vgpu_tick_start(void)
 {
     if (atomic_exchange(&g_thread_started, 1)) return;
-    if (vgpu.cfg.node_dir[0]) g_node_ok = vgpu_node_open(vgpu.cfg.node_dir) == 0;
+    g_node_ok = vgpu.cfg.from_file && vgpu_node_open(&vgpu.cfg) == 0;
     int gate = 0;
     for (int d = 0; d < vgpu.ndev; d++) { /* limits apply from the first launch, before any tick */
-        struct vgpu_device *dv = &vgpu.region->dev[d];
-        int limited = dv->sm_limit > 0 && dv->sm_limit < 100 && vgpu.region->policy != POLICY_DISABLE &&
-                      (vgpu.region->policy == POLICY_FORCE || !g_node_ok);
+        int limited = sm_limit_of(d) > 0 && sm_limit_of(d) < 100 && vgpu.cfg.policy != POLICY_DISABLE &&
+                      (vgpu.cfg.policy == POLICY_FORCE || !g_node_ok);
         atomic_store(&g_active[d], limited);
         gate |= limited;
     }

@@ -5,13 +5,16 @@
 
 #include <string.h>
 
-int vgpu_nvml_ordinal(nvmlDevice_t d)
+int vgpu_nvml_index(nvmlDevice_t d)
 {
     char u[96];
-    if (vgpu.region && NCALL(nvmlDeviceGetUUID, d, u, sizeof u) == NVML_SUCCESS)
-        for (int i = 0; i < VGPU_MAX_DEVICES; i++)
-            if (vgpu.region->dev[i].uuid[0] && !strcmp(vgpu.region->dev[i].uuid, u)) return i;
-    unsigned idx;
+    if (!vgpu.region || NCALL(nvmlDeviceGetUUID, d, u, sizeof u) != NVML_SUCCESS) return -1;
+    for (int i = 0; i < VGPU_MAX_DEVICES; i++) {
+        const char *mine = vgpu.cfg.from_file ? (i < vgpu.cfg.ndev ? vgpu.cfg.uuid[i] : "") : vgpu.region->dev[i].uuid;
+        if (mine[0] && !strcmp(mine, u)) return i;
+    }
+    if (vgpu.cfg.from_file) return -1;
+    unsigned idx; /* the env's limits are per ordinal: before any CUDA call the NVML index stands in */
     return NCALL(nvmlDeviceGetIndex, d, &idx) == NVML_SUCCESS && idx < VGPU_MAX_DEVICES ? (int)idx : -1;
 }
 
@@ -22,10 +25,11 @@ int vgpu_nvml_ordinal(nvmlDevice_t d)
 static int view(nvmlDevice_t d, unsigned long long *total, unsigned long long *free_b, unsigned long long *used)
 {
     if (vgpu_ensure_init() || !vgpu.region) return 0;
-    int ord = vgpu_nvml_ordinal(d);
-    uint64_t lim = vgpu_limit(ord);
+    int idx = vgpu_nvml_index(d);
+    uint64_t lim = vgpu_limit_at(idx);
     if (!lim) return 0;
-    uint64_t u = vgpu_used(ord);
+    uint64_t u = vgpu_used_at(idx);
+    if (u > lim) u = lim; /* a damaged slot counts as exhausting the device */
     *total = lim;
     *used = u;
     *free_b = lim > u ? lim - u : 0;
@@ -52,7 +56,7 @@ VGPU_EXPORT nvmlReturn_t nvmlDeviceGetMemoryInfo_v2(nvmlDevice_t d, nvmlMemory_v
 static unsigned filter(nvmlDevice_t d, unsigned n, void *buf, size_t stride, int v1)
 {
     if (vgpu_ensure_init() || !vgpu.region) return n;
-    int ord = vgpu_nvml_ordinal(d);
+    int idx = vgpu_nvml_index(d);
     unsigned kept = 0;
     for (unsigned i = 0; i < n; i++) {
         char *e = (char *)buf + i * stride;
@@ -62,7 +66,7 @@ static unsigned filter(nvmlDevice_t d, unsigned n, void *buf, size_t stride, int
             if (atomic_load(&vgpu.region->slot[s].pid) && (unsigned)atomic_load(&vgpu.region->slot[s].hostpid) == pid)
                 mine = &vgpu.region->slot[s];
         if (!mine) continue;
-        unsigned long long used = ord >= 0 ? atomic_load(&mine->used[ord]) : 0;
+        unsigned long long used = idx >= 0 ? atomic_load(&mine->used[idx]) : 0;
         if (kept != i) memmove((char *)buf + kept * stride, e, stride);
         char *k = (char *)buf + kept * stride;
         if (v1) ((nvmlProcessInfo_v1_t *)(void *)k)->usedGpuMemory = used;

@@ -4,6 +4,10 @@ $(B)/tests/test_env: tests/test_env.c $(LIBSRC_UNIT) $(LIB_HDR) tests/check.h
 	@mkdir -p $(@D)
 	$(CC) $(CFLAGS_) -D_GNU_SOURCE $(SAN) -o $@ tests/test_env.c $(LIBSRC_UNIT)
 
+$(B)/tests/test_limits: tests/test_limits.c libvgpu/limits.c $(LIBSRC_UNIT) $(LIB_HDR) tests/check.h
+	@mkdir -p $(@D)
+	$(CC) $(CFLAGS_) -D_GNU_SOURCE $(SAN) -o $@ tests/test_limits.c libvgpu/limits.c $(LIBSRC_UNIT)
+
 $(B)/tests/test_region: tests/test_region.c libvgpu/region.c $(LIBSRC_UNIT) $(LIB_HDR) tests/check.h
 	@mkdir -p $(@D)
 	$(CC) $(CFLAGS_) -D_GNU_SOURCE $(SAN) -o $@ tests/test_region.c libvgpu/region.c $(LIBSRC_UNIT)

@@ -25,6 +25,7 @@ KINDS: dict[str, list[tuple[str, str, bool]]] = {
     ],
     "admissionregistration.k8s.io/v1": [
         ("MutatingWebhookConfiguration", "mutatingwebhookconfigurations", False),
+        ("ValidatingWebhookConfiguration", "validatingwebhookconfigurations", False),
         ("ValidatingAdmissionPolicy", "validatingadmissionpolicies", False),
         ("ValidatingAdmissionPolicyBinding", "validatingadmissionpolicybindings", False),
     ],

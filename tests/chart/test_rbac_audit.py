@@ -11,6 +11,7 @@ its count) and a device fault (Events on the Node and the pods).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import shutil
 import tempfile
 import uuid
@@ -215,6 +216,76 @@ async def test_webhook_requests_are_granted(default_objs: list[helm.Obj], short_
     roles = [helm.one(default_objs, "ClusterRole", n) for n in ("tessera-webhook", "tessera-webhook-inventory")]
     all_granted = set().union(*(granted(r) for r in roles))
     assert not sorted(used - all_granted), used
+
+
+async def test_quota_requests_are_granted_and_ledgers_stay_home(default_objs: list[helm.Obj], short_dir: Path) -> None:
+    """The quota controller's informers, admissions, reconciling passes and status writes use only what
+    the quota roles grant; its ConfigMaps are all in the release namespace, where the ledger role is bound."""
+    import vendors
+    from webhook import quota as q
+    from webhook.ledger import LedgerStore, ledger_name
+    from webhook.quota_controller import QuotaController
+
+    ns = "team-a"
+    quota = {"apiVersion": "v1", "kind": "ResourceQuota", "metadata": {"name": "gpu", "namespace": ns},
+             "spec": {"hard": {"limits.nvidia.com/gpumem": "4096"}}}  # fmt: skip
+    claim = {"apiVersion": "resource.k8s.io/v1", "kind": "ResourceClaim",
+             "metadata": {"name": "mine", "namespace": ns, "uid": "u-1"},
+             "spec": {"devices": {"requests": [{"name": "gpu", "exactly": {
+                 "deviceClassName": "nvidia.tessera.dev", "capacity": {"requests": {"memory": "1Gi"}}}}]}}}  # fmt: skip
+    async with APIServer.running(host="127.0.0.1", port=0) as api:
+        for name in (helm.NAMESPACE, ns):
+            api.store.put({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}})
+        api.store.put(quota)
+        client = await KubeClient.connect(api.write_kubeconfig(short_dir / "kubeconfig"))
+        metrics = Metrics()
+        controller = QuotaController(
+            client,
+            q.Catalog(vendors.admission_vendors()),
+            LedgerStore(client, helm.NAMESPACE, metrics),
+            metrics,
+            inventory=lambda: None,
+            resync=0.1,
+            grace=0.1,
+        )
+        task = asyncio.create_task(controller.run())
+        try:
+            verdict = await controller.check_claim(ns, claim, dry_run=False, review_uid="r", log={})
+            assert verdict.allowed
+            api.store.put(claim)
+            for _ in range(100):
+                status = (api.store.raw("resourcequotas", ns, "gpu") or {}).get("status") or {}
+                if (status.get("used") or {}).get("limits.nvidia.com/gpumem") == "1024":
+                    break
+                await asyncio.sleep(0.05)
+            else:
+                raise AssertionError("the quota's status was not written")
+            second = {**claim, "metadata": {**claim["metadata"], "name": "second", "uid": "u-2"}}
+            assert (await controller.check_claim(ns, second, dry_run=False, review_uid="r2", log={})).allowed
+            api.store.delete("resourcequotas", ns, "gpu")
+            for _ in range(100):
+                if api.store.raw("configmaps", helm.NAMESPACE, ledger_name(ns)) is None:
+                    break
+                await asyncio.sleep(0.05)
+            else:
+                raise AssertionError("the ledger was not removed with the quota")
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            await client.close()
+        used = accesses(api)
+        configmap_paths = {r.path for r in api.requests if "/configmaps" in r.path}
+    for needed in [("", "resourcequotas/status", "update"), ("", "configmaps", "create"), ("", "configmaps", "update"),
+                   ("", "configmaps", "delete"), ("resource.k8s.io", "resourceclaims", "list")]:  # fmt: skip
+        assert needed in used, needed
+    quota_roles = [
+        helm.one(default_objs, "ClusterRole", n) for n in ("tessera-webhook-quota", "tessera-webhook-quota-ledger")
+    ]
+    assert not sorted(used - set().union(*(granted(r) for r in quota_roles))), used
+    assert configmap_paths and all(
+        p.startswith(f"/api/v1/namespaces/{helm.NAMESPACE}/configmaps") for p in configmap_paths
+    )
 
 
 async def test_exporter_requests_are_granted(default_objs: list[helm.Obj], short_dir: Path) -> None:

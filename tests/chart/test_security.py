@@ -25,6 +25,14 @@ WEBHOOK_RULES = [
     {"apiGroups": ["resource.k8s.io"], "resources": ["resourceclaimtemplates"], "verbs": ["get", "create"]},
 ]
 WEBHOOK_INVENTORY_RULES = [{"apiGroups": ["resource.k8s.io"], "resources": ["resourceslices"], "verbs": ["list"]}]
+WEBHOOK_QUOTA_RULES = [
+    {"apiGroups": [""], "resources": ["resourcequotas"], "verbs": ["list", "watch"]},
+    {"apiGroups": [""], "resources": ["resourcequotas/status"], "verbs": ["update"]},
+    {"apiGroups": ["resource.k8s.io"], "resources": ["resourceclaims"], "verbs": ["list", "watch"]},
+]
+WEBHOOK_LEDGER_RULES = [
+    {"apiGroups": [""], "resources": ["configmaps"], "verbs": ["get", "list", "watch", "create", "update", "delete"]},
+]
 EXPORTER_RULES = [
     {"apiGroups": ["resource.k8s.io"], "resources": ["resourceslices", "resourceclaims"], "verbs": ["list", "watch"]},
     {"apiGroups": [""], "resources": ["pods"], "verbs": ["list", "watch"]},
@@ -115,6 +123,62 @@ def test_webhook_client_config_points_at_the_webhook_service(objs: list[helm.Obj
     assert service["spec"]["selector"].items() <= pod_labels.items()
     ports = {p["name"]: p for p in helm.pod_spec(deployment)["containers"][0]["ports"]}
     assert port["targetPort"] in ports
+
+
+def _claim_hook(objs: list[helm.Obj]) -> dict[str, Any]:
+    config = helm.one(objs, "ValidatingWebhookConfiguration")
+    assert len(config["webhooks"]) == 1
+    hook: dict[str, Any] = config["webhooks"][0]
+    return hook
+
+
+def test_claim_webhook_fails_closed_on_our_claims_only(objs: list[helm.Obj]) -> None:
+    """The quota's claim check: CREATE of resourceclaims, failurePolicy Fail like the pod webhook, the same
+    namespaces left out, and matchConditions that let only claims naming our DeviceClasses depend on it."""
+    hook = _claim_hook(objs)
+    pods = _mwc(objs)
+    assert hook["name"] == "claims.tessera.dev"
+    assert hook["failurePolicy"] == "Fail" and hook["sideEffects"] == "NoneOnDryRun"
+    assert hook["matchPolicy"] == "Equivalent" and hook["admissionReviewVersions"] == ["v1"]
+    assert hook["timeoutSeconds"] == pods["timeoutSeconds"]
+    assert hook["rules"] == [{"operations": ["CREATE"], "apiGroups": ["resource.k8s.io"], "apiVersions": ["v1"],
+                              "resources": ["resourceclaims"], "scope": "Namespaced"}]  # fmt: skip
+    assert hook["namespaceSelector"] == pods["namespaceSelector"]
+    assert "objectSelector" not in hook
+    svc = hook["clientConfig"]["service"]
+    assert svc["path"] == "/validate" and svc["name"] == pods["clientConfig"]["service"]["name"]
+    assert hook["clientConfig"].get("caBundle") == pods["clientConfig"].get("caBundle")
+
+
+@pytest.mark.parametrize("values", ["default", "all"])
+def test_claim_webhook_match_conditions_select_our_device_classes(
+    values: str, renders: dict[tuple[str, str], list[helm.Obj]]
+) -> None:
+    import celpy
+
+    objs = renders[(values, helm.KUBE_VERSIONS[0])]
+    (condition,) = _claim_hook(objs)["matchConditions"]
+    env = celpy.Environment()
+    program = env.program(env.compile(condition["expression"]))
+    ours = sorted(dc["metadata"]["name"] for dc in helm.find(objs, "DeviceClass"))
+    assert ours and (values == "default") == (ours == ["nvidia.tessera.dev"])
+
+    def sent(spec: dict[str, Any]) -> bool:
+        claim = {"apiVersion": "resource.k8s.io/v1", "kind": "ResourceClaim", "metadata": {"name": "c"}, "spec": spec}
+        return bool(program.evaluate({"object": celpy.json_to_cel(claim), "oldObject": celpy.json_to_cel(None)}))
+
+    def request(device_class: str, first: bool = False) -> dict[str, Any]:
+        if first:
+            return {"name": "r", "firstAvailable": [{"name": "a", "deviceClassName": "gpu.example.com"},
+                                                    {"name": "b", "deviceClassName": device_class}]}  # fmt: skip
+        return {"name": "r", "exactly": {"deviceClassName": device_class}}
+
+    for device_class in ours:
+        assert sent({"devices": {"requests": [request(device_class)]}})
+        assert sent({"devices": {"requests": [request("gpu.example.com"), request(device_class, first=True)]}})
+    assert not sent({"devices": {"requests": [request("gpu.example.com"), request("nvidia.tessera.dev.evil")]}})
+    assert not sent({"devices": {"requests": [request("gpu.example.com", first=True)]}})
+    assert not sent({}) and not sent({"devices": {}})
 
 
 def test_generated_tls_secret_feeds_the_ca_bundle(default_objs: list[helm.Obj]) -> None:
@@ -305,9 +369,33 @@ def test_rbac_is_exactly_what_the_code_uses(objs: list[helm.Obj]) -> None:
     assert _rules(objs, "tessera-driver") == DRIVER_RULES
     assert _rules(objs, "tessera-webhook") == WEBHOOK_RULES
     assert _rules(objs, "tessera-webhook-inventory") == WEBHOOK_INVENTORY_RULES
+    assert _rules(objs, "tessera-webhook-quota") == WEBHOOK_QUOTA_RULES
+    assert _rules(objs, "tessera-webhook-quota-ledger") == WEBHOOK_LEDGER_RULES
     assert _rules(objs, "tessera-exporter") == EXPORTER_RULES
     assert not helm.find(objs, "Role")
-    assert len(helm.find(objs, "ClusterRole")) == 4
+    assert len(helm.find(objs, "ClusterRole")) == 6
+
+
+def test_quota_ledgers_are_bound_only_in_the_release_namespace(objs: list[helm.Obj]) -> None:
+    """The ledgers' ConfigMap rights hold in the release namespace alone: never in a tenant's namespace,
+    where the tenant could rewrite what it is charged."""
+    (binding,) = [b for b in helm.find(objs, "RoleBinding") if b["roleRef"]["name"] == "tessera-webhook-quota-ledger"]
+    assert binding["metadata"]["namespace"] == helm.NAMESPACE
+    assert not [
+        b for b in helm.find(objs, "ClusterRoleBinding") if b["roleRef"]["name"] == "tessera-webhook-quota-ledger"
+    ]
+
+
+def test_quota_off_renders_no_quota_rights_or_claim_webhook(helm_home: Any) -> None:
+    objs = helm.render(helm_home, sets={"quota.enabled": "false"})
+    assert not helm.find(objs, "ValidatingWebhookConfiguration")
+    roles = {r["metadata"]["name"] for r in helm.find(objs, "ClusterRole")}
+    assert not {"tessera-webhook-quota", "tessera-webhook-quota-ledger"} & roles
+    assert {"tessera-driver", "tessera-webhook", "tessera-webhook-inventory"} <= roles
+    assert not helm.find(objs, "RoleBinding")
+    (container,) = helm.containers(helm.one(objs, "Deployment", "tessera-webhook"))
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    assert env["TESSERA_QUOTA"] == "false" and "TESSERA_QUOTA_NAMESPACE" not in env
 
 
 def test_no_wildcards_secrets_or_escalation_in_rbac(objs: list[helm.Obj]) -> None:
@@ -340,11 +428,10 @@ def test_bindings_bind_only_our_roles_to_our_service_accounts(objs: list[helm.Ob
 
 
 def test_template_permissions_can_be_limited_to_namespaces(all_objs: list[helm.Obj]) -> None:
-    role_bindings = helm.find(all_objs, "RoleBinding")
+    role_bindings = [b for b in helm.find(all_objs, "RoleBinding") if b["roleRef"]["name"] == "tessera-webhook"]
     assert sorted(b["metadata"]["namespace"] for b in role_bindings) == ["team-a", "team-b"]
-    assert {b["roleRef"]["name"] for b in role_bindings} == {"tessera-webhook"}
     cluster_bound = {b["roleRef"]["name"] for b in helm.find(all_objs, "ClusterRoleBinding")}
-    assert cluster_bound == {"tessera-driver", "tessera-webhook-inventory", "tessera-exporter"}
+    assert cluster_bound == {"tessera-driver", "tessera-webhook-inventory", "tessera-webhook-quota", "tessera-exporter"}
 
 
 def test_network_policies_open_only_served_ports(all_objs: list[helm.Obj]) -> None:

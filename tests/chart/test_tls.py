@@ -89,8 +89,9 @@ async def test_upgrade_keeps_the_certificate_and_ca_bundle(tmp_path: Path) -> No
         assert rc == 0, err
         second = helm.parse(out)
         assert helm.one(second, "Secret")["data"] == secret["data"]
-        bundle = helm.one(second, "MutatingWebhookConfiguration")["webhooks"][0]["clientConfig"]["caBundle"]
-        assert bundle == secret["data"]["ca.crt"]
+        for kind in ("MutatingWebhookConfiguration", "ValidatingWebhookConfiguration"):
+            bundle = helm.one(second, kind)["webhooks"][0]["clientConfig"]["caBundle"]
+            assert bundle == secret["data"]["ca.crt"], kind
         assert f"/api/v1/namespaces/{helm.NAMESPACE}/secrets/{secret['metadata']['name']}" in cluster.requests
 
         # regenerate=true replaces both, together.
@@ -99,9 +100,8 @@ async def test_upgrade_keeps_the_certificate_and_ca_bundle(tmp_path: Path) -> No
         third = helm.parse(out)
         new = helm.one(third, "Secret")["data"]
         assert new["ca.crt"] != secret["data"]["ca.crt"] and new["tls.crt"] != secret["data"]["tls.crt"]
-        assert (
-            helm.one(third, "MutatingWebhookConfiguration")["webhooks"][0]["clientConfig"]["caBundle"] == new["ca.crt"]
-        )
+        for kind in ("MutatingWebhookConfiguration", "ValidatingWebhookConfiguration"):
+            assert helm.one(third, kind)["webhooks"][0]["clientConfig"]["caBundle"] == new["ca.crt"], kind
 
 
 async def test_incomplete_secret_is_not_reused(tmp_path: Path) -> None:

@@ -66,14 +66,19 @@ def one(text: str, name: str, **labels: str) -> float:
 
 
 def container_env(cdi_path: str, fake_dir: str, gpus: str) -> dict[str, str]:
-    """What the runtime gives the container (the CDI spec's env), plus the fake driver and the preload
-    (the local harness's stand-in for the ``/etc/ld.so.preload`` mount)."""
+    """What the runtime gives the container (the CDI spec's env and its limits file), plus the fake
+    driver and the preload (the local harness's stand-in for the ``/etc/ld.so.preload`` mount)."""
     with open(cdi_path, encoding="utf-8") as f:
         spec = json.load(f)
     env = {k: v for k, v in os.environ.items() if not k.startswith(("CUDA_", "GPU_CORE", "TESSERA_", "LD_"))}
-    for entry in spec["devices"][0]["containerEdits"]["env"]:
+    edits = spec["devices"][0]["containerEdits"]
+    for entry in edits["env"]:
         key, _, value = entry.partition("=")
         env[key] = value
+    # the limits file's fixed container path, as the harness maps it to the host file
+    limits = [m["hostPath"] for m in edits.get("mounts") or [] if m["containerPath"] == "/run/tessera/limits"]
+    if limits:
+        env["TESSERA_LIMITS_FILE"] = limits[0]
     env.update(
         TESSERA_FAKE_STATE=os.path.join(fake_dir, "fake.state"),
         TESSERA_FAKE_GPUS=gpus,

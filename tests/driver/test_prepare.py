@@ -99,18 +99,31 @@ async def test_register_prepare_check_cdi_and_unprepare(api: APIServer, s: Setti
                 "CUDA_DEVICE_MEMORY_LIMIT_0": "10240m",
                 "CUDA_DEVICE_SM_LIMIT_0": "30",
                 "CUDA_DEVICE_MEMORY_SHARED_CACHE": f"{claim_dir}/gpu.cache",
-                "TESSERA_NODE_DIR": f"{s.host_lib_dir}/node",
                 "CUDA_TASK_PRIORITY": "1",
                 "GPU_CORE_UTILIZATION_POLICY": "default",
                 "CUDA_OVERSUBSCRIBE": "false",
+                "TESSERA_LIMITS_FILE": "/run/tessera/limits",
             }
             mounts = {m["containerPath"]: m for m in spec["devices"][0]["containerEdits"]["mounts"]}
             lib = f"{s.host_lib_dir}/libvgpu.so"
             assert mounts[lib]["hostPath"] == lib and "ro" in mounts[lib]["options"]
             assert mounts["/etc/ld.so.preload"]["hostPath"] == f"{s.host_lib_dir}/ld.so.preload"
             assert "ro" in mounts["/etc/ld.so.preload"]["options"]
-            assert mounts[claim_dir]["hostPath"] == claim_dir and "rw" in mounts[claim_dir]["options"]
-            assert stat.S_IMODE(os.stat(claim_dir).st_mode) == 0o777
+            # the limits: the driver's file, read-only at libvgpu's fixed path
+            limits = mounts["/run/tessera/limits"]
+            assert limits["hostPath"] == f"{claim_dir}/gpu.limits" and "ro" in limits["options"]
+            assert f"device {gpu1.uuid} memory={10240 << 20} sm=30" in read_text(limits["hostPath"])
+            assert stat.S_IMODE(os.stat(limits["hostPath"]).st_mode) == 0o644
+            # the region and the node record: created empty, writable by any user of the container, each
+            # mounted by itself; the claim directory is not mounted, the node directory read-only
+            node_dir = f"{s.host_lib_dir}/node"
+            record = f"{node_dir}/{uid}.gpu.rec"
+            for path in (f"{claim_dir}/gpu.cache", record):
+                assert mounts[path]["hostPath"] == path and "rw" in mounts[path]["options"]
+                assert os.stat(path).st_size == 0 and stat.S_IMODE(os.stat(path).st_mode) == 0o666
+            assert claim_dir not in mounts and "ro" in mounts[node_dir]["options"]
+            assert stat.S_IMODE(os.stat(claim_dir).st_mode) == 0o755
+            assert sorted(os.listdir(node_dir)) == [f"{uid}.gpu.meta", f"{uid}.gpu.rec"]
 
             stored = checkpoint_records(s)[uid]
             assert stored["state"] == "PrepareCompleted"
@@ -127,6 +140,7 @@ async def test_register_prepare_check_cdi_and_unprepare(api: APIServer, s: Setti
             assert files_under(s.cdi_dir) == []
             assert files_under(os.path.join(s.host_lib_dir, "claims")) == []
             assert os.listdir(os.path.join(s.host_lib_dir, "claims")) == []
+            assert os.listdir(node_dir) == [], "the claim's node files go with it"
             assert checkpoint_records(s) == {}
         finally:
             await kubelet.close()
@@ -357,9 +371,15 @@ async def test_lost_cdi_specs_are_restored_at_start(api: APIServer, s: Settings)
         await kubelet.close()
     original = read_text(cdi_path(s, uid))
     os.unlink(cdi_path(s, uid))
+    region = os.path.join(s.host_lib_dir, "claims", uid, "gpu.cache")
+    record = os.path.join(s.host_lib_dir, "node", f"{uid}.gpu.rec")
+    write_text(region, "what the container's processes wrote")
+    os.unlink(record)
     api.store.delete("resourceclaims", "default", "reboot")  # not needed: the checkpoint has everything
     async with running_driver(s):
         assert read_text(cdi_path(s, uid)) == original
+        assert read_text(region) == "what the container's processes wrote", "the container's file is never rewritten"
+        assert exists(record) and os.stat(record).st_size == 0, "a missing one is created again, empty"
         kubelet = await Kubelet(s.registry_dir).register()
         assert await kubelet.prepare(ref(c)) == before
         assert (await kubelet.unprepare(ref(c))).claims[uid].error == ""
@@ -398,6 +418,7 @@ async def test_power_cut_leftovers_are_repaired(api: APIServer, s: Settings) -> 
     lost = str(uuid.uuid4())
     write_text(cdi_path(s, lost), "{}")  # its record never reached the disk
     write_text(os.path.join(s.host_lib_dir, "claims", lost, "gpu.cache"), "region")
+    write_text(os.path.join(s.host_lib_dir, "node", f"{lost}.gpu.rec"), "record")
     foreign = [
         os.path.join(s.cdi_dir, n)
         for n in ("k8s.gpu.nvidia.com-claim_x.json", f"k8s.ascend.tessera.dev-claim_{lost}.json")
@@ -414,6 +435,7 @@ async def test_power_cut_leftovers_are_repaired(api: APIServer, s: Settings) -> 
         out = await kubelet.unprepare(Claim("default", "lost", lost))
         assert out.claims[lost].error == ""
         assert not exists(os.path.join(s.host_lib_dir, "claims", lost))
+        assert sorted(os.listdir(os.path.join(s.host_lib_dir, "node"))) == [f"{uid}.gpu.meta", f"{uid}.gpu.rec"]
         await kubelet.close()
 
 

@@ -120,6 +120,8 @@ def test_a_head_read_reads_only_the_head_and_refuses_what_a_full_read_refuses(tm
 
 
 def plant_bad_regions(dirs: list[str], secret: str) -> None:
+    for d in dirs:  # the driver created each region empty; whatever replaced it is what is read
+        os.unlink(region_path(d))
     os.mkfifo(region_path(dirs[0]))  # an open() for reading would wait for a writer forever
     os.symlink(secret, region_path(dirs[1]))  # never followed
     with open(region_path(dirs[2]), "wb") as f:  # far larger than a region: never read

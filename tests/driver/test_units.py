@@ -18,6 +18,7 @@ from dra_driver.backends import mock
 from dra_driver.claims import ClaimError, ClaimRef, plan_claim
 from dra_driver.cli import ConfigError, build_parser, env_name, settings_from_args
 from dra_driver.nodecondition import condition_type, merge_condition, sharing_condition
+from dra_driver.prepare import _file_place
 from tessera_common.quantity import QuantityError, format_binary, parse_quantity, quantity_ceil
 from vendors import nvidia
 from vendors.base import MIB
@@ -327,3 +328,20 @@ def test_merge_condition_replaces_only_ours() -> None:
     on = merge_condition([ready, merged[2]], sharing_condition(nvidia.NAMES, True), 1_700_000_200)
     assert on is not None and [c["type"] for c in on] == ["Ready", "TesseraNvidiaSharing"]
     assert (on[1]["status"], on[1]["lastTransitionTime"]) == ("True", "2023-11-14T22:16:40Z")
+
+
+def test_vendor_files_lie_in_the_claim_dir_or_are_the_claims_node_files() -> None:
+    claim_dir, node = "/lib/claims/u1", "/lib/node"
+    assert _file_place("/lib/claims/u1/gpu.limits", claim_dir, node, "u1")
+    assert _file_place("/lib/claims/u1/hygon-vdev-x/vdev0.conf", claim_dir, node, "u1")
+    assert _file_place("/lib/node/u1.gpu.rec", claim_dir, node, "u1")
+    for bad in (
+        "/lib/node/u2.gpu.rec",  # another claim's name: unprepare would not find it
+        "/lib/node/u1",  # no "<uid>." prefix
+        "/lib/node/sub/u1.gpu.rec",
+        "/lib/claims/u1/../u2/gpu.limits",
+        "/lib/claims/u1",
+        "relative/u1.gpu.rec",
+        "/etc/passwd",
+    ):
+        assert not _file_place(bad, claim_dir, node, "u1"), bad

@@ -483,3 +483,83 @@ async def test_ephemeral_containers_subresource(env: tuple[APIServer, KubeClient
     with pytest.raises(KubeError) as forbidden:
         await kube.replace(f"{PODS}/p", plain)
     assert forbidden.value.status == 422
+
+
+VALIDATING = cluster_path("admissionregistration.k8s.io/v1", "validatingwebhookconfigurations")
+
+
+def validating(hook: ScriptedWebhook, **overrides: Any) -> dict[str, Any]:
+    body = config(hook, "checks", **overrides)
+    body["kind"] = "ValidatingWebhookConfiguration"
+    del body["webhooks"][0]["reinvocationPolicy"]
+    return body
+
+
+async def test_validating_webhooks_see_the_generated_name_and_uid(
+    env: tuple[APIServer, KubeClient, ScriptedWebhook],
+) -> None:
+    """kube-apiserver runs validating admission after name generation and the system fields (its store's
+    BeforeCreate), mutating admission before: only the validating webhook sees the uid."""
+    api, kube, hook = env
+    await kube.create(CONFIGS, config(hook))
+    await kube.create(VALIDATING, validating(hook))
+    created = await kube.create(PODS, pod(None))
+    mutating_review, validating_review = hook.reviews
+    assert "uid" not in mutating_review["request"]["object"]["metadata"]
+    assert mutating_review["request"]["name"] == ""
+    seen = validating_review["request"]["object"]["metadata"]
+    assert seen["uid"] == created["metadata"]["uid"] and seen["name"] == created["metadata"]["name"]
+    assert validating_review["request"]["name"] == created["metadata"]["name"]
+    # a validating denial stores nothing
+    hook.answer = lambda review: (
+        {"allowed": True} if review["request"]["object"]["metadata"].get("uid") is None
+        else {"allowed": False, "status": {"code": 403, "message": "no"}}
+    )  # fmt: skip
+    with pytest.raises(KubeError) as refused:
+        await kube.create(PODS, pod("refused"))
+    assert refused.value.status == 403 and 'admission webhook "pods.tessera.dev" denied the request: no' in (
+        refused.value.reason
+    )
+    assert api.store.raw("pods", "default", "refused") is None
+
+
+async def test_a_service_with_several_endpoints_is_called_in_turn(
+    env: tuple[APIServer, KubeClient, ScriptedWebhook],
+) -> None:
+    api, kube, hook = env
+    other = ScriptedWebhook(hook.ca)
+    await other.start()
+    try:
+        body = config(hook)
+        body["webhooks"][0]["clientConfig"] = {
+            "service": {"namespace": "tessera-system", "name": "tessera-webhook", "path": "/mutate"},
+            "caBundle": hook.ca_bundle,
+        }
+        api.webhooks.services[("tessera-system", "tessera-webhook")] = [
+            ("127.0.0.1", hook.port),
+            ("127.0.0.1", other.port),
+        ]
+        await kube.create(CONFIGS, body)
+        for i in range(4):
+            await kube.create(PODS, pod(f"p{i}"))
+        assert [r["request"]["object"]["metadata"]["name"] for r in hook.reviews] == ["p0", "p2"]
+        assert [r["request"]["object"]["metadata"]["name"] for r in other.reviews] == ["p1", "p3"]
+    finally:
+        await other.stop()
+
+
+async def test_resource_quota_status_is_its_own(env: tuple[APIServer, KubeClient, ScriptedWebhook]) -> None:
+    """ResourceQuota: status only through /status, spec only through the object, as the real strategy."""
+    _, kube, _ = env
+    path = namespaced_path("v1", "resourcequotas", "default")
+    quota = {"apiVersion": "v1", "kind": "ResourceQuota", "metadata": {"name": "q"},
+             "spec": {"hard": {"limits.nvidia.com/gpumem": "1024"}}, "status": {"used": {"x": "1"}}}  # fmt: skip
+    created = await kube.create(path, quota)
+    assert "status" not in created or not created["status"].get("used")
+    written = await kube.replace(f"{path}/q/status", {**created, "status": {"used": {"limits.nvidia.com/gpumem": "5"}}})
+    assert written["status"]["used"] == {"limits.nvidia.com/gpumem": "5"}
+    spec_only = await kube.replace(f"{path}/q", {**written, "status": {"used": {}}})
+    assert spec_only["status"]["used"] == {"limits.nvidia.com/gpumem": "5"}
+    with pytest.raises(KubeError) as stale:
+        await kube.replace(f"{path}/q/status", created)  # an old resourceVersion
+    assert stale.value.status == 409

@@ -3,11 +3,22 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
 from pathlib import Path
 
 import pytest
 
-from e2e.kubelet.cdi import CDIError, load_specs, map_value, resolve, to_process
+from e2e.kubelet.cdi import (
+    CDIError,
+    Edits,
+    load_specs,
+    map_value,
+    namespace_argv,
+    namespace_prefix,
+    resolve,
+    to_process,
+)
 
 
 def write_spec(cdi_dir: Path, lib_dir: Path) -> None:
@@ -79,3 +90,40 @@ def test_path_mapping_in_lists() -> None:
     assert map_value("/c/a/x:/c/y:/other", mounts) == "/h/a/x:/h/c/y:/other"
     assert map_value("/cx", mounts) == "/cx"
     assert map_value("plain", mounts) == "plain"
+
+
+def test_mounts_are_made_real_in_a_mount_namespace(tmp_path: Path) -> None:
+    """Where the harness can have a private mount namespace, a container's mounts are bind mounts at
+    their container paths: read-only ones cannot be written, the host directories they come from are
+    read-only, a file mounted by itself cannot be removed, and a read-write one can be written."""
+    if namespace_prefix() is None:
+        pytest.skip("no mount namespace here (neither root nor unprivileged user namespaces)")
+    lib = tmp_path / "lib"
+    (lib / "claims" / "u").mkdir(parents=True)
+    (lib / "node").mkdir()
+    for name in ("libvgpu.so", "claims/u/g.limits", "claims/u/g.cache", "node/u.g.rec", "node/u.g.meta"):
+        (lib / name).write_text("x")
+    mounts = [
+        {"hostPath": str(lib / "libvgpu.so"), "containerPath": str(lib / "libvgpu.so"), "options": ["ro", "bind"]},
+        {"hostPath": str(lib / "claims/u/g.limits"), "containerPath": "/run/tessera/limits", "options": ["ro"]},
+        {"hostPath": str(lib / "claims/u/g.cache"), "containerPath": str(lib / "claims/u/g.cache"), "options": ["rw"]},
+        {"hostPath": str(lib / "node"), "containerPath": str(lib / "node"), "options": ["ro"]},
+        {"hostPath": str(lib / "node/u.g.rec"), "containerPath": str(lib / "node/u.g.rec"), "options": ["rw"]},
+        {"hostPath": str(lib / "nowhere"), "containerPath": "/etc/vdev/docker/", "options": ["rw"]},
+    ]
+    spec = to_process(Edits(mounts=mounts), {"PATH": "/usr/bin:/bin"}, ["true"])
+    paths = ["/run/tessera/limits", *(str(lib / n) for n in ("claims/u/g.limits", "claims/u/g.cache", "node/u.g.meta",
+                                                             "node/u.g.rec", "libvgpu.so", "new"))]
+    tries = (f"((echo y >>{p}) 2>/dev/null && echo W {p} || echo RO {p})" for p in paths)
+    script = "cat /run/tessera/limits; " + "; ".join(tries)
+    script += f"; rm -f {lib / 'claims/u/g.cache'} 2>/dev/null || echo KEPT"
+    argv = namespace_argv(spec.mounts, ["sh", "-c", script])
+    assert argv is not None
+    out = subprocess.run(argv, capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.split("x", 1)[1].split("\n")
+    writable = sorted(line[2:] for line in lines if line.startswith("W "))
+    assert writable == [str(lib / "claims/u/g.cache"), str(lib / "node/u.g.rec")], out.stdout
+    assert "KEPT" in out.stdout
+    assert not os.path.exists("/run/tessera/limits"), "the host's /run is untouched"
+    assert namespace_argv([m for m in spec.mounts if m[1] == "/etc/vdev/docker/"], ["true"]) is None, "mapped only"

@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 
 from isolation import env as iso_env
+from isolation import limits as iso_limits
 from vendors import nvidia, vendor_for_resource
 from vendors.base import ConversionError, DeviceInfo, NodeLayout, Share, SharingConfig
 
@@ -144,7 +145,23 @@ def test_container_edits_follow_device_index_order() -> None:
     mounts = {m.container_path: m for m in edits.mounts}
     assert mounts["/etc/ld.so.preload"].host_path == "/usr/local/tessera/ld.so.preload"
     assert mounts["/etc/ld.so.preload"].read_only and mounts["/usr/local/tessera/libvgpu.so"].read_only
-    assert not mounts["/usr/local/tessera/claims/uid"].read_only
+    # the limits: the driver's file, read-only at libvgpu's fixed path; the env only documents them
+    limits_host = "/usr/local/tessera/claims/uid/gpu-c.limits"
+    assert mounts[iso_limits.CONTAINER_PATH].host_path == limits_host and mounts[iso_limits.CONTAINER_PATH].read_only
+    assert env[iso_env.LIMITS_FILE] == iso_limits.CONTAINER_PATH
+    limits = iso_limits.parse(edits.files[limits_host])
+    assert [(d.uuid, d.memory_bytes, d.sm_percent) for d in limits.devices] == [
+        ("GPU-1", 1024 << 20, 0),
+        ("GPU-3", 2048 << 20, 30),
+    ]
+    assert (limits.priority, limits.core_policy, limits.oversubscribe) == (0, "force", False)
+    # the region and the node record: files by themselves, never their directories, read-write
+    region, record = "/usr/local/tessera/claims/uid/gpu-c.cache", "/usr/local/tessera/node/uid.gpu-c.rec"
+    assert limits.region == region and (limits.node_dir, limits.node_record) == ("/usr/local/tessera/node", "uid.gpu-c")
+    assert edits.writable_files == (region, record)
+    assert not mounts[region].read_only and not mounts[record].read_only and mounts["/usr/local/tessera/node"].read_only
+    assert "/usr/local/tessera/claims/uid" not in mounts
+    assert iso_limits.parse_meta(edits.files["/usr/local/tessera/node/uid.gpu-c.meta"]) == (0, ("GPU-1", "GPU-3"))
     cdi = edits.to_cdi()
     assert "CUDA_DEVICE_MEMORY_LIMIT_0=1024m" in cdi["env"]
     assert "deviceNodes" not in cdi  # simulated devices have no device nodes

@@ -1,15 +1,32 @@
-"""Helpers to run real processes on the fake CUDA driver, with and without libvgpu."""
+"""Helpers to run real processes on the fake CUDA driver, with and without libvgpu.
+
+Two ways to give a process its limits: :meth:`FakeNode.container` writes the env contract (libvgpu
+run by hand); :meth:`FakeNode.prepare` writes what the DRA driver writes for a container (the
+limits file, the usage region, the node meta file and record, through ``vendors.libvgpu``) and
+:func:`contained` runs a command with the container's mounts made real in a private mount namespace
+(the limits file read-only at its fixed path, the region and record bound by themselves, the node
+and claim directories read-only), as a container runtime would.
+"""
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
+import struct
 import subprocess
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from e2e.kubelet.cdi import namespace_argv
+from isolation import limits as limits_file
+from isolation import region as usage
+from vendors import libvgpu as vendor_libvgpu
+from vendors.base import CoreLimitPolicy, DeviceInfo, NodeLayout, Share, SharingConfig
 
 ROOT = Path(__file__).resolve().parents[2]
 BUILD = ROOT / "isolation" / "build"
@@ -71,6 +88,112 @@ class FakeNode:
     def util_cmd(self, device: int, seconds: float, pid: int | None = None) -> list[str]:
         cmd = [str(FAKE_STATE), "util", str(device), str(seconds)]
         return [*cmd, str(pid)] if pid else cmd
+
+
+@dataclass
+class Container:
+    """One container as the driver prepares it (``vendors.libvgpu``)."""
+
+    name: str
+    env: dict[str, str]
+    """Its env on the local machine: libvgpu preloaded, ``TESSERA_LIMITS_FILE`` mapped to the host file."""
+    limits: Path
+    region: Path
+    record: Path
+    meta: Path
+    mounts: list[tuple[str, str, bool]]
+    """(host path, container path, read-only) as the CDI spec has them."""
+
+    @property
+    def plumbing(self) -> dict[str, str]:
+        """What stands in for files of a real container (``/etc/ld.so.preload``, the driver in the
+        library cache, the fake GPU itself): an attacker who clears its env keeps these there."""
+        keep = ("LD_PRELOAD", "LD_LIBRARY_PATH", "TESSERA_FAKE_STATE", "TESSERA_FAKE_GPUS", "NVIDIA_VISIBLE_DEVICES")
+        return {k: self.env[k] for k in keep if k in self.env}
+
+
+def prepare_container(
+    node: FakeNode,
+    name: str,
+    *,
+    devices: Sequence[int] = (0,),
+    memory: int | None = None,
+    sm: int | None = None,
+    priority: int | None = None,
+    policy: CoreLimitPolicy = "default",
+    oversubscribe: bool = False,
+) -> Container:
+    """Write the files the driver writes for one container (claim ``name``, request ``gpu``) on ``node``."""
+    lib = node.dir / "lib"
+    layout = NodeLayout(host_lib_dir=str(lib), claim_dir=str(lib / "claims" / name))
+    shares = [
+        Share(
+            device=DeviceInfo(index=i, uuid=node.uuids[i], product_name="NVIDIA Fake GPU", model="fake",
+                              memory_bytes=16 << 30),
+            request="gpu", share_id=f"s{i}", memory_bytes=memory, cores=sm,
+        )
+        for i in devices
+    ]
+    config = SharingConfig(priority=priority, core_limit_policy=policy, oversubscribe=oversubscribe)
+    edits = vendor_libvgpu.container_edits(shares, config, layout)
+    for path, content in edits.files.items():
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        Path(path).write_text(content)
+    for path in edits.writable_files:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        Path(path).touch(0o666)
+    mounts = [(m.host_path, m.container_path, m.read_only) for m in edits.mounts]
+    host = dict((c, h) for h, c, _ in mounts)
+    env = node.base_env | dict(edits.env)
+    env["NVIDIA_VISIBLE_DEVICES"] = ",".join(node.uuids[i] for i in devices)
+    env["TESSERA_LIMITS_FILE"] = host[limits_file.CONTAINER_PATH]
+    env["LD_PRELOAD"] = str(LIBVGPU)
+    record = next(p for p in edits.writable_files if p.endswith(".rec"))
+    return Container(
+        name=name,
+        env=env,
+        limits=Path(host[limits_file.CONTAINER_PATH]),
+        region=Path(next(p for p in edits.writable_files if p.endswith(".cache"))),
+        record=Path(record),
+        meta=Path(record[: -len(".rec")] + ".meta"),
+        mounts=mounts,
+    )
+
+
+def contained(c: Container, argv: Sequence[str | Path]) -> list[str]:
+    """``argv`` run with the container's mounts made real in a private mount namespace, by the local
+    harness's runtime (``e2e.kubelet.cdi.namespace_argv``): the limits file a read-only bind mount at
+    libvgpu's fixed path, the region and the record bound read-write by themselves, the node
+    directory read-only, and the rest of the host library directory (which a container does not see
+    at all) read-only. The library and ``/etc/ld.so.preload`` stay as ``LD_PRELOAD`` (see
+    :attr:`Container.plumbing`)."""
+    lib = str(c.region.parent.parent.parent)
+    wrapped = namespace_argv([(lib, lib, True), *c.mounts], [str(a) for a in argv])
+    assert wrapped is not None, "no mount namespace here"
+    return wrapped
+
+
+_FLOCK = struct.Struct("@hhqqi4x")
+
+
+@contextmanager
+def forged_process(
+    region: Path, used: Sequence[int], *, slot: int = usage.MAX_SLOTS - 1, valid: bool = True
+) -> Iterator[None]:
+    """A process of the container that holds ``used`` bytes per device: its slot written (with a good
+    check value unless ``valid`` is false) and locked, as libvgpu does, while the context lasts."""
+    fd = os.open(region, os.O_RDWR)
+    try:
+        offset = usage.SLOT_OFFSET + slot * usage.SLOT_SIZE
+        fcntl.fcntl(fd, fcntl.F_OFD_SETLK, _FLOCK.pack(fcntl.F_WRLCK, os.SEEK_SET, offset, usage.SLOT_SIZE, 0))
+        data = os.pread(fd, usage.REGION_SIZE, 0)
+        (salt,) = struct.unpack_from("<Q", data, 24)
+        words = list(used) + [0] * (usage.MAX_DEVICES - len(used))
+        check = usage.slot_check(salt, slot, os.getpid(), 0, words) if valid else 12345
+        os.pwrite(fd, struct.pack("<iiQ16Q", os.getpid(), 0, check, *words), offset)
+        yield
+    finally:
+        os.close(fd)
 
 
 def run_json(cmd: Sequence[str | Path], env: Mapping[str, str], timeout: float = 30) -> list[dict[str, Any]]:

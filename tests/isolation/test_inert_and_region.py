@@ -12,7 +12,7 @@ import pytest
 
 from isolation import region
 
-from .fakegpu import GIB, LIBVGPU, MIB, WORKLOAD, FakeNode, workload
+from .fakegpu import GIB, LIBVGPU, MIB, WORKLOAD, FakeNode, prepare_container, workload
 
 
 @pytest.mark.parametrize(
@@ -40,53 +40,32 @@ def test_inert_without_cuda(node: FakeNode, cmd: list[str]) -> None:
 
 
 def test_region_reads_back_what_the_library_wrote(node: FakeNode) -> None:
-    env = node.container(
-        "meter",
-        CUDA_DEVICE_MEMORY_LIMIT_0="6g",
-        CUDA_DEVICE_SM_LIMIT="50",
-        CUDA_TASK_PRIORITY="0",
-        GPU_CORE_UTILIZATION_POLICY="force",
-    )
+    meter = prepare_container(node, "meter", memory=6 * GIB, sm=50, priority=0, policy="force")
     holder = subprocess.Popen(
-        [
-            str(WORKLOAD),
-            "--json",
-            "--total-mib",
-            "1536",
-            "--step-mib",
-            "512",
-            "--launch-seconds",
-            "1.5",
-            "--kernel-us",
-            "500",
-            "--hold-seconds",
-            "2",
-        ],
-        env=env,
-        stdout=subprocess.PIPE,
-        text=True,
+        [str(WORKLOAD), "--json", "--total-mib", "1536", "--step-mib", "512", "--launch-seconds", "1.5",
+         "--kernel-us", "500", "--hold-seconds", "2"],
+        env=meter.env, stdout=subprocess.PIPE, text=True,
     )
     try:
         assert holder.stdout is not None
         for line in holder.stdout:
             if '"launches"' in line:
                 break
-        snap = region.read_region(node.dir / "meter.cache")
+        snap = region.read_region(meter.region)
     finally:
         holder.kill()
         holder.wait()
     dev = snap.devices[0]
     assert dev.uuid == node.uuids[0]
-    assert (dev.memory_used, dev.memory_limit, dev.sm_limit) == (1536 * MIB, 6 * GIB, 50)
+    assert dev.memory_used == 1536 * MIB
     assert 0.35 <= dev.utilization <= 0.65, dev.utilization
     assert dev.last_kernel_unix is not None and abs(dev.last_kernel_unix - time.time()) < 10
-    assert (snap.priority, snap.policy) == (0, "force")
     assert [p.pid for p in snap.processes] == [holder.pid]
-    assert snap.processes[0].host_pid == holder.pid
+    assert snap.processes[0].host_pid == holder.pid and snap.processes[0].valid
     assert snap.processes[0].memory_used[0] == 1536 * MIB
     # after the process is gone the next user of the region reclaims its slot
-    workload(env)
-    snap = region.read_region(node.dir / "meter.cache")
+    workload(meter.env)
+    snap = region.read_region(meter.region)
     assert snap.devices[0].memory_used == 0 and snap.processes == ()
 
 
@@ -95,9 +74,9 @@ def test_reader_refuses_foreign_truncated_and_other_layouts(tmp_path: Path, node
     foreign.write_bytes(b"\x4e\xfc\x2f\x01" + b"\0" * 4096)
     with pytest.raises(region.RegionError, match="not a libvgpu region"):
         region.read_region(foreign)
-    env = node.container("good", CUDA_DEVICE_MEMORY_LIMIT_0="1g")
-    workload(env)
-    good = (node.dir / "good.cache").read_bytes()
+    good_container = prepare_container(node, "good", memory=GIB)
+    workload(good_container.env, "--total-mib", "256")
+    good = good_container.region.read_bytes()
     (tmp_path / "short.cache").write_bytes(good[:5000])
     with pytest.raises(region.RegionError, match="truncated"):
         region.read_region(tmp_path / "short.cache")
@@ -114,8 +93,12 @@ def test_reader_refuses_foreign_truncated_and_other_layouts(tmp_path: Path, node
     (claims / "uid-1" / "a.cache").write_bytes(good)
     (claims / "uid-2" / "b.cache").write_bytes(b"junk")
     found = list(region.scan_regions(claims))
-    assert isinstance(found[0], region.Region) and found[0].devices[0].memory_limit == GIB
+    assert isinstance(found[0], region.Region) and found[0].devices[0].memory_used == 0
     assert isinstance(found[1], region.RegionError)
+    written_over = bytearray(good)
+    written_over[region.DEVICE_OFFSET : region.DEVICE_OFFSET + 8] = b"\x5a" * 8  # device 0's total, garbage
+    with pytest.raises(region.RegionError, match="fails its check"):
+        region.parse_region(bytes(written_over))
 
 
 def test_library_refuses_a_foreign_region_and_fails_cleanly(node: FakeNode) -> None:
@@ -123,6 +106,6 @@ def test_library_refuses_a_foreign_region_and_fails_cleanly(node: FakeNode) -> N
     env = node.container("bad", CUDA_DEVICE_MEMORY_LIMIT_0="1g")
     out = subprocess.run([str(WORKLOAD), "--total-mib", "64"], env=env, capture_output=True, text=True, timeout=20)
     assert out.returncode == 2
-    assert "refusing the shared region" in out.stderr and "foreign file" in out.stderr
+    assert "refusing the usage region" in out.stderr and "foreign file" in out.stderr
     assert "CUDA_ERROR_NOT_INITIALIZED" in out.stderr
     assert LIBVGPU.exists()

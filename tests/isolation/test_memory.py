@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import json
-import struct
 import subprocess
 import time
 from pathlib import Path
@@ -14,7 +13,19 @@ import pytest
 from isolation import env as contract
 from isolation import region
 
-from .fakegpu import GIB, LIBVGPU, MIB, SMI, WORKLOAD, FakeNode, events, run_json, workload
+from .fakegpu import (
+    GIB,
+    LIBVGPU,
+    MIB,
+    SMI,
+    WORKLOAD,
+    FakeNode,
+    events,
+    forged_process,
+    prepare_container,
+    run_json,
+    workload,
+)
 
 APIS = ["alloc", "pitch", "managed", "async", "pool", "vmm", "array", "array3d", "mipmap"]
 
@@ -109,18 +120,16 @@ def test_nvml_shows_the_limit_and_the_container_use(node: FakeNode) -> None:
 def test_queries_saturate_instead_of_underflowing(node: FakeNode) -> None:
     """Use past the limit (a pool that grew in larger chunks than foreseen is charged truthfully)
     must read as zero free, never as a wrapped-around 17 TB."""
-    env = node.container("sat", CUDA_DEVICE_MEMORY_LIMIT_0="1g")
-    workload(env)  # creates the region
-    path = node.dir / "sat.cache"
-    data = bytearray(path.read_bytes())
-    struct.pack_into("<Q", data, region.DEVICE_OFFSET + 16, 3 * GIB // 2)  # device 0 "used"
-    path.write_bytes(bytes(data))
-    view = run_json([SMI, "--json"], env)[0]
-    assert (view["v1"]["total"], view["v1"]["used"], view["v1"]["free"]) == (GIB, 3 * GIB // 2, 0)
-    assert (view["v2"]["total"], view["v2"]["used"], view["v2"]["free"]) == (GIB, 3 * GIB // 2, 0)
-    info = events(workload(env), "meminfo")[0]
-    assert (info["total"], info["free"]) == (GIB, 0)
-    assert events(workload(env, "--total-mib", "1"), "alloc")[0]["result"] == "CUDA_ERROR_OUT_OF_MEMORY"
+    c = prepare_container(node, "sat", memory=GIB)
+    workload(c.env)  # the first CUDA process initialises the region the driver created empty
+    with forged_process(c.region, [3 * GIB // 2]):  # another process of the container holds 1.5 GiB
+        view = run_json([SMI, "--json"], c.env)[0]
+        assert (view["v1"]["total"], view["v1"]["used"], view["v1"]["free"]) == (GIB, GIB, 0)
+        assert (view["v2"]["total"], view["v2"]["used"], view["v2"]["free"]) == (GIB, GIB, 0)
+        info = events(workload(c.env), "meminfo")[0]
+        assert (info["total"], info["free"]) == (GIB, 0)
+        assert events(workload(c.env, "--total-mib", "1"), "alloc")[0]["result"] == "CUDA_ERROR_OUT_OF_MEMORY"
+        assert region.read_region(c.region).devices[0].memory_used == 3 * GIB // 2
 
 
 @pytest.mark.parametrize(

@@ -1,14 +1,14 @@
-"""Task priority across containers through the node region: a low-priority container pauses its
-launches while a high-priority one is active on the same device, and resumes after."""
+"""Task priority across containers through the node records: a low-priority container pauses its
+launches while a high-priority one is active on the same device, and resumes after. Each container
+is prepared as the driver prepares it (its limits file, meta file and record in the node directory)."""
 
 from __future__ import annotations
 
 import json
 import subprocess
 import time
-from pathlib import Path
 
-from .fakegpu import WORKLOAD, FakeNode
+from .fakegpu import WORKLOAD, FakeNode, prepare_container
 
 
 def _busy(node: FakeNode, pid: int, seconds: float) -> float:
@@ -16,11 +16,9 @@ def _busy(node: FakeNode, pid: int, seconds: float) -> float:
     return float(json.loads(out.stdout)["busy_fraction"])
 
 
-def test_low_priority_pauses_while_high_is_active(node: FakeNode, tmp_path: Path) -> None:
-    node_dir = tmp_path / "node"
-    node_dir.mkdir()
-    low = node.container("low", TESSERA_NODE_DIR=str(node_dir), CUDA_TASK_PRIORITY="1")
-    high = node.container("high", TESSERA_NODE_DIR=str(node_dir), CUDA_TASK_PRIORITY="0")
+def test_low_priority_pauses_while_high_is_active(node: FakeNode) -> None:
+    low = prepare_container(node, "low", priority=1).env
+    high = prepare_container(node, "high", priority=0).env
     args = ["--kernel-us", "1000", "--grid", "132"]
     lp = subprocess.Popen([str(WORKLOAD), "--launch-seconds", "6", *args], env=low, stdout=subprocess.DEVNULL)
     try:
@@ -41,11 +39,9 @@ def test_low_priority_pauses_while_high_is_active(node: FakeNode, tmp_path: Path
     assert after > 0.9, f"low priority resumed: {after:.2f}"
 
 
-def test_same_priority_does_not_pause(node: FakeNode, tmp_path: Path) -> None:
-    node_dir = tmp_path / "node"
-    node_dir.mkdir()
-    a = node.container("a", TESSERA_NODE_DIR=str(node_dir), CUDA_TASK_PRIORITY="1")
-    b = node.container("b", TESSERA_NODE_DIR=str(node_dir), CUDA_TASK_PRIORITY="1")
+def test_same_priority_does_not_pause(node: FakeNode) -> None:
+    a = prepare_container(node, "a", priority=1).env
+    b = prepare_container(node, "b", priority=1).env
     args = ["--launch-seconds", "2.5", "--kernel-us", "1000", "--grid", "132"]
     pa = subprocess.Popen([str(WORKLOAD), *args], env=a, stdout=subprocess.DEVNULL)
     pb = subprocess.Popen([str(WORKLOAD), *args], env=b, stdout=subprocess.DEVNULL)
@@ -58,13 +54,9 @@ def test_same_priority_does_not_pause(node: FakeNode, tmp_path: Path) -> None:
     assert all(s > 0.2 for s in shares), f"both run: {shares}"
 
 
-def test_default_policy_limits_only_under_contention(node: FakeNode, tmp_path: Path) -> None:
-    node_dir = tmp_path / "node"
-    node_dir.mkdir()
-    limited = node.container(
-        "lim", TESSERA_NODE_DIR=str(node_dir), CUDA_DEVICE_SM_LIMIT="30", GPU_CORE_UTILIZATION_POLICY="default"
-    )
-    other = node.container("other", TESSERA_NODE_DIR=str(node_dir))
+def test_default_policy_limits_only_under_contention(node: FakeNode) -> None:
+    limited = prepare_container(node, "lim", sm=30, policy="default").env
+    other = prepare_container(node, "other").env
     args = ["--kernel-us", "500", "--grid", "264"]
     lp = subprocess.Popen([str(WORKLOAD), "--launch-seconds", "7", *args], env=limited, stdout=subprocess.DEVNULL)
     try:

@@ -141,10 +141,10 @@ def test_iluvatar_share_is_limited_by_libvgpu_with_ix_visible_devices(layout: No
         "CUDA_DEVICE_MEMORY_LIMIT_0": "16384m",
         "CUDA_DEVICE_SM_LIMIT_0": "50",
         "CUDA_DEVICE_MEMORY_SHARED_CACHE": f"{layout.claim_dir}/main.cache",
-        "TESSERA_NODE_DIR": f"{layout.host_lib_dir}/node",
         "CUDA_TASK_PRIORITY": "0",
         "GPU_CORE_UTILIZATION_POLICY": "default",
         "CUDA_OVERSUBSCRIBE": "false",
+        "TESSERA_LIMITS_FILE": "/run/tessera/limits",
         ENFORCER_ENV: "libvgpu",
     }
     assert [(n.path, n.host_path) for n in edits.device_nodes] == [
@@ -154,6 +154,8 @@ def test_iluvatar_share_is_limited_by_libvgpu_with_ix_visible_devices(layout: No
     mounts = {m.container_path: m for m in edits.mounts}
     assert mounts["/etc/ld.so.preload"].host_path == f"{layout.host_lib_dir}/ld.so.preload"
     assert mounts[f"{layout.host_lib_dir}/libvgpu.so"].read_only
+    limits = mounts["/run/tessera/limits"]
+    assert limits.read_only and "device MR-V100-3 memory=17179869184 sm=50" in edits.files[limits.host_path]
 
 
 def test_iluvatar_whole_gpus_are_renumbered_and_not_preloaded(layout: NodeLayout) -> None:
@@ -232,6 +234,7 @@ def test_hygon_partial_share_gets_a_vdev_file_under_the_claim_dir(layout: NodeLa
     )
     mounts = {m.container_path: m for m in edits.mounts}
     assert mounts["/etc/vdev/docker/"].host_path == os.path.dirname(path)
+    assert mounts["/etc/vdev/docker/"].read_only  # the vdev file is the limit: the tenant must not edit it
     assert mounts["/opt/hyhal"].host_path == "/opt/hyhal" and mounts["/opt/hyhal"].read_only
     assert mounts["/opt/hygondriver"].host_path == "/opt/dtk-24.04"
     assert hygon.VdevConfig.parse(content).cu_count == 36

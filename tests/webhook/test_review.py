@@ -42,3 +42,28 @@ def test_non_ascii_survives() -> None:
     review = rv.parse(_review({"metadata": {"name": "p", "annotations": {"note": "größe ✓"}}}))
     assert review.obj["metadata"]["annotations"]["note"] == "größe ✓"
     assert json.loads(rv.encode(rv.denial("u", "größe ✓")))["response"]["status"]["message"] == "größe ✓"
+
+
+def _claim_review(obj: object, operation: str = "CREATE", sub: str | None = None) -> bytes:
+    request: dict[str, object] = {
+        "uid": "u",
+        "operation": operation,
+        "namespace": "team-a",
+        "resource": {"group": "resource.k8s.io", "version": "v1", "resource": "resourceclaims"},
+        "object": obj,
+    }
+    if sub:
+        request["subResource"] = sub
+    return json.dumps({"apiVersion": rv.API_VERSION, "kind": rv.KIND, "request": request}).encode()
+
+
+def test_claim_creations_are_recognised() -> None:
+    claim = {"metadata": {"name": "c", "uid": "x"}, "spec": {}}
+    review = rv.parse(_claim_review(claim))
+    assert review.resource == rv.CLAIMS and review.creates_claim and not review.is_pod
+    assert not rv.parse(_claim_review(claim, "UPDATE")).creates_claim
+    assert not rv.parse(_claim_review(claim, "UPDATE", "status")).creates_claim
+    with pytest.raises(rv.ReviewError, match="must carry the claim"):
+        rv.parse(_claim_review(None))
+    denied = rv.denial("u", "over quota", rv.FORBIDDEN)["response"]["status"]
+    assert denied == {"status": "Failure", "code": 403, "reason": "Forbidden", "message": "over quota"}

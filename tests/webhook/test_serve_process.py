@@ -111,3 +111,97 @@ def test_serve_with_a_bad_certificate_exits_2(tmp_path):
     assert proc.returncode == 2
     (line,) = proc.stderr.strip().splitlines()
     assert "cannot load the serving certificate" in line and "Traceback" not in proc.stderr
+
+
+def _cert(tmp_path) -> tuple[ssl.SSLContext, str, str]:  # type: ignore[no-untyped-def]
+    ca = trustme.CA()
+    cert = ca.issue_cert("127.0.0.1")
+    cert.cert_chain_pems[0].write_to_path(str(tmp_path / "tls.crt"))
+    cert.private_key_pem.write_to_path(str(tmp_path / "tls.key"))
+    ctx = ssl.create_default_context()
+    ca.configure_trust(ctx)
+    return ctx, str(tmp_path / "tls.crt"), str(tmp_path / "tls.key")
+
+
+def test_quota_settings_that_cannot_work_exit_2(tmp_path):
+    _, cert, key = _cert(tmp_path)
+    base = {k: v for k, v in os.environ.items() if not k.startswith("TESSERA_")}
+    base.update(TESSERA_TLS_CERT_FILE=cert, TESSERA_TLS_KEY_FILE=key)
+    for extra, expected in (
+        ({"TESSERA_QUOTA": "true"}, "--quota true needs --quota-namespace (or TESSERA_QUOTA_NAMESPACE)"),
+        ({"TESSERA_QUOTA": "maybe"}, "--quota 'maybe': expected true or false"),
+    ):
+        proc = subprocess.run([sys.executable, "-m", "webhook", "serve"], env={**base, **extra}, cwd=ROOT,
+                              capture_output=True, text=True, timeout=60)  # fmt: skip
+        assert proc.returncode == 2, proc.stderr
+        (line,) = proc.stderr.strip().splitlines()
+        assert expected in line
+
+
+async def test_serve_process_with_the_quota_as_the_chart_configures_it(tmp_path):
+    """TESSERA_QUOTA and TESSERA_QUOTA_NAMESPACE as the chart sets them: a claim past the namespace's
+    quota is refused on /validate, and /metrics carries HAMi's quota gauges."""
+    ctx, cert, key = _cert(tmp_path)
+    port = free_port()
+    async with APIServer.running() as api:
+        for name in ("tessera-system", "team-a"):
+            api.store.put({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}})
+        api.store.put({"apiVersion": "v1", "kind": "ResourceQuota", "metadata": {"name": "gpu", "namespace": "team-a"},
+                       "spec": {"hard": {"limits.nvidia.com/gpumem": "1024"}}})  # fmt: skip
+        env = {
+            **os.environ,
+            "TESSERA_HOST": "127.0.0.1",
+            "TESSERA_PORT": str(port),
+            "TESSERA_TLS_CERT_FILE": cert,
+            "TESSERA_TLS_KEY_FILE": key,
+            "TESSERA_KUBECONFIG": api.write_kubeconfig(tmp_path / "kubeconfig"),
+            "TESSERA_QUOTA": "true",
+            "TESSERA_QUOTA_NAMESPACE": "tessera-system",
+            "TESSERA_LOG_FORMAT": "json",
+        }
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "webhook", "serve", cwd=ROOT, env=env,
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        )  # fmt: skip
+        try:
+            async with aiohttp.ClientSession() as session:
+                base = f"https://127.0.0.1:{port}"
+                for _ in range(200):
+                    try:
+                        async with session.get(base + "/metrics", ssl=ctx) as resp:
+                            if "hami_resource_quota_limit{" in await resp.text():
+                                break  # the reconciler made the namespace's ledger
+                    except aiohttp.ClientConnectorError:
+                        pass
+                    assert proc.returncode is None, (await proc.stderr.read()).decode()  # type: ignore[union-attr]
+                    await asyncio.sleep(0.05)
+                claim = {
+                    "apiVersion": "resource.k8s.io/v1", "kind": "ResourceClaim",
+                    "metadata": {"name": "big", "namespace": "team-a", "uid": "u-1"},
+                    "spec": {"devices": {"requests": [{"name": "g", "exactly": {
+                        "deviceClassName": "nvidia.tessera.dev", "capacity": {"requests": {"memory": "2Gi"}}}}]}},
+                }  # fmt: skip
+                claims = {"group": "resource.k8s.io", "version": "v1", "resource": "resourceclaims"}
+                review = {
+                    "apiVersion": "admission.k8s.io/v1",
+                    "kind": "AdmissionReview",
+                    "request": {"uid": "r-1", "operation": "CREATE", "namespace": "team-a", "object": claim,
+                                "resource": claims},
+                }  # fmt: skip
+                async with session.post(base + "/validate", json=review, ssl=ctx) as resp:
+                    answer = (await resp.json())["response"]
+                async with session.get(base + "/metrics", ssl=ctx) as resp:
+                    page = await resp.text()
+            assert answer["allowed"] is False and answer["status"]["code"] == 403
+            assert "limits.nvidia.com/gpumem: used 0, asked 2048, limit 1024" in answer["status"]["message"]
+            limit = 'hami_resource_quota_limit{namespace="team-a",quota_name="nvidia.com/gpumem",zone="vGPU"} 1024.0'
+            assert limit in page
+            assert 'tessera_webhook_quota_checks_total{kind="claim",result="denied"} 1.0' in page
+        finally:
+            if proc.returncode is None:
+                proc.send_signal(signal.SIGTERM)
+        _, err = await asyncio.wait_for(proc.communicate(), 15)
+    assert proc.returncode == 0, err.decode()
+    lines = [json.loads(line) for line in err.decode().splitlines()]
+    assert any("quota ledgers in tessera-system" in x["msg"] for x in lines)
+    assert any(x["msg"].startswith("quota: denied") and x.get("claim") == "big" for x in lines)
