@@ -14,7 +14,8 @@ import gc
 import logging
 import os
 import signal
-from typing import IO
+from collections.abc import Mapping
+from typing import IO, Any
 
 import grpc
 from aiohttp import web
@@ -40,6 +41,10 @@ from .slices import SlicePublisher
 from .watchdog import Tolerance, Watchdog
 
 log = logging.getLogger("dra_driver")
+
+OCCUPANCY_START_WAIT_S = 3.0
+"""How long start-up waits for the first lists of claims and slices, so that the first slice write
+already carries the occupancy (else it goes out without, and the next write adds it)."""
 
 
 class StartupError(RuntimeError):
@@ -152,6 +157,19 @@ class Driver:
         health.add_to_server(self._dra_server, self.monitor)
         await self._listen_unix(self._dra_server, s.dra_socket)
 
+        attributes: Mapping[str, Mapping[str, Any]] = {}
+        if s.occupancy_interval > 0:
+            self.occupancy = OccupancyTracker(
+                self.client,
+                self.names,
+                s.node_name,
+                self.devices,
+                s.split_count,
+                self._publish_occupancy,
+                interval=s.occupancy_interval,
+            )
+            self.occupancy.start()
+            attributes = await self.occupancy.initial(OCCUPANCY_START_WAIT_S)
         self.publisher = SlicePublisher(
             self.client,
             self.names,
@@ -162,19 +180,9 @@ class Driver:
             resync_seconds=s.slice_resync,
             device_taints=self.monitor.taints,
             events=self.events,
+            attributes=attributes,
         )
         self.publisher.start()
-        if s.occupancy_interval > 0:
-            self.occupancy = OccupancyTracker(
-                self.client,
-                self.names,
-                s.node_name,
-                self.devices,
-                s.split_count,
-                self.publisher.set_attributes,
-                interval=s.occupancy_interval,
-            )
-            self.occupancy.start()
 
         reg = registration.Registration(
             s.driver, s.dra_socket, [*plugin.SERVICES, health.HEALTH_SERVICE], on_registered=self._on_registered
@@ -308,6 +316,10 @@ class Driver:
                 await self.events.record(
                     node, NORMAL, "DeviceHealthy", f"device {new.device} ({new.uuid}) is healthy again"
                 )
+
+    async def _publish_occupancy(self, attributes: Mapping[str, Mapping[str, Any]]) -> None:
+        if self.publisher is not None:
+            await self.publisher.set_attributes(attributes)
 
     def _on_registered(self, registered: bool, error: str) -> None:
         if registered and self.publisher is not None:

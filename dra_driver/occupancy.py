@@ -323,6 +323,9 @@ class OccupancyTracker:
         self._slices: dict[str, tuple[str, int, dict[str, Totals]]] = {}  # uid -> (pool, generation, totals)
         self._dirty = asyncio.Event()
         self._claims_seen = False
+        self._slices_seen = False
+        self._synced = asyncio.Event()
+        """Set once the claims and the slices have both been listed (or the claims are forbidden)."""
         self._tasks: list[asyncio.Task[None]] = []
         self.published: Attributes | None = None
         """The attributes last handed to the publisher (``None`` before the first push)."""
@@ -349,6 +352,16 @@ class OccupancyTracker:
             asyncio.create_task(slices.run(), name="occupancy-slices"),
             asyncio.create_task(self._push_loop(), name="occupancy-push"),
         ]
+
+    async def initial(self, timeout: float) -> Attributes:
+        """The attributes of the first lists of claims and slices (waiting at most ``timeout`` for
+        them), recorded as published: the slice publisher's first write carries them, instead of a
+        write without them followed by one with them at every start."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout):
+                await self._synced.wait()
+        self.published = self.current() if self._claims_seen else {}
+        return self.published
 
     async def stop(self) -> None:
         for task in self._tasks:
@@ -382,6 +395,8 @@ class OccupancyTracker:
         for claim in items:
             self._claim_event("ADDED", claim)
         self._claims_seen = True
+        if self._slices_seen:
+            self._synced.set()
         self._dirty.set()
 
     def _claim_event(self, kind: str, claim: Mapping[str, Any]) -> None:
@@ -398,6 +413,9 @@ class OccupancyTracker:
         self._slices = {}
         for obj in items:
             self._slice_event("ADDED", obj)
+        self._slices_seen = True
+        if self._claims_seen:
+            self._synced.set()
         self._dirty.set()
 
     def _slice_event(self, kind: str, obj: Mapping[str, Any]) -> None:
@@ -416,6 +434,7 @@ class OccupancyTracker:
     def _claims_forbidden(self) -> None:
         # Unknown occupancy must not steer placement: drop the attributes until the watches work.
         self._claims_seen = False
+        self._synced.set()
         if self.published:
             self.published = None
             self._dirty.set()

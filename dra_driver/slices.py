@@ -315,6 +315,7 @@ class SlicePublisher:
         probe_seconds: float = 600.0,
         device_taints: Callable[[], DeviceTaints] | None = None,
         events: EventRecorder | None = None,
+        attributes: Mapping[str, Mapping[str, Any]] | None = None,
     ) -> None:
         self._client = client
         self._names = names
@@ -344,7 +345,8 @@ class SlicePublisher:
         self.published = asyncio.Event()
         """Set once the pool has been published at least once."""
         self.last_slices: list[Obj] = []
-        self._attributes: dict[str, Mapping[str, Any]] = {}
+        self._attributes: dict[str, Mapping[str, Any]] = dict(attributes or {})
+        """Extra attributes per device name (the occupancy), from the first write on when given."""
 
     # -- lifecycle ------------------------------------------------------------------------------
 

@@ -191,7 +191,7 @@ async def test_publish_repair_and_restart(api: APIServer, root: str, kubeconfig:
     # A restart with the same devices writes nothing; with other devices it updates in place.
     before = our_slices(api)
     async with running_driver(s):
-        await asyncio.sleep(0.2)
+        await asyncio.sleep(1.5)  # past the occupancy interval (1 s): its first write would show by now
         assert our_slices(api) == before
     async with running_driver(settings(root, kubeconfig, "2xH100")):
         mine = [x for x in our_slices(api) if x["spec"]["nodeName"] == NODE]
