@@ -41,8 +41,10 @@ SEEDS: dict[str, dict[str, Any]] = {
 }
 OTHER_VENDORS = ("ascend", "cambricon", "hygon", "iluvatar")
 HARNESS_NODES = [
-    NodeSpec("node-1", "2xH200,2xA100"),
-    NodeSpec("node-2", "2xH200,2xA100"),
+    # Four H200 each: whatever node the seeds' shares land on (gpu-policy-pod asks node spread), two whole
+    # non-A100 cards stay free on one node for gpu-pod2 (the shares take at most four cards in all).
+    NodeSpec("node-1", "4xH200,2xA100"),
+    NodeSpec("node-2", "4xH200,2xA100"),
     *(NodeSpec(f"{v}-1", vendor=v) for v in OTHER_VENDORS),
 ]
 SEED_VENDOR = {"ascend-pod": "ascend", "iluvatar-pod": "iluvatar", "mlu-pod": "cambricon"}
