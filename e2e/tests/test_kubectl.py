@@ -4,8 +4,11 @@ claims the scheduler allocated, logs (also followed) and a command run in a cont
 devices (``kubectl exec``), and server-side apply with its conflicts.
 
 On the harness this module starts a cluster with nodes for every vendor and enough NVIDIA cards for
-every seed pod (two nodes of ``2xH200,2xA100``, as the kind cluster of ``e2e/kind`` has); with
-``TESSERA_E2E_KUBECONFIG`` it uses that cluster and only the Kubernetes API. Skipped, with the reason,
+every seed pod (two nodes of ``4xH200,2xA100``: ``gpu-policy-pod`` asks node spread, so the shares
+may take an H200 on each node, and ``gpu-pod2`` still needs two whole H200 on one); with
+``TESSERA_E2E_KUBECONFIG`` it uses that cluster and only the Kubernetes API (the kind cluster of
+``e2e/kind`` has two H200 per node: there ``gpu-pod2`` can stay pending when the spread seed pod
+lands on the other node first). Skipped, with the reason,
 where no ``kubectl`` is installed.
 """
 
