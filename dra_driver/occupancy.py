@@ -34,6 +34,7 @@ from fractions import Fraction
 from typing import Any
 
 from kubeapi import RESOURCE_V1, KubeClient, KubeError
+from kubeapi.informer import Informer, Key, key_of
 from tessera_common.quantity import QuantityError, parse_quantity
 from vendors.base import (
     ATTR_DEVICE_RANK,
@@ -232,68 +233,30 @@ class Throttle:
 # --- I/O -----------------------------------------------------------------------------------------
 
 
-class _ListWatch:
-    """A list, then a watch from its resourceVersion; lists again after an error or a 410."""
+def _claim_view(driver: str) -> Callable[[dict[str, Any]], dict[str, Any]]:
+    """What the tracker keeps of a ResourceClaim: its identity and the allocation results of ``driver``."""
 
-    def __init__(
-        self,
-        client: KubeClient,
-        path: str,
-        node: str,
-        on_list: Callable[[list[Mapping[str, Any]]], None],
-        on_event: Callable[[str, Mapping[str, Any]], None],
-        on_forbidden: Callable[[], None],
-        **selectors: str,
-    ) -> None:
-        self._client, self._path, self._node = client, path, node
-        self._on_list, self._on_event, self._on_forbidden = on_list, on_event, on_forbidden
-        self._selectors = selectors
-        self._rv: str | None = None
+    def view(claim: dict[str, Any]) -> dict[str, Any]:
+        return {"metadata": _identity(claim), "results": driver_results(claim, driver)}
 
-    async def run(self) -> None:
-        backoff = 0.5
-        need_list = True
-        while True:
-            try:
-                if need_list:
-                    answer = await self._client.list(self._path, **self._selectors)
-                    self._rv = str((answer.get("metadata") or {}).get("resourceVersion") or "") or None
-                    self._on_list(list(answer.get("items") or []))
-                    need_list = False
-                    backoff = 0.5
-                async for event in self._client.watch(
-                    self._path, resource_version=self._rv, timeout_seconds=300, **self._selectors
-                ):
-                    kind = str(event.get("type"))
-                    obj = event.get("object") or {}
-                    if kind == "ERROR":  # e.g. 410 Gone: the resourceVersion is too old
-                        need_list = True
-                        break
-                    rv = (obj.get("metadata") or {}).get("resourceVersion")
-                    if rv:
-                        self._rv = str(rv)
-                    if kind in ("ADDED", "MODIFIED", "DELETED"):
-                        self._on_event(kind, obj)
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                forbidden = isinstance(exc, KubeError) and exc.status in (401, 403)
-                log.log(
-                    logging.WARNING if forbidden else logging.INFO,
-                    f"cannot watch {self._path.rsplit('/', 1)[-1]} for device occupancy; retrying"
-                    + ("; grant the driver list and watch on it" if forbidden else ""),
-                    extra={"node": self._node, "error": str(exc), "retry_in_s": backoff},
-                )
-                if forbidden:
-                    self._on_forbidden()
-                need_list = True
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 30.0)
+    return view
 
 
-def _uid(obj: Mapping[str, Any]) -> str:
+def _slice_view(slice_: dict[str, Any]) -> dict[str, Any]:
+    """What the tracker keeps of a ResourceSlice: its identity, driver, pool and device totals."""
+    spec = slice_.get("spec") or {}
+    pool = spec.get("pool") or {}
+    return {
+        "metadata": _identity(slice_),
+        "driver": spec.get("driver"),
+        "pool": (str(pool.get("name")), int(pool.get("generation") or 0)),
+        "totals": slice_totals(spec),
+    }
+
+
+def _identity(obj: Mapping[str, Any]) -> dict[str, Any]:
     meta = obj.get("metadata") or {}
-    return str(meta.get("uid") or f"{meta.get('namespace')}/{meta.get('name')}")
+    return {k: meta[k] for k in ("namespace", "name", "resourceVersion") if k in meta}
 
 
 class OccupancyTracker:
@@ -319,8 +282,8 @@ class OccupancyTracker:
         self._publish = publish
         self._clock = clock
         self.throttle = Throttle(interval)
-        self._results: dict[str, tuple[Mapping[str, Any], ...]] = {}
-        self._slices: dict[str, tuple[str, int, dict[str, Totals]]] = {}  # uid -> (pool, generation, totals)
+        self._results: dict[Key, tuple[Mapping[str, Any], ...]] = {}
+        self._slices: dict[Key, tuple[str, int, dict[str, Totals]]] = {}  # -> (pool, generation, totals)
         self._dirty = asyncio.Event()
         self._claims_seen = False
         self._slices_seen = False
@@ -334,17 +297,25 @@ class OccupancyTracker:
         """When each push was done (the slice written), by ``clock``; the last 1000."""
 
     def start(self) -> None:
-        claims = _ListWatch(
-            self._client, CLAIMS_PATH, self._node, self._list_claims, self._claim_event, self._claims_forbidden
+        # Informers: a list, then a watch from its resourceVersion; a list again after 410 Gone or an
+        # error, whose differences arrive as events. Only what the tracker reads is cached.
+        claims = Informer(
+            self._client,
+            CLAIMS_PATH,
+            name="occupancy-claims",
+            handler=self._claim_event,
+            transform=_claim_view(self._driver),
+            on_listed=self._claims_listed,
+            on_failure=self._claims_failed,
         )
         # Without the other nodes' slices the rank is computed from this node alone (0): no harm done.
-        slices = _ListWatch(
+        slices = Informer(
             self._client,
             SLICES_PATH,
-            self._node,
-            self._list_slices,
-            self._slice_event,
-            lambda: None,
+            name="occupancy-slices",
+            handler=self._slice_event,
+            transform=_slice_view,
+            on_listed=self._slices_listed,
             fieldSelector=f"spec.driver={self._driver}",
         )
         self._tasks = [
@@ -390,48 +361,48 @@ class OccupancyTracker:
 
     # -- watch callbacks ------------------------------------------------------------------------
 
-    def _list_claims(self, items: list[Mapping[str, Any]]) -> None:
-        self._results = {}
-        for claim in items:
-            self._claim_event("ADDED", claim)
+    def _claims_listed(self) -> None:
         self._claims_seen = True
         if self._slices_seen:
             self._synced.set()
         self._dirty.set()
 
-    def _claim_event(self, kind: str, claim: Mapping[str, Any]) -> None:
-        uid = _uid(claim)
-        results = () if kind == "DELETED" else driver_results(claim, self._driver)
+    def _claim_event(self, kind: str, claim: dict[str, Any], _old: dict[str, Any] | None = None) -> None:
+        key = key_of(claim)
+        results: tuple[Mapping[str, Any], ...] = () if kind == "DELETED" else tuple(claim.get("results") or ())
         if results:
-            if self._results.get(uid) != results:
-                self._results[uid] = results
+            if self._results.get(key) != results:
+                self._results[key] = results
                 self._dirty.set()
-        elif self._results.pop(uid, None) is not None:
+        elif self._results.pop(key, None) is not None:
             self._dirty.set()
 
-    def _list_slices(self, items: list[Mapping[str, Any]]) -> None:
-        self._slices = {}
-        for obj in items:
-            self._slice_event("ADDED", obj)
+    def _slices_listed(self) -> None:
         self._slices_seen = True
         if self._claims_seen:
             self._synced.set()
         self._dirty.set()
 
-    def _slice_event(self, kind: str, obj: Mapping[str, Any]) -> None:
-        spec = obj.get("spec") or {}
-        uid = _uid(obj)
-        if kind == "DELETED" or spec.get("driver") != self._driver:
-            if self._slices.pop(uid, None) is not None:
+    def _slice_event(self, kind: str, view: dict[str, Any], _old: dict[str, Any] | None = None) -> None:
+        key = key_of(view)
+        if kind == "DELETED" or view.get("driver") != self._driver:
+            if self._slices.pop(key, None) is not None:
                 self._dirty.set()
             return
-        pool = spec.get("pool") or {}
-        entry = (str(pool.get("name")), int(pool.get("generation") or 0), slice_totals(spec))
-        if self._slices.get(uid) != entry:
-            self._slices[uid] = entry
+        pool, generation = view["pool"]
+        entry = (pool, generation, view["totals"])
+        if self._slices.get(key) != entry:
+            self._slices[key] = entry
             self._dirty.set()
 
-    def _claims_forbidden(self) -> None:
+    def _claims_failed(self, exc: Exception) -> None:
+        if not (isinstance(exc, KubeError) and exc.status in (401, 403)):
+            return
+        log.warning(
+            "cannot list or watch resourceclaims for device occupancy: withdrawing the occupancy attributes "
+            "until it can; grant the driver list and watch on resourceclaims",
+            extra={"node": self._node, "error": str(exc)},
+        )
         # Unknown occupancy must not steer placement: drop the attributes until the watches work.
         self._claims_seen = False
         self._synced.set()

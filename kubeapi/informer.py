@@ -9,6 +9,9 @@ after a backoff. It never polls: between lists, every change arrives as a watch 
 
 The cache is keyed by (namespace, name). ``transform`` reduces each object before it is cached and
 handed to the handler (an exporter keeps only the fields it reads of a Pod, not its env).
+``on_listed`` is called after every complete list (its differences already handed to the handler),
+``on_failure`` with the error whenever a list or watch request fails (before the backoff): a user
+that must not act on a cache it can no longer refresh (401/403) can tell.
 """
 
 from __future__ import annotations
@@ -52,6 +55,8 @@ class Informer:
         max_backoff: float = 30.0,
         page_size: int = 500,
         selectors: Mapping[str, str] | None = None,
+        on_listed: Callable[[], None] | None = None,
+        on_failure: Callable[[Exception], None] | None = None,
         **more_selectors: str,
     ) -> None:
         self.kube = kube
@@ -63,6 +68,8 @@ class Informer:
         self.backoff = backoff
         self.max_backoff = max_backoff
         self.page_size = page_size
+        self.on_listed = on_listed
+        self.on_failure = on_failure
         self.selectors = {**(selectors or {}), **more_selectors}
         """Query parameters of both the list and the watch (``labelSelector``, ``fieldSelector``)."""
         self.cache: dict[Key, Obj] = {}
@@ -122,6 +129,8 @@ class Informer:
         for key, obj in old.items():
             if key not in fresh:
                 await self._notify("DELETED", obj, obj)
+        if self.on_listed is not None:
+            self._call("on_listed", self.on_listed)
         self.synced.set()
 
     async def _watch(self) -> str:
@@ -161,6 +170,12 @@ class Informer:
             await self._notify(kind, obj, old)
         return "ended"
 
+    def _call(self, what: str, callback: Callable[..., None], *args: Any) -> None:
+        try:
+            callback(*args)
+        except Exception:
+            log.exception("informer callback failed", extra={"informer": self.name, "callback": what})
+
     async def run(self) -> None:
         need_list = True
         delay = self.backoff
@@ -186,6 +201,8 @@ class Informer:
                     "list or watch failed; listing again",
                     extra={"informer": self.name, "error": str(exc), "retry_in_s": delay},
                 )
+                if self.on_failure is not None:
+                    self._call("on_failure", self.on_failure, exc)
                 need_list = True
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, self.max_backoff)
@@ -194,6 +211,8 @@ class Informer:
                     "watch stream broke; listing again",
                     extra={"informer": self.name, "error": str(exc), "retry_in_s": delay},
                 )
+                if self.on_failure is not None:
+                    self._call("on_failure", self.on_failure, exc)
                 need_list = True
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, self.max_backoff)

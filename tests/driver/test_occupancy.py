@@ -14,6 +14,7 @@ import pytest
 from dra_driver.backends import mock
 from dra_driver.cli import ConfigError
 from dra_driver.occupancy import (
+    CLAIMS_PATH,
     Throttle,
     Totals,
     attributes_by_pool,
@@ -24,9 +25,11 @@ from dra_driver.occupancy import (
 )
 from dra_driver.slices import SLICES_PATH, build_slice_specs, slice_object
 from e2e.apiserver import APIServer
+from e2e.apiserver.store import Store
 from vendors import nvidia
 from vendors.base import MIB
 
+from .conftest import strict_validator
 from .helpers import DRIVER, NODE, add_node, claim, result, running_driver, settings
 
 H200 = Totals(143771 * MIB, 100, 10)
@@ -236,3 +239,24 @@ async def test_occupancy_is_withdrawn_while_claims_cannot_be_read(api: APIServer
         await wait_for(lambda: occupancy(node_slice(api)) == {"gpu-0": {}, "gpu-1": {}}, timeout=15)
         api.faults.clear()
         await wait_for(lambda: occupancy(node_slice(api))["gpu-1"].get("occupancy") == 10, timeout=15)
+
+
+async def test_a_claims_watch_too_old_lists_again_and_drops_what_went_meanwhile(root: str) -> None:
+    """The claims watch is cut and its renewal delayed while a claim goes and the server's history moves
+    on: the renewed watch gets 410 Gone, the tracker lists again, and the released device shows idle."""
+    async with APIServer.running(validator=strict_validator(), store=Store(history=20)) as api:
+        await add_node(api)
+        s = settings(root, api.write_kubeconfig(f"{root}/kubeconfig"), "2xH200", "--occupancy-interval", "0.2")
+        async with running_driver(s):
+            api.store.put(claim("c", [result("gpu-1", memory="10Gi")]))
+            await wait_for(lambda: occupancy(node_slice(api))["gpu-1"].get("occupancy") == 10)
+            lists = sum(1 for r in api.requests if r.path == CLAIMS_PATH and r.query.get("watch") != "true")
+            api.faults.add("GET", f"^{CLAIMS_PATH}$", status=None, delay=1.0, count=1)  # the renewed watch waits
+            api.store.close_watchers()
+            api.store.delete("resourceclaims", "default", "c")
+            for i in range(25):  # push the history past the watch's resourceVersion
+                api.store.put({"apiVersion": "v1", "kind": "ConfigMap",
+                               "metadata": {"name": f"cm{i}", "namespace": "default"}})  # fmt: skip
+            await wait_for(lambda: occupancy(node_slice(api))["gpu-1"].get("occupancy") == 0, timeout=15)
+            relists = sum(1 for r in api.requests if r.path == CLAIMS_PATH and r.query.get("watch") != "true")
+            assert relists > lists

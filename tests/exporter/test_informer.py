@@ -177,3 +177,24 @@ async def test_selectors_and_transform_apply_to_list_and_watch(tmp_path: Path, s
         assert set(seen[0]) == {"metadata"}
     queries = [r.query for r in api.requests if r.path == PODS and r.method == "GET"]
     assert len(queries) == 2 and all(q.get("fieldSelector") == selector for q in queries)
+
+
+async def test_failures_and_lists_are_reported(tmp_path: Path) -> None:
+    """``on_failure`` gets every failed request (a 403 here), ``on_listed`` every completed list, after
+    its events: a user can withdraw what it derived from a cache it may no longer read."""
+    async with server(tmp_path) as (api, kube):
+        await kube.create(CONFIGMAPS, configmap("a"))
+        seen = Recorder()
+        calls: list[str] = []
+        informer = Informer(
+            kube, CONFIGMAPS, name="cm", handler=seen, backoff=0.05,
+            on_listed=lambda: calls.append(f"listed after {len(seen.events)} events"),
+            on_failure=lambda exc: calls.append(f"failed {getattr(exc, 'status', None)}"),
+        )  # fmt: skip
+        api.faults.add("GET", f"^{CONFIGMAPS}$", status=403, count=1, message="forbidden")
+        async with running(informer):
+            assert calls == ["failed 403", "listed after 1 events"]
+            api.faults.add("GET", f"^{CONFIGMAPS}$", status=403, count=1, message="forbidden")
+            api.store.close_watchers()  # the renewed watch is refused, then the list succeeds
+            await eventually(lambda: len(calls) == 4)
+            assert calls[2:] == ["failed 403", "listed after 1 events"]
