@@ -9,9 +9,9 @@ The pure half turns allocation results into three attributes per device, all per
 * :data:`ATTR_NODE_OCCUPANCY`: the node's load (mean over its devices), rounded up the same way;
 * :data:`ATTR_DEVICE_RANK`: the percent of the node's devices whose load is lower than this one's,
   rounded down (0: the device is among the node's least occupied);
-* :data:`ATTR_NODE_RANK`: the same among the driver's nodes, by node load (0: the node is among the
-  least occupied). Ranks make "spread" relative: whatever the cluster's load, the least occupied
-  nodes and devices can be asked for first.
+* :data:`ATTR_NODE_RANK`: the same among the driver's nodes, by node load, equal loads by their least
+  loaded device (0: the node is among the least occupied). Ranks make "spread" relative: whatever
+  the cluster's load, the least occupied nodes and devices can be asked for first.
 
 :class:`OccupancyTracker` is the I/O half: it lists and watches every ResourceClaim (there is no field
 selector for "allocated from this driver") and the driver's ResourceSlices on every node (the other
@@ -168,8 +168,9 @@ def bucket(load: Fraction) -> int:
     return min(100, math.ceil(load * 100 / OCCUPANCY_STEP) * OCCUPANCY_STEP)
 
 
-def rank(own: Fraction, loads: Iterable[Fraction]) -> int:
-    """Percent of ``loads`` (``own`` among them) lower than ``own``, rounded down (0: none is lower)."""
+def rank(own: Any, loads: Iterable[Any]) -> int:
+    """Percent of ``loads`` (``own`` among them) lower than ``own``, rounded down (0: none is lower);
+    loads are fractions, or tuples of them compared in order."""
     values = list(loads)
     if not values:
         return 0
@@ -202,10 +203,17 @@ def pool_loads(
     return {name: device_loads(by_pool[name], devices) for name, devices in totals.items()}
 
 
+def node_order(loads: Mapping[str, Fraction]) -> tuple[Fraction, Fraction]:
+    """How a node ranks among the driver's nodes: by its load, then by its least loaded device (of two
+    nodes equally loaded, the one with the emptier device is the less occupied: what it can offer the
+    next pod is less used)."""
+    return mean_load(loads), min(loads.values(), default=Fraction(0))
+
+
 def attributes_by_pool(loads: Mapping[str, Mapping[str, Fraction]]) -> dict[str, Attributes]:
-    """Every pool's attributes (each node's rank among all of them)."""
-    means = {name: mean_load(devices) for name, devices in loads.items()}
-    return {name: occupancy_attributes(devices, rank(means[name], means.values())) for name, devices in loads.items()}
+    """Every pool's attributes (each node's rank among all of them, by :func:`node_order`)."""
+    keys = {name: node_order(devices) for name, devices in loads.items()}
+    return {name: occupancy_attributes(devices, rank(keys[name], keys.values())) for name, devices in loads.items()}
 
 
 def cluster_attributes(

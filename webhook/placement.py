@@ -15,8 +15,11 @@ attributes turns first fit into a policy:
 * node ``binpack``: busy nodes first (``nodeOccupancy >= 80, 60, 40, 20``, in use); ``spread``: the
   least occupied nodes (``nodeRank == 0, <= 10, 20, 30, 50, 70``), relative to the others, so it
   keeps ordering nodes whatever the cluster's load. On 1.35+ the node score does the rest.
-* Both: two node tiers, and two GPU tiers inside each (HAMi picks the node by its node score, then
-  the devices by their device score), then each node tier alone.
+* Both: node tiers, and GPU tiers inside each (HAMi picks the node by its node score, then the
+  devices by their device score), then each node tier alone. Binpack: ``nodeOccupancy >= 50, 10``
+  with ``occupancy >= 50, 10``; spread: ``nodeRank <= 10, 20, 30, 50`` with ``deviceRank == 0``
+  (the top tier is the least loaded tenth, not the single least loaded node, so that pods arriving
+  before the slices are rewritten do not all go to one node and one card).
 * The last alternative names no occupancy, so a stale or missing attribute never makes a pod
   unschedulable: it only changes which device is tried first.
 * ``mutex`` (only idle devices, a hard filter in HAMi) adds ``occupancy == 0`` to every alternative,
@@ -215,8 +218,12 @@ GPU_TIERS: dict[str, tuple[int | str, ...]] = {
     "spread": (0, LEAST_OCCUPIED, BELOW_MEAN),
 }
 # When both apply: node tiers, and GPU tiers inside each of them.
-NODE_TIERS_BOTH = {"binpack": (50, 10), "spread": (0, 10)}
-GPU_TIERS_BOTH: dict[str, tuple[int | str, ...]] = {"binpack": (50, 10), "spread": (LEAST_OCCUPIED, BELOW_MEAN)}
+# Spread starts at ``nodeRank <= 10`` (the least loaded tenth of the nodes: with 16 nodes the least
+# loaded two) rather than ``== 0`` (the one least loaded): a slice is rewritten at most once per
+# interval, so pods arriving within it see the same least loaded node and would all land there, on
+# the same card; a top tier of two nodes lets kube-scheduler's random tie break split them.
+NODE_TIERS_BOTH = {"binpack": (50, 10), "spread": (10, 20, 30, 50)}
+GPU_TIERS_BOTH: dict[str, tuple[int | str, ...]] = {"binpack": (50, 10), "spread": (LEAST_OCCUPIED,)}
 
 
 def alternatives(policies: Policies, *, whole: bool, count: int, budget: int = MAX_ALTERNATIVES) -> list[Alternative]:

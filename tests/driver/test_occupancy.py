@@ -95,6 +95,26 @@ def test_attributes_by_pool_rank_nodes_and_devices() -> None:
     assert attrs["b"]["gpu-0"]["nodeRank"] == {"int": 0}  # b is the least occupied node
 
 
+def test_equally_loaded_nodes_rank_by_their_least_loaded_device() -> None:
+    """Two nodes with the same load: the one that still has an idle device ranks first (spread puts the
+    next share there, on the idle device, instead of beside another share)."""
+    totals = {"a": TOTALS, "b": TOTALS, "c": TOTALS}
+    results = [
+        *(result(f"gpu-{i}", pool="a", memory="1Mi", cores="50") for i in range(4)),  # a: four halves, none idle
+        result("gpu-0", pool="b", memory="143771Mi"),  # b: as loaded as a, three idle devices
+        result("gpu-1", pool="b", memory="143771Mi"),
+        result("gpu-0", pool="c", memory="143771Mi"),  # c: more loaded
+        result("gpu-1", pool="c", memory="143771Mi"),
+        result("gpu-2", pool="c", memory="1Mi"),
+    ]
+    from dra_driver.occupancy import pool_loads
+
+    attrs = attributes_by_pool(pool_loads(results, totals))
+    ranks = {node: attrs[node]["gpu-0"]["nodeRank"]["int"] for node in totals}
+    assert attrs["a"]["gpu-0"]["nodeOccupancy"] == attrs["b"]["gpu-0"]["nodeOccupancy"] == {"int": 50}
+    assert ranks == {"b": 0, "a": 33, "c": 66}
+
+
 def test_slice_totals_read_another_nodes_devices() -> None:
     devices = mock.discover("2xH200", nvidia.NAMES, nvidia.MOCK_MODELS, "other")
     (spec,) = build_slice_specs(devices, nvidia.NAMES, "other", 10, shareable=True)

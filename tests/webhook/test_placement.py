@@ -332,3 +332,22 @@ def _expected(expression: str, values: dict[str, int]) -> bool:
     assert m, expression
     value, bound = values[m.group(2)], int(m.group(4))
     return {"==": value == bound, "<=": value <= bound, ">=": value >= bound}[m.group(3)]
+
+
+def test_spread_on_nodes_and_cards_starts_with_the_least_loaded_tenth_of_the_nodes() -> None:
+    """Node and GPU spread: the least loaded card of a node among the least loaded tenth (not only the
+    single least loaded node, which every pod of a throttle interval would see and pile onto), then
+    wider node tiers; the last alternative takes any device."""
+    alts = alternatives(Policies("spread", ("spread",)), whole=False, count=1)
+    tiers = [sorted((c.attribute, c.value) for c in a.conditions) for a in alts]
+    assert tiers == [
+        [("deviceRank", 0), ("nodeRank", 10)],
+        [("nodeRank", 10)],
+        [("deviceRank", 0), ("nodeRank", 20)],
+        [("nodeRank", 20)],
+        [("deviceRank", 0), ("nodeRank", 30)],
+        [("nodeRank", 30)],
+        [("deviceRank", 0), ("nodeRank", 50)],
+        [],
+    ]
+    assert all(not c.at_least for a in alts for c in a.conditions)
