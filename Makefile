@@ -28,8 +28,10 @@ lint: setup
 	$(VENV)/bin/mypy
 
 ## bench: every benchmark; figures go to .bench/ and are quoted in docs/benchmarks.md
+## (RUNS=3: every module three times, ranges in .bench/ranges/)
+RUNS ?= 1
 bench: setup isolation
-	$(PY) -m bench
+	$(PY) -m bench --runs $(RUNS)
 
 ## demo: the narrated end-to-end run on the local cluster harness (real webhook, driver and libvgpu;
 ## fake CUDA driver): gpu-pod12 limited to 10 GiB, two pods sharing a card, a pod that cannot fit

@@ -10,13 +10,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import multiprocessing
-import os
-import platform
-import shutil
 import statistics
 import sys
-import tempfile
 import time
 import uuid
 from typing import Any
@@ -28,26 +23,16 @@ from dra_driver.cli import settings_from_args
 from dra_driver.daemon import Driver
 from dra_driver.proto import dra_v1_pb2, dra_v1_pb2_grpc
 from dra_driver.slices import SLICES_PATH
-from kubeapi import KubeClient, namespaced_path
+from kubeapi import KubeClient
 from tessera_common import files as fsutil
+
+from .common import api_server, machine, ms, percentile, write_report
+from .common import store_claim as store
 
 DRIVER = "nvidia.tessera.dev"
 NODE = "bench-node"
 TARGET_PREPARE_P99_MS = 10.0
 TARGET_SLICES_MS = 100.0
-
-
-def _serve_api(kubeconfig: str, ready: Any, stop: Any) -> None:
-    """Child process: the API server stand-in until ``stop`` is set."""
-    from e2e.apiserver import APIServer
-
-    async def serve() -> None:
-        async with APIServer.running(validate=False, webhooks=False) as api:
-            api.write_kubeconfig(kubeconfig)
-            ready.set()
-            await asyncio.to_thread(stop.wait)
-
-    asyncio.run(serve())
 
 
 def claim(name: str, devices: int, first: int = 0) -> dict[str, Any]:
@@ -83,23 +68,6 @@ def claim(name: str, devices: int, first: int = 0) -> dict[str, Any]:
         },
         "status": {"allocation": {"devices": {"results": results, "config": []}}},
     }
-
-
-async def store(client: KubeClient, obj: dict[str, Any]) -> dict[str, Any]:
-    """Create the claim, then write its allocation as the scheduler does (status subresource)."""
-    path = namespaced_path("resource.k8s.io/v1", "resourceclaims", "default")
-    created = await client.create(path, {k: v for k, v in obj.items() if k != "status"})
-    created["status"] = obj["status"]
-    return await client.replace(f"{path}/{created['metadata']['name']}/status", created)
-
-
-def percentile(samples: list[float], p: float) -> float:
-    ordered = sorted(samples)
-    return ordered[max(0, min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1))))]
-
-
-def ms(seconds: float) -> str:
-    return f"{seconds * 1000:.2f}"
 
 
 def grpc_claims(obj: dict[str, Any]) -> list[Any]:
@@ -185,7 +153,7 @@ async def measure(root: str, kubeconfig: str, iterations: int) -> tuple[list[str
         result = await publisher.reconcile()
         publish.append(time.perf_counter() - t0)
         assert result.created == 1
-    await channel.close()
+    await channel.close(None)
     await driver.stop()
     await client.close()
 
@@ -220,21 +188,8 @@ async def measure(root: str, kubeconfig: str, iterations: int) -> tuple[list[str
 
 
 def run(iterations: int) -> tuple[list[str], bool]:
-    root = tempfile.mkdtemp(prefix="tb", dir="/tmp")
-    ctx = multiprocessing.get_context("spawn")
-    ready, stop = ctx.Event(), ctx.Event()
-    server = ctx.Process(target=_serve_api, args=(f"{root}/kubeconfig", ready, stop), daemon=True)
-    server.start()
-    try:
-        if not ready.wait(60):
-            raise RuntimeError("the API server stand-in did not start")
+    with api_server("tb") as root:
         return asyncio.run(measure(root, f"{root}/kubeconfig", iterations))
-    finally:
-        stop.set()
-        server.join(10)
-        if server.is_alive():
-            server.kill()
-        shutil.rmtree(root, ignore_errors=True)
 
 
 def main() -> int:
@@ -242,13 +197,11 @@ def main() -> int:
     parser.add_argument("--iterations", type=int, default=300, help="prepares per latency measurement")
     args = parser.parse_args()
     lines, ok = run(args.iterations)
-    load = os.getloadavg()
     header = [
         "# DRA driver benchmark",
         "",
         f"Command: `python -m bench.driver --iterations {args.iterations}` (also run by `make bench`).",
-        f"Machine: {platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}, load average "
-        f"{load[0]:.1f} at the end (other jobs share the machine); files on the local disk (real fsync).",
+        f"{machine()}; files on the local disk (real fsync).",
         "",
         "Prepare = plan + PrepareStarted record + claim directory + CDI spec (atomic write) + PrepareCompleted "
         "record (fsync of file and directory); each claim is unprepared before the next one (steady state). "
@@ -258,13 +211,7 @@ def main() -> int:
         "",
     ]
     text = "\n".join(header + lines) + "\n"
-    os.makedirs(".bench", exist_ok=True)
-    with open(".bench/driver.md", "w", encoding="utf-8") as f:
-        f.write(text)
-    print(text)
-    if not ok:
-        print("driver benchmark: a target was missed", file=sys.stderr)
-    return 0 if ok else 1
+    return write_report("driver", text, ok=ok, missed="driver benchmark: a target was missed")
 
 
 if __name__ == "__main__":

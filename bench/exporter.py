@@ -14,14 +14,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import multiprocessing
 import os
-import platform
 import re
-import shutil
 import subprocess
 import sys
-import tempfile
 import time
 import uuid
 from typing import Any
@@ -33,6 +29,8 @@ from dra_driver.slices import build_slice_specs
 from kubeapi import KubeClient
 from vendors import node_vendor
 
+from .common import api_server, machine, percentile, write_report
+
 TARGET_LAG_S = 1.0
 NAMESPACE = "default"
 DRIVER = "nvidia.tessera.dev"
@@ -40,22 +38,6 @@ CLAIMS = f"/apis/resource.k8s.io/v1/namespaces/{NAMESPACE}/resourceclaims"
 PODS = f"/api/v1/namespaces/{NAMESPACE}/pods"
 SLICES = "/apis/resource.k8s.io/v1/resourceslices"
 SHARE = re.compile(r'^tessera_cluster_share_info\{[^\n]*claim="(bench-\d+)"', re.M)
-
-
-def _serve_api(kubeconfig: str, ready: Any, stop: Any, cpu: int | None) -> None:
-    """Child process: the API server stand-in until ``stop`` is set."""
-    from e2e.apiserver import APIServer
-
-    if cpu is not None:
-        os.sched_setaffinity(0, {cpu})
-
-    async def serve() -> None:
-        async with APIServer.running(validate=False, webhooks=False) as api:
-            api.write_kubeconfig(kubeconfig)
-            ready.set()
-            await asyncio.to_thread(stop.wait)
-
-    asyncio.run(serve())
 
 
 def slices(nodes: int) -> list[dict[str, Any]]:
@@ -106,11 +88,6 @@ def allocation(i: int, node: str, device: str, pod_obj: dict[str, Any]) -> dict[
         },
         "reservedFor": [{"resource": "pods", "name": pod_obj["metadata"]["name"], "uid": pod_obj["metadata"]["uid"]}],
     }  # fmt: skip
-
-
-def percentile(samples: list[float], p: float) -> float:
-    ordered = sorted(samples)
-    return ordered[min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1)))]
 
 
 def cpu_seconds(pid: int) -> float:
@@ -193,35 +170,24 @@ async def measure(
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    root = tempfile.mkdtemp(prefix="tbx", dir="/tmp")
     pinned = (os.cpu_count() or 1) >= 2
-    ctx = multiprocessing.get_context("spawn")
-    ready, stop = ctx.Event(), ctx.Event()
-    kubeconfig = f"{root}/kubeconfig"
-    server = ctx.Process(target=_serve_api, args=(kubeconfig, ready, stop, 1 if pinned else None), daemon=True)
-    server.start()
-    exporter: subprocess.Popen[bytes] | None = None
-    try:
-        if not ready.wait(60):
-            raise RuntimeError("the API server stand-in did not start")
-        port = 19500 + os.getpid() % 400
-        argv = [sys.executable, "-m", "tessera_exporter", "exporter", "--host", "127.0.0.1", "--port", str(port),
-                "--kubeconfig", kubeconfig, "--log-format", "text", "--log-level", "warning"]  # fmt: skip
-        if pinned:
-            argv = ["taskset", "-c", "0", *argv]
-        exporter = subprocess.Popen(argv, stdout=subprocess.DEVNULL)
-        if pinned:
-            os.sched_setaffinity(0, {1})
-        return asyncio.run(measure(kubeconfig, f"http://127.0.0.1:{port}", exporter, args))
-    finally:
-        if exporter is not None:
-            exporter.terminate()
-            exporter.wait(10)
-        stop.set()
-        server.join(10)
-        if server.is_alive():
-            server.kill()
-        shutil.rmtree(root, ignore_errors=True)
+    with api_server("tbx", cpu=1 if pinned else None) as root:
+        kubeconfig = f"{root}/kubeconfig"
+        exporter: subprocess.Popen[bytes] | None = None
+        try:
+            port = 19500 + os.getpid() % 400
+            argv = [sys.executable, "-m", "tessera_exporter", "exporter", "--host", "127.0.0.1", "--port", str(port),
+                    "--kubeconfig", kubeconfig, "--log-format", "text", "--log-level", "warning"]  # fmt: skip
+            if pinned:
+                argv = ["taskset", "-c", "0", *argv]
+            exporter = subprocess.Popen(argv, stdout=subprocess.DEVNULL)
+            if pinned:
+                os.sched_setaffinity(0, {1})
+            return asyncio.run(measure(kubeconfig, f"http://127.0.0.1:{port}", exporter, args))
+        finally:
+            if exporter is not None:
+                exporter.terminate()
+                exporter.wait(10)
 
 
 def main() -> int:
@@ -241,16 +207,13 @@ def main() -> int:
     lags, scrapes = result["lags"], result["scrapes"]
     p50, p99, worst = percentile(lags, 50), percentile(lags, 99), max(lags)
     ok = p99 <= TARGET_LAG_S and len(lags) == args.claims
-    load = os.getloadavg()
     ms = 1000
     lines = [
         "# Cluster exporter benchmark",
         "",
         f"Command: `python -m bench.exporter --claims {args.claims} --seconds {args.seconds:g} --nodes {args.nodes} "
         f"--scrape-interval {args.scrape_interval:g}` (also run by `make bench`).",
-        f"Machine: {platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}, load average "
-        f"{load[0]:.1f} at the end (other jobs share the machine). Exporter pinned to CPU 0, the API server "
-        "stand-in and this load generator to CPU 1.",
+        f"{machine()}. Exporter pinned to CPU 0, the API server stand-in and this load generator to CPU 1.",
         "",
         f"{args.claims} claims (with their pods) written in {result['write_wall']:.1f} s on {args.nodes} nodes x 8 "
         f"devices; lag = end of the claim's status write -> end of the first scrape showing its share; a scrape "
@@ -268,13 +231,7 @@ def main() -> int:
         f"{result['cpu']:.1f} s in {result['wall']:.1f} s | | | - |",
     ]
     text = "\n".join(lines) + "\n"
-    os.makedirs(".bench", exist_ok=True)
-    with open(".bench/exporter.md", "w", encoding="utf-8") as f:
-        f.write(text)
-    print(text)
-    if not ok:
-        print("exporter benchmark: a target was missed", file=sys.stderr)
-    return 0 if ok else 1
+    return write_report("exporter", text, ok=ok, missed="exporter benchmark: a target was missed")
 
 
 if __name__ == "__main__":

@@ -13,18 +13,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
-import multiprocessing
-import os
-import platform
-import shutil
-import socket
 import statistics
 import sys
-import tempfile
 import time
 import uuid
-from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -35,23 +27,17 @@ from dra_driver import cdi
 from dra_driver.cli import settings_from_args
 from dra_driver.daemon import Driver
 from dra_driver.proto import dra_v1_pb2, dra_v1_pb2_grpc
-from kubeapi import KubeClient, namespaced_path
+from e2e.fakegpu import BUILD, container_env
+from kubeapi import KubeClient
 from vendors import nvidia
 
-from .driver import _serve_api, ms, percentile
+from .common import api_server, free_port, machine, ms, percentile, store_claim, write_report
 
 DRIVER = "nvidia.tessera.dev"
 NODE = "bench-node"
 DEVICES = 8
 CONTAINERS = 80
 TARGET_SCRAPE_P99_MS = 50.0
-BUILD = Path(__file__).resolve().parents[1] / "isolation" / "build"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def claim(name: str, device: int) -> dict[str, Any]:
@@ -81,30 +67,6 @@ def claim(name: str, device: int) -> dict[str, Any]:
     }
 
 
-async def store(client: KubeClient, obj: dict[str, Any]) -> dict[str, Any]:
-    path = namespaced_path("resource.k8s.io/v1", "resourceclaims", "default")
-    created = await client.create(path, {k: v for k, v in obj.items() if k != "status"})
-    created["status"] = obj["status"]
-    return await client.replace(f"{path}/{created['metadata']['name']}/status", created)
-
-
-def workload_env(spec_path: str, root: str, gpus: str) -> dict[str, str]:
-    """The container's env (from its CDI spec) plus the fake driver and libvgpu preloaded."""
-    with open(spec_path, encoding="utf-8") as f:
-        spec = json.load(f)
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("CUDA_", "GPU_CORE", "TESSERA_", "LD_"))}
-    for entry in spec["devices"][0]["containerEdits"]["env"]:
-        key, _, value = entry.partition("=")
-        env[key] = value
-    env.update(
-        TESSERA_FAKE_STATE=os.path.join(root, "fake.state"),
-        TESSERA_FAKE_GPUS=gpus,
-        LD_LIBRARY_PATH=str(BUILD / "fake"),
-        LD_PRELOAD=str(BUILD / "libvgpu.so"),
-    )
-    return env
-
-
 async def write_regions(specs: list[str], root: str, gpus: str) -> None:
     """Run ``cuda-workload`` once per container (8 at a time); each leaves its region file."""
     gate = asyncio.Semaphore(8)
@@ -114,7 +76,7 @@ async def write_regions(specs: list[str], root: str, gpus: str) -> None:
             proc = await asyncio.create_subprocess_exec(
                 str(BUILD / "tools" / "cuda-workload"),
                 "--total-mib", "1024", "--step-mib", "512", "--launch-seconds", "0.05", "--kernel-us", "200",
-                env=workload_env(spec, root, gpus),
+                env=container_env(spec, f"{root}/fake.state", gpus),
                 stdout=asyncio.subprocess.DEVNULL,
                 stderr=asyncio.subprocess.PIPE,
             )  # fmt: skip
@@ -159,35 +121,37 @@ async def measure(root: str, kubeconfig: str, scrapes: int) -> tuple[list[str], 
         s = settings_from_args(args, environ={})
         driver = Driver(s)
         await driver.start()
-        assert driver.publisher is not None
-        await driver.publisher.published.wait()
-        if not prepared:  # the first run prepares the claims; the checkpoint keeps them for the second
-            prepared = [await store(client, claim(f"c-{i}", i % DEVICES)) for i in range(CONTAINERS)]
-            async with grpc.aio.insecure_channel(f"unix://{s.dra_socket}") as channel:
-                stub = dra_v1_pb2_grpc.DRAPluginStub(channel)
-                refs = [
-                    dra_v1_pb2.Claim(namespace="default", name=o["metadata"]["name"], uid=o["metadata"]["uid"])
-                    for o in prepared
-                ]
-                answer = await stub.NodePrepareResources(dra_v1_pb2.NodePrepareResourcesRequest(claims=refs))
-                errors = [a.error for a in answer.claims.values() if a.error]
-                if errors:
-                    raise RuntimeError(f"prepare failed: {errors[0]}")
-            gpus = ",".join(f"{d.uuid}={d.memory_bytes}" for d in driver.devices)
-            specs = [cdi.spec_path(s.cdi_dir, nvidia.NAMES, o["metadata"]["uid"]) for o in prepared]
-            t0 = time.perf_counter()
-            await write_regions(specs, root, gpus)
-            rows.append(
-                f"<!-- regions written by {CONTAINERS} cuda-workload runs in {time.perf_counter() - t0:.1f} s -->"
-            )
-        samples, text = await scrape_many(port, scrapes)
-        renders, cpu = [], []
-        for _ in range(min(scrapes, 100)):
-            r0, c0 = time.perf_counter(), time.thread_time()
-            driver.metrics.render()
-            renders.append(time.perf_counter() - r0)
-            cpu.append(time.thread_time() - c0)
-        await driver.stop()
+        try:
+            assert driver.publisher is not None
+            await driver.publisher.published.wait()
+            if not prepared:  # the first run prepares the claims; the checkpoint keeps them for the second
+                prepared = [await store_claim(client, claim(f"c-{i}", i % DEVICES)) for i in range(CONTAINERS)]
+                async with grpc.aio.insecure_channel(f"unix://{s.dra_socket}") as channel:
+                    stub = dra_v1_pb2_grpc.DRAPluginStub(channel)
+                    refs = [
+                        dra_v1_pb2.Claim(namespace="default", name=o["metadata"]["name"], uid=o["metadata"]["uid"])
+                        for o in prepared
+                    ]
+                    answer = await stub.NodePrepareResources(dra_v1_pb2.NodePrepareResourcesRequest(claims=refs))
+                    errors = [a.error for a in answer.claims.values() if a.error]
+                    if errors:
+                        raise RuntimeError(f"prepare failed: {errors[0]}")
+                gpus = ",".join(f"{d.uuid}={d.memory_bytes}" for d in driver.devices)
+                specs = [cdi.spec_path(s.cdi_dir, nvidia.NAMES, o["metadata"]["uid"]) for o in prepared]
+                t0 = time.perf_counter()
+                await write_regions(specs, root, gpus)
+                rows.append(
+                    f"<!-- regions written by {CONTAINERS} cuda-workload runs in {time.perf_counter() - t0:.1f} s -->"
+                )
+            samples, text = await scrape_many(port, scrapes)
+            renders, cpu = [], []
+            for _ in range(min(scrapes, 100)):
+                r0, c0 = time.perf_counter(), time.thread_time()
+                driver.metrics.render()
+                renders.append(time.perf_counter() - r0)
+                cpu.append(time.thread_time() - c0)
+        finally:
+            await driver.stop()
         families = list(text_string_to_metric_families(text))
         series = sum(len(f.samples) for f in families)
         regions_ok = next(
@@ -221,21 +185,8 @@ async def measure(root: str, kubeconfig: str, scrapes: int) -> tuple[list[str], 
 
 
 def run(scrapes: int) -> tuple[list[str], bool]:
-    root = tempfile.mkdtemp(prefix="tn", dir="/tmp")
-    ctx = multiprocessing.get_context("spawn")
-    ready, stop = ctx.Event(), ctx.Event()
-    server = ctx.Process(target=_serve_api, args=(f"{root}/kubeconfig", ready, stop), daemon=True)
-    server.start()
-    try:
-        if not ready.wait(60):
-            raise RuntimeError("the API server stand-in did not start")
+    with api_server("tn") as root:
         return asyncio.run(measure(root, f"{root}/kubeconfig", scrapes))
-    finally:
-        stop.set()
-        server.join(10)
-        if server.is_alive():
-            server.kill()
-        shutil.rmtree(root, ignore_errors=True)
 
 
 def main() -> int:
@@ -247,13 +198,11 @@ def main() -> int:
             print(f"{BUILD / needed} is missing: run `make -C isolation` first", file=sys.stderr)
             return 2
     lines, ok = run(args.scrapes)
-    load = os.getloadavg()
     header = [
         "# Node exporter benchmark",
         "",
         f"Command: `python -m bench.node_metrics --scrapes {args.scrapes}` (also run by `make bench`).",
-        f"Machine: {platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}, load average "
-        f"{load[0]:.1f} at the end (other jobs share the machine).",
+        f"{machine()}.",
         "",
         f"{DEVICES} simulated H200 and {CONTAINERS} prepared containers (10 per device), each with a region "
         "libvgpu wrote (1 GiB held, kernels launched); one scrape reads the 80 region files, sums the "
@@ -262,13 +211,7 @@ def main() -> int:
         "",
     ]
     text = "\n".join(header + lines) + "\n"
-    os.makedirs(".bench", exist_ok=True)
-    with open(".bench/node_metrics.md", "w", encoding="utf-8") as f:
-        f.write(text)
-    print(text)
-    if not ok:
-        print("node exporter benchmark: a target was missed", file=sys.stderr)
-    return 0 if ok else 1
+    return write_report("node_metrics", text, ok=ok, missed="node exporter benchmark: a target was missed")
 
 
 if __name__ == "__main__":

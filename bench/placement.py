@@ -32,14 +32,9 @@ import contextlib
 import heapq
 import itertools
 import math
-import multiprocessing
-import os
-import platform
 import random
-import shutil
 import statistics
 import sys
-import tempfile
 import time
 import uuid
 from collections.abc import Mapping, Sequence
@@ -64,6 +59,8 @@ from vendors import nvidia
 from vendors.base import DeviceInfo
 from webhook.convert import Converter
 from webhook.inventory import Inventory
+
+from .common import api_server, machine, write_report
 
 NAMES = nvidia.NAMES
 DRIVER = NAMES.driver
@@ -660,7 +657,7 @@ def scale_simulated(rate: float, seconds: float, seed: int = 7) -> list[str]:
 # ------------------------------------------------------------------------------------------ part 3: scale, real API
 async def scale_api(kubeconfig: str, rate: float, seconds: float) -> list[str]:
     """16 trackers + publishers against the API server stand-in, claims churned at ``rate`` pods/s."""
-    from bench.driver import store
+    from bench.common import store_claim as store
     from kubeapi import KubeClient, namespaced_path
 
     metrics = _metrics()
@@ -774,23 +771,8 @@ def _metrics() -> Any:
 
 
 def run_scale_api(rate: float, seconds: float) -> list[str]:
-    from bench.driver import _serve_api
-
-    root = tempfile.mkdtemp(prefix="tp", dir="/tmp")
-    ctx = multiprocessing.get_context("spawn")
-    ready, stop = ctx.Event(), ctx.Event()
-    server = ctx.Process(target=_serve_api, args=(f"{root}/kubeconfig", ready, stop), daemon=True)
-    server.start()
-    try:
-        if not ready.wait(60):
-            raise RuntimeError("the API server stand-in did not start")
+    with api_server("tp") as root:
         return asyncio.run(scale_api(f"{root}/kubeconfig", rate, seconds))
-    finally:
-        stop.set()
-        server.join(10)
-        if server.is_alive():
-            server.kill()
-        shutil.rmtree(root, ignore_errors=True)
 
 
 # ------------------------------------------------------------------------------------------ main
@@ -815,14 +797,12 @@ def main() -> int:
         *scale_simulated(100.0, 60.0),
         *run_scale_api(100.0, args.api_seconds),
     ]
-    load = os.getloadavg()
     text = "\n".join(
         [
             "# Placement policies benchmark",
             "",
             f"Command: `python -m bench.placement{' --quick' if args.quick else ''}` (also run by `make bench`). "
-            f"Machine: {platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}, load average "
-            f"{load[0]:.1f} at the end (other jobs share the machine). Allocator time is the thread's CPU time.",
+            f"{machine()}. Allocator time is the thread's CPU time.",
             "",
             f"Result: {len(missed)} target(s) MISSED: {'; '.join(missed)}." if missed else "Result: every target met.",
             "",
@@ -836,17 +816,10 @@ def main() -> int:
             "",
         ]
     )
-    os.makedirs(".bench", exist_ok=True)
-    with open(".bench/placement.md", "w", encoding="utf-8") as f:
-        f.write(text)
-    print(text)
-    if missed:
-        print(f"placement benchmark: {len(missed)} target(s) missed:", file=sys.stderr)
-        for text in missed:
-            print(f"  MISSED: {text}", file=sys.stderr)
-        return 1
-    print("placement benchmark: every target met", file=sys.stderr)
-    return 0
+    report = "\n".join(
+        [f"placement benchmark: {len(missed)} target(s) missed:", *(f"  MISSED: {m}" for m in missed)]
+    )
+    return write_report("placement", text, ok=not missed, missed=report)
 
 
 if __name__ == "__main__":

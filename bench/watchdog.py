@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import secrets
 import shutil
 import statistics
@@ -32,7 +31,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 import vendors
-from bench.driver import ms, percentile
+from bench.common import machine, ms, percentile, write_report
 from dra_driver.backends import mock
 from dra_driver.backends.processes import NvmlProcessReader, ProcessMemory
 from dra_driver.checkpoint import COMPLETED, ClaimEntry, DeviceHold
@@ -40,10 +39,10 @@ from dra_driver.metrics import DriverMetrics
 from dra_driver.podmap import OwnerCache
 from dra_driver.watchdog import Tolerance, Watchdog
 from e2e.cluster.harness import fake_gpus
+from e2e.fakegpu import BUILD, fake_driver_env, host_env
 from e2e.kubelet.cgroups import CgroupError, HarnessCgroups
 
 REPO = Path(__file__).resolve().parents[1]
-BUILD = REPO / "isolation" / "build"
 NODE = "bench-node"
 DEVICES = 8
 PODS_PER_DEVICE = 10
@@ -56,10 +55,7 @@ def start_processes(
     root: str, gpus: list[str], cgroups: HarnessCgroups | None
 ) -> tuple[list[subprocess.Popen[bytes]], list[tuple[str, str, int]], dict[int, tuple[str, str]]]:
     """The workloads; (pod uid, device name, device index) per pod; pid -> (pod uid, container) for the PID map."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("CUDA_", "LD_", "TESSERA_"))}
-    env.update(
-        TESSERA_FAKE_STATE=f"{root}/fake.state", TESSERA_FAKE_GPUS=",".join(gpus), LD_LIBRARY_PATH=str(BUILD / "fake")
-    )
+    env = host_env() | fake_driver_env(f"{root}/fake.state", ",".join(gpus))
     procs: list[subprocess.Popen[bytes]] = []
     pods: list[tuple[str, str, int]] = []
     owners: dict[int, tuple[str, str]] = {}
@@ -197,13 +193,11 @@ def main() -> int:
         lines, ok = measure(root, args.scans)
     finally:
         shutil.rmtree(root, ignore_errors=True)
-    load = os.getloadavg()
     header = [
         "# Watchdog benchmark",
         "",
         f"Command: `python -m bench.watchdog --scans {args.scans}` (also run by `make bench`).",
-        f"Machine: {platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}, load average "
-        f"{load[0]:.1f} at the end (other jobs share the machine).",
+        f"{machine()}.",
         "",
         f"{DEVICES * PODS_PER_DEVICE * PROCS_PER_POD} real processes ({PODS_PER_DEVICE} pods of {PROCS_PER_POD} per "
         f"device, 64 MiB each), 80 prepared claims of 1 GiB; one scan = NVML compute and graphics queries of every "
@@ -211,13 +205,7 @@ def main() -> int:
         "",
     ]
     text = "\n".join(header + lines) + "\n"
-    os.makedirs(".bench", exist_ok=True)
-    with open(".bench/watchdog.md", "w", encoding="utf-8") as f:
-        f.write(text)
-    print(text)
-    if not ok:
-        print("watchdog benchmark: the target was missed", file=sys.stderr)
-    return 0 if ok else 1
+    return write_report("watchdog", text, ok=ok, missed="watchdog benchmark: the target was missed")
 
 
 if __name__ == "__main__":

@@ -22,7 +22,6 @@ import json
 import os
 import platform
 import signal
-import socket
 import ssl
 import subprocess
 import sys
@@ -34,6 +33,8 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+
+from .common import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / ".bench" / "webhook.md"
@@ -124,12 +125,6 @@ def bench_in_process(n: int) -> list[dict[str, Any]]:
 
 
 # --- 2. over HTTPS ------------------------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def cpus() -> list[int]:

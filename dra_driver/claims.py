@@ -18,6 +18,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from kubeapi import ObjectRef
 from tessera_common.quantity import QuantityError, quantity_ceil
 from vendors.base import (
     CAPACITY_CORES,
@@ -41,14 +42,7 @@ class ClaimError(Exception):
         super().__init__(message)
 
 
-@dataclass(frozen=True)
-class ClaimRef:
-    namespace: str
-    name: str
-    uid: str
-
-    def __str__(self) -> str:
-        return f"{self.namespace}/{self.name}"
+ClaimRef = ObjectRef
 
 
 @dataclass(frozen=True)

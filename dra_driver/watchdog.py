@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 
 from prometheus_client import Counter, Gauge, Histogram
 
+from kubeapi import ObjectRef
 from tessera_common.quantity import QuantityError, quantity_bytes
 from vendors.base import MIB, DeviceInfo, VendorNames
 
@@ -85,14 +86,7 @@ class Tolerance:
         return f"{self.percent:g}%" if self.percent else f"{self.bytes // MIB} MiB"
 
 
-@dataclass(frozen=True)
-class PodRef:
-    namespace: str
-    name: str
-    uid: str
-
-    def __str__(self) -> str:
-        return f"{self.namespace}/{self.name}"
+PodRef = ObjectRef
 
 
 @dataclass(frozen=True)

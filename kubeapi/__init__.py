@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
@@ -45,6 +46,18 @@ class KubeError(Exception):
     @property
     def unreachable(self) -> bool:
         return self.status == 0
+
+
+@dataclass(frozen=True)
+class ObjectRef:
+    """A namespaced object by name and UID (a claim, a pod); printed ``namespace/name``."""
+
+    namespace: str
+    name: str
+    uid: str
+
+    def __str__(self) -> str:
+        return f"{self.namespace}/{self.name}"
 
 
 def default_kubeconfig_exists() -> bool:

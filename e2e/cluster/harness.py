@@ -50,6 +50,7 @@ from e2e.apiserver import APIServer
 from e2e.apiserver.kinds import kind_for_object
 from e2e.controllers import ClaimController, Scheduler
 from e2e.controllers.informer import cancel_all
+from e2e.fakegpu import fake_driver_env
 from e2e.kubelet import Kubelet
 from kubeapi import KubeClient, KubeError, cluster_path
 from vendors import UnknownVendorError, node_vendor
@@ -592,10 +593,7 @@ class Harness:
         aliases: dict[str, str] = {}
         if spec.vendor in FAKE_CUDA_VENDORS:
             node.fake_gpus = fake_gpus(spec.devices, spec.name, spec.vendor)
-            container_env = {
-                "LD_LIBRARY_PATH": str(build / "fake"),
-                "TESSERA_FAKE_GPUS": node.fake_gpus,
-                "TESSERA_FAKE_STATE": node.path("fake-gpu.state"),
+            container_env = fake_driver_env(node.path("fake-gpu.state"), node.fake_gpus) | {
                 "PATH": f"{build / 'tools'}:{os.environ.get('PATH', '/usr/bin:/bin')}",
             }
             if FAKE_CUDA_VENDORS[spec.vendor] != "NVIDIA_VISIBLE_DEVICES":

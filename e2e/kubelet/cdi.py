@@ -173,6 +173,18 @@ def to_process(edits: Edits, base_env: Mapping[str, str], argv: Sequence[str]) -
     return ProcessSpec(env, [map_value(a, mounts) if a.startswith("/") else a for a in argv], notes, real)
 
 
+def spec_env(spec_path: str, base_env: Mapping[str, str]) -> dict[str, str]:
+    """The env of a process given the first device of the CDI spec at ``spec_path``, run without a
+    mount namespace: ``base_env`` with the spec's env over it, container paths in values mapped to
+    the mounts' host paths (the limits file's name among them). The preload is left to the caller."""
+    with open(spec_path, encoding="utf-8") as f:
+        spec = json.load(f)
+    edits = Edits()
+    edits.merge(spec["devices"][0].get("containerEdits"))
+    edits.mounts = [m for m in edits.mounts if m.get("containerPath") != PRELOAD_PATH]
+    return to_process(edits, base_env, []).env
+
+
 # A tmpfs is mounted here in the namespace for mounts whose container path lies under it (libvgpu's
 # limits file): the one place a container path that does not exist on the host can be made.
 RUN_DIR = "/run/tessera"

@@ -29,6 +29,7 @@ from dra_driver.proto import (
 )
 from dra_driver.proto import pluginregistration_v1_pb2 as reg_pb2
 from dra_driver.proto import pluginregistration_v1_pb2_grpc as reg_grpc
+from kubeapi import ObjectRef
 
 log = logging.getLogger("e2e.kubelet.plugins")
 
@@ -42,11 +43,7 @@ class PluginError(Exception):
     """A plugin cannot be reached or answered with an error."""
 
 
-@dataclass(frozen=True)
-class ClaimRef:
-    namespace: str
-    name: str
-    uid: str
+ClaimRef = ObjectRef
 
 
 @dataclass

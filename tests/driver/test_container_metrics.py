@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import json
 import os
 import subprocess
 from collections.abc import AsyncIterator
@@ -22,6 +21,7 @@ from dra_driver import cdi
 from dra_driver.checkpoint import COMPLETED, STARTED, ClaimEntry, DeviceHold, PreparedDevice
 from dra_driver.container_metrics import ContainerDevice, RegionSource, region_sources
 from e2e.apiserver import APIServer
+from e2e.fakegpu import BUILD, container_env
 from vendors import nvidia
 from vendors.base import DeviceInfo
 
@@ -29,8 +29,6 @@ from .helpers import claim, request, result, running_driver, settings, sharing_c
 from .kubelet import Claim, Kubelet
 from .test_observability import free_port, scrape
 
-ROOT = Path(__file__).resolve().parents[2]
-BUILD = ROOT / "isolation" / "build"
 WORKLOAD = BUILD / "tools" / "cuda-workload"
 MIB = 1 << 20
 GIB = 1 << 30
@@ -40,7 +38,7 @@ H200 = DeviceInfo(index=0, uuid="GPU-0", product_name="NVIDIA H200", model="H200
 @pytest.fixture(scope="module", autouse=True)
 def _libvgpu_built() -> None:
     """libvgpu, the fake driver and cuda-workload (make is a no-op when they are up to date)."""
-    subprocess.run(["make", "-s", "-C", str(ROOT / "isolation"), "all"], check=True, timeout=600)
+    subprocess.run(["make", "-s", "-C", str(BUILD.parent), "all"], check=True, timeout=600)
 
 
 def samples(text: str, name: str) -> list[tuple[dict[str, str], float]]:
@@ -63,29 +61,6 @@ def one(text: str, name: str, **labels: str) -> float:
     found = [v for lab, v in samples(text, name) if all(lab.get(k) == want for k, want in labels.items())]
     assert len(found) == 1, f"{name} {labels}: {found}\n{text}"
     return found[0]
-
-
-def container_env(cdi_path: str, fake_dir: str, gpus: str) -> dict[str, str]:
-    """What the runtime gives the container (the CDI spec's env and its limits file), plus the fake
-    driver and the preload (the local harness's stand-in for the ``/etc/ld.so.preload`` mount)."""
-    with open(cdi_path, encoding="utf-8") as f:
-        spec = json.load(f)
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("CUDA_", "GPU_CORE", "TESSERA_", "LD_"))}
-    edits = spec["devices"][0]["containerEdits"]
-    for entry in edits["env"]:
-        key, _, value = entry.partition("=")
-        env[key] = value
-    # the limits file's fixed container path, as the harness maps it to the host file
-    limits = [m["hostPath"] for m in edits.get("mounts") or [] if m["containerPath"] == "/run/tessera/limits"]
-    if limits:
-        env["TESSERA_LIMITS_FILE"] = limits[0]
-    env.update(
-        TESSERA_FAKE_STATE=os.path.join(fake_dir, "fake.state"),
-        TESSERA_FAKE_GPUS=gpus,
-        LD_LIBRARY_PATH=str(BUILD / "fake"),
-        LD_PRELOAD=str(BUILD / "libvgpu.so"),
-    )
-    return env
 
 
 async def start(env: dict[str, str], *args: str) -> asyncio.subprocess.Process:
@@ -161,7 +136,7 @@ async def test_container_metrics_from_real_regions(
         assert samples(text, "tessera_container_last_kernel_age_seconds") == []
 
         # A whole-device container that ran and exited: no limit in its region (the device's memory).
-        done = await start(container_env(spec["whole-0-main"], root, gpus), "--total-mib", "512")
+        done = await start(container_env(spec["whole-0-main"], f"{root}/fake.state", gpus), "--total-mib", "512")
         workloads.append(done)
         _, err = await asyncio.wait_for(done.communicate(), timeout=30)
         assert done.returncode == 0, err
@@ -169,7 +144,7 @@ async def test_container_metrics_from_real_regions(
 
         # The trainer holds 1.5 GiB and launches at a 50 % SM limit, then holds its memory for 2 s.
         proc = await start(
-            container_env(spec["trainer-0-main"], root, gpus),
+            container_env(spec["trainer-0-main"], f"{root}/fake.state", gpus),
             "--total-mib", "1536", "--step-mib", "512", "--launch-seconds", "1.5", "--kernel-us", "500",
             "--hold-seconds", "2",
         )  # fmt: skip

@@ -35,13 +35,14 @@ from dra_driver.watchdog import (
 )
 from e2e.apiserver import APIServer
 from e2e.cluster.harness import fake_gpus
+from e2e.fakegpu import container_env
 from e2e.kubelet.cgroups import CgroupError, HarnessCgroups
 from vendors import nvidia
 from vendors.base import DeviceInfo
 
 from .helpers import NODE, claim, driver_args, driver_log, plugin_process, request, result, settings, wait_ready
 from .kubelet import Claim, Kubelet
-from .test_container_metrics import BUILD, WORKLOAD, container_env
+from .test_container_metrics import BUILD, WORKLOAD
 from .test_observability import free_port, sample, scrape
 
 MIB = 1 << 20
@@ -290,7 +291,8 @@ async def run_watchdog_case(
         assert all(a.error == "" for a in answer.claims.values()), answer
 
         def env(c: dict[str, Any]) -> dict[str, str]:
-            return container_env(cdi.spec_path(s.cdi_dir, nvidia.NAMES, c["metadata"]["uid"]), root, gpus)
+            spec = cdi.spec_path(s.cdi_dir, nvidia.NAMES, c["metadata"]["uid"])
+            return container_env(spec, f"{root}/fake.state", gpus)
 
         started = []
         for c, pod, args_ in (
