@@ -29,7 +29,7 @@ import logging
 import math
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from fractions import Fraction
 from typing import Any
 
@@ -117,44 +117,90 @@ def pool_results(claim: Mapping[str, Any], driver: str, pool: str) -> tuple[Mapp
     return tuple(r for r in driver_results(claim, driver) if r.get("pool") == pool)
 
 
-def _fraction(value: Any, total: int) -> Fraction:
-    if total <= 0:
-        return Fraction(0)
+def _amount(value: Any) -> Fraction:
     try:
-        return Fraction(parse_quantity(str(value))) / total
+        return Fraction(parse_quantity(str(value)))
     except (QuantityError, ValueError, TypeError):
         return Fraction(0)
 
 
-def device_loads(results: Iterable[Mapping[str, Any]], totals: Mapping[str, Totals]) -> dict[str, Fraction]:
-    """Load of every device in ``totals`` (0..1): per capacity, what the results consumed over the total;
-    the device's load is the largest of them. Results for unknown devices are ignored."""
-    used: dict[str, dict[str, Fraction]] = {name: {} for name in totals}
-    full: set[str] = set()
+@dataclass
+class Held:
+    """What allocation results hold on one device: the consumed amounts per capacity (memory, cores,
+    shares, in the units of ``consumedCapacity``) and the number of exclusive allocations."""
+
+    amounts: dict[str, Fraction] = field(default_factory=dict)
+    exclusive: int = 0
+
+    def add(self, other: Held, sign: int = 1) -> None:
+        self.exclusive += sign * other.exclusive
+        for capacity, amount in other.amounts.items():
+            total = self.amounts.get(capacity, Fraction(0)) + sign * amount
+            if total:
+                self.amounts[capacity] = total
+            else:
+                self.amounts.pop(capacity, None)
+
+    def empty(self) -> bool:
+        return not self.exclusive and not self.amounts
+
+
+HeldKey = tuple[str, str]
+"""(pool, device)"""
+
+
+def holdings(results: Iterable[Mapping[str, Any]]) -> dict[HeldKey, Held]:
+    """What the results hold, per (pool, device); admin-access results hold nothing. Each quantity is
+    parsed once here, so a tracker keeps these per claim and sums them as claims change."""
+    out: dict[HeldKey, Held] = {}
     for result in results:
-        name = str(result.get("device"))
-        if name not in totals or result.get("adminAccess"):
+        if result.get("adminAccess"):
             continue
+        held = out.setdefault((str(result.get("pool")), str(result.get("device"))), Held())
         consumed = result.get("consumedCapacity")
         if not isinstance(consumed, Mapping) or not consumed:
-            full.add(name)  # an exclusive allocation takes the whole device
+            held.exclusive += 1  # an exclusive allocation takes the whole device
             continue
-        total = totals[name]
         for key, value in consumed.items():
             capacity = str(key).rpartition("/")[2]
-            if capacity == CAPACITY_MEMORY:
-                share = _fraction(value, total.memory_bytes)
-            elif capacity == CAPACITY_CORES and total.cores is not None:
-                share = _fraction(value, total.cores)
-            elif capacity == CAPACITY_SHARES:
-                share = _fraction(value, total.shares)
-            else:
-                continue
-            used[name][capacity] = used[name].get(capacity, Fraction(0)) + share
+            if capacity in (CAPACITY_MEMORY, CAPACITY_CORES, CAPACITY_SHARES):
+                held.amounts[capacity] = held.amounts.get(capacity, Fraction(0)) + _amount(value)
+    return out
+
+
+def load(held: Held | None, total: Totals) -> Fraction:
+    """A device's load (0..1): the largest of its consumed fractions; 1 when held exclusively."""
+    if held is None:
+        return Fraction(0)
+    if held.exclusive:
+        return Fraction(1)
+    parts = []
+    for capacity, amount in held.amounts.items():
+        whole = {CAPACITY_MEMORY: total.memory_bytes, CAPACITY_CORES: total.cores, CAPACITY_SHARES: total.shares}
+        if whole[capacity] is None:
+            continue  # cores that are not shared are not consumed
+        denominator = whole[capacity] or 0
+        parts.append(amount / denominator if denominator > 0 else Fraction(0))
+    return min(Fraction(1), max(parts, default=Fraction(0)))
+
+
+def loads_by_pool(
+    held: Mapping[HeldKey, Held], totals: Mapping[str, Mapping[str, Totals]]
+) -> dict[str, dict[str, Fraction]]:
+    """Device loads of every pool in ``totals``; what is held on devices they do not list is ignored."""
     return {
-        name: Fraction(1) if name in full else min(Fraction(1), max(parts.values(), default=Fraction(0)))
-        for name, parts in used.items()
+        pool: {name: load(held.get((pool, name)), total) for name, total in devices.items()}
+        for pool, devices in totals.items()
     }
+
+
+def device_loads(results: Iterable[Mapping[str, Any]], totals: Mapping[str, Totals]) -> dict[str, Fraction]:
+    """Load of every device in ``totals`` (0..1) from results of one pool: per capacity, what the results
+    consumed over the total; the device's load is the largest of them. Results for unknown devices are ignored."""
+    by_device: dict[str, Held] = {}
+    for (_, device), held in holdings(results).items():
+        by_device.setdefault(device, Held()).add(held)
+    return {name: load(by_device.get(name), total) for name, total in totals.items()}
 
 
 def mean_load(loads: Mapping[str, Fraction]) -> Fraction:
@@ -195,12 +241,7 @@ def pool_loads(
     results: Iterable[Mapping[str, Any]], totals: Mapping[str, Mapping[str, Totals]]
 ) -> dict[str, dict[str, Fraction]]:
     """Device loads of every pool in ``totals``, from every allocation result of the driver."""
-    by_pool: dict[str, list[Mapping[str, Any]]] = {name: [] for name in totals}
-    for result in results:
-        held = by_pool.get(str(result.get("pool")))
-        if held is not None:
-            held.append(result)
-    return {name: device_loads(by_pool[name], devices) for name, devices in totals.items()}
+    return loads_by_pool(holdings(results), totals)
 
 
 def node_order(loads: Mapping[str, Fraction]) -> tuple[Fraction, Fraction]:
@@ -216,11 +257,19 @@ def attributes_by_pool(loads: Mapping[str, Mapping[str, Fraction]]) -> dict[str,
     return {name: occupancy_attributes(devices, rank(keys[name], keys.values())) for name, devices in loads.items()}
 
 
+def pool_attributes(loads: Mapping[str, Mapping[str, Fraction]], pool: str) -> Attributes:
+    """``pool``'s attributes among every pool's loads (the others only for its node rank)."""
+    if pool not in loads:
+        return {}
+    own = node_order(loads[pool])
+    return occupancy_attributes(loads[pool], rank(own, (node_order(devices) for devices in loads.values())))
+
+
 def cluster_attributes(
     results: Iterable[Mapping[str, Any]], totals: Mapping[str, Mapping[str, Totals]], pool: str
 ) -> Attributes:
     """``pool``'s attributes given every result of the driver and every pool's totals (``pool`` included)."""
-    return attributes_by_pool(pool_loads(results, totals)).get(pool, {})
+    return pool_attributes(pool_loads(results, totals), pool)
 
 
 class Throttle:
@@ -291,6 +340,10 @@ class OccupancyTracker:
         self._clock = clock
         self.throttle = Throttle(interval)
         self._results: dict[Key, tuple[Mapping[str, Any], ...]] = {}
+        self._claim_held: dict[Key, dict[HeldKey, Held]] = {}
+        self._held: dict[HeldKey, Held] = {}
+        """What every allocated claim holds, summed per (pool, device): kept up to date claim by claim,
+        so that computing the attributes costs the number of devices, not of claims."""
         self._slices: dict[Key, tuple[str, int, dict[str, Totals]]] = {}  # -> (pool, generation, totals)
         self._dirty = asyncio.Event()
         self._claims_seen = False
@@ -364,8 +417,7 @@ class OccupancyTracker:
 
     def current(self) -> Attributes:
         """The attributes the claims and slices seen so far imply for this node's devices."""
-        results = [r for rs in self._results.values() for r in rs]
-        return cluster_attributes(results, self.pool_totals(), self._node)
+        return pool_attributes(loads_by_pool(self._held, self.pool_totals()), self._node)
 
     # -- watch callbacks ------------------------------------------------------------------------
 
@@ -381,9 +433,23 @@ class OccupancyTracker:
         if results:
             if self._results.get(key) != results:
                 self._results[key] = results
+                self._hold(key, holdings(results))
                 self._dirty.set()
         elif self._results.pop(key, None) is not None:
+            self._hold(key, {})
             self._dirty.set()
+
+    def _hold(self, key: Key, new: dict[HeldKey, Held]) -> None:
+        """Replace what claim ``key`` holds in the sums by ``new``."""
+        for device, held in self._claim_held.pop(key, {}).items():
+            total = self._held[device]
+            total.add(held, -1)
+            if total.empty():
+                del self._held[device]
+        for device, held in new.items():
+            self._held.setdefault(device, Held()).add(held)
+        if new:
+            self._claim_held[key] = new
 
     def _slices_listed(self) -> None:
         self._slices_seen = True

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import random
 import time
 from fractions import Fraction
 from typing import Any
@@ -280,3 +281,49 @@ async def test_a_claims_watch_too_old_lists_again_and_drops_what_went_meanwhile(
             await wait_for(lambda: occupancy(node_slice(api))["gpu-1"].get("occupancy") == 0, timeout=15)
             relists = sum(1 for r in api.requests if r.path == CLAIMS_PATH and r.query.get("watch") != "true")
             assert relists > lists
+
+
+def test_the_tracker_keeps_its_sums_claim_by_claim_equal_to_a_recount() -> None:
+    """Claims allocated, changed and released in a random order: after every event the tracker's
+    attributes (sums kept claim by claim) equal a recount of every result, and nothing stays held
+    once every claim is gone."""
+    from dra_driver.occupancy import OccupancyTracker, _claim_view, _slice_view, cluster_attributes
+
+    async def publish(_: Any) -> None:
+        return None
+
+    rng = random.Random(7)
+    devices = mock.discover("4xH200", nvidia.NAMES, nvidia.MOCK_MODELS, NODE)
+    tracker = OccupancyTracker(None, nvidia.NAMES, NODE, devices, 10, publish)  # type: ignore[arg-type]
+    (spec,) = build_slice_specs(devices, nvidia.NAMES, "node-b", 10, shareable=True)
+    other = slice_object(spec, 1, node_name="node-b", node_uid="6c1f3e2a-0000-4000-8000-00000000000b", driver=DRIVER)
+    tracker._slice_event("ADDED", {**_slice_view(other), "metadata": {"name": "node-b-slice"}})
+    view = _claim_view(DRIVER)
+
+    def random_result() -> dict[str, Any]:
+        device = f"gpu-{rng.randrange(5)}"  # gpu-4 is no device of either node
+        pool = rng.choice([NODE, "node-b", "node-c"])  # node-c publishes no slice
+        kind = rng.random()
+        if kind < 0.15:
+            return result(device, share=False, pool=pool)
+        if kind < 0.2:
+            return {**result(device, memory="100Gi", pool=pool), "adminAccess": True}
+        if kind < 0.25:
+            return result(device, memory="nonsense", pool=pool)
+        return result(device, memory=f"{rng.randrange(1, 40)}Gi", cores=str(rng.randrange(1, 50)), pool=pool)
+
+    live: dict[str, list[dict[str, Any]]] = {}
+    for step in range(400):
+        name = f"c{rng.randrange(30)}"
+        if name in live and rng.random() < 0.4:
+            del live[name]
+            tracker._claim_event("DELETED", view(claim(name, [])))
+        else:
+            live[name] = [random_result() for _ in range(rng.randrange(1, 4))]
+            tracker._claim_event("MODIFIED", view(claim(name, live[name])))
+        everything = [r for results in live.values() for r in results]
+        assert tracker.current() == cluster_attributes(everything, tracker.pool_totals(), NODE), step
+    for name in list(live):
+        tracker._claim_event("DELETED", view(claim(name, [])))
+    assert tracker._held == {} and tracker._claim_held == {}
+    assert all(a["occupancy"]["int"] == 0 for a in tracker.current().values())
