@@ -31,6 +31,7 @@ from typing import Any
 from isolation import env as isolation_env
 from kubeapi import KubeClient, KubeError, namespaced_path
 from tessera_common.quantity import format_binary
+from tessera_common.tasks import cancel_and_wait
 from vendors.base import DOMAIN, MIB, VendorNames
 from vendors.common import ENFORCER_ENV
 
@@ -279,11 +280,7 @@ class ClaimStatusWriter:
         if not tasks:
             return
         _, pending = await asyncio.wait(tasks, timeout=timeout)
-        for task in pending:
-            task.cancel()
-        for task in pending:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        await cancel_and_wait(pending, ignore_errors=True)
 
     async def write(
         self, ref: ClaimRef, ours: Sequence[Mapping[str, Any]], claim: Mapping[str, Any] | None = None

@@ -23,6 +23,7 @@ from aiohttp import web
 import vendors
 from kubeapi import KubeClient
 from tessera_common import files as fsutil
+from tessera_common.tasks import cancel_and_wait
 from vendors.base import DeviceInfo, NodeVendor
 
 from . import backends, health, plugin, registration
@@ -348,11 +349,7 @@ class Driver:
         if self._dra_server is not None:
             await self._dra_server.stop(grace=5)
         self._remove_socket(s.dra_socket)
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_and_wait(self._tasks)
         if self.monitor is not None:
             await self.monitor.stop()
         if self.status_writer is not None:

@@ -36,6 +36,7 @@ from typing import Any
 from kubeapi import RESOURCE_V1, KubeClient, KubeError
 from kubeapi.informer import Informer, Key, key_of
 from tessera_common.quantity import QuantityError, parse_quantity
+from tessera_common.tasks import cancel_and_wait
 from vendors.base import (
     ATTR_DEVICE_RANK,
     ATTR_NODE_OCCUPANCY,
@@ -396,11 +397,7 @@ class OccupancyTracker:
         return self.published
 
     async def stop(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_and_wait(self._tasks)
         self._tasks = []
 
     def pool_totals(self) -> dict[str, dict[str, Totals]]:

@@ -21,6 +21,7 @@ from typing import Any
 
 from kubeapi import RESOURCE_V1, KubeClient, KubeError, Obj
 from tessera_common.quantity import QuantityError, format_binary, format_decimal, parse_quantity
+from tessera_common.tasks import cancel_and_wait
 from vendors.base import (
     ATTR_ARCHITECTURE,
     ATTR_DRIVER_VERSION,
@@ -357,11 +358,7 @@ class SlicePublisher:
         ]
 
     async def stop(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_and_wait(self._tasks)
         self._tasks = []
 
     def trigger(self, reason: str) -> None:

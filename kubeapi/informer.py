@@ -193,24 +193,15 @@ class Informer:
                     delay = self.backoff
             except asyncio.CancelledError:
                 raise
-            except KubeError as exc:
-                if exc.status == 410:  # the resourceVersion is too old: list again at once
+            except (KubeError, OSError, ValueError) as exc:
+                if isinstance(exc, KubeError) and exc.status == 410:  # the resourceVersion is too old: list again
                     need_list = True
                     continue
                 log.warning(
-                    "list or watch failed; listing again",
+                    "list or watch failed; listing again" if isinstance(exc, KubeError)
+                    else "watch stream broke; listing again",
                     extra={"informer": self.name, "error": str(exc), "retry_in_s": delay},
-                )
-                if self.on_failure is not None:
-                    self._call("on_failure", self.on_failure, exc)
-                need_list = True
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, self.max_backoff)
-            except (OSError, ValueError) as exc:
-                log.warning(
-                    "watch stream broke; listing again",
-                    extra={"informer": self.name, "error": str(exc), "retry_in_s": delay},
-                )
+                )  # fmt: skip
                 if self.on_failure is not None:
                     self._call("on_failure", self.on_failure, exc)
                 need_list = True

@@ -13,7 +13,6 @@ with :meth:`Exporter.watch` (its handler may update :attr:`Exporter.state` or it
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Callable, Iterable, Iterator
 
@@ -24,6 +23,7 @@ from prometheus_client.registry import Collector
 
 from kubeapi import RESOURCE_V1, KubeClient
 from kubeapi.informer import Handler, Informer, Transform
+from tessera_common.tasks import cancel_and_wait
 
 from .metrics import Renderer
 from .model import ClusterState, reduce_pod
@@ -86,11 +86,7 @@ class Exporter:
                 await informer.synced.wait()
 
     async def stop(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_and_wait(self._tasks)
         self._tasks = []
 
     def render(self) -> bytes:

@@ -21,6 +21,7 @@ from typing import IO
 
 from kubeapi import KubeClient
 from kubeapi.informer import Informer
+from tessera_common.tasks import cancel_and_wait
 
 from .exporter import CLAIMS, LIVE_PODS, PODS, SLICES
 from .model import ClusterState, ClusterView, DeviceView, Obj, reduce_pod, share_order
@@ -160,11 +161,7 @@ async def watch(kube: KubeClient, out: IO[str], *, node: str | None, clear: bool
                         continue
                 break
     finally:
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_and_wait(tasks)
 
 
 async def run(kube: KubeClient, *, follow: bool, node: str | None, out: IO[str] = sys.stdout) -> None:

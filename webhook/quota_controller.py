@@ -36,6 +36,7 @@ from prometheus_client.registry import Collector
 
 from kubeapi import KubeClient, KubeError, namespaced_path
 from kubeapi.informer import Informer
+from tessera_common.tasks import cancel_and_wait
 
 from . import quota as q
 from .inventory import Inventory
@@ -189,11 +190,7 @@ class QuotaController:
                     except Exception:  # a bug: keep the loop alive, say where
                         logger().exception("quota: reconcile failed", extra={"namespace": namespace})
         finally:
-            for task in tasks:
-                task.cancel()
-            for task in tasks:
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+            await cancel_and_wait(tasks)
 
     def _namespaces(self) -> set[str]:
         out = {ns for (ns, _), obj in self.quotas.cache.items() if self.catalog.limits([obj])}

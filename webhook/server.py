@@ -9,7 +9,6 @@ with its traceback, never a 500 that kube-apiserver would have to interpret.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
@@ -17,6 +16,7 @@ from typing import Any
 from aiohttp import web
 
 from kubeapi import KubeClient, KubeError
+from tessera_common.tasks import cancel_and_wait
 
 from . import inventory as inventory_mod
 from . import review as rv
@@ -82,11 +82,7 @@ class Webhook:
         if self.quota is not None:
             tasks.append(asyncio.create_task(self.quota.run(), name="quota"))
         yield
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_and_wait(tasks)
 
     async def load_inventory(self) -> bool:
         """Read the ResourceSlices once; keeps the previous inventory when that fails."""

@@ -7,13 +7,13 @@ A :class:`WorkQueue` collapses repeated keys and retries with a delay.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 from kubeapi import KubeError
 from kubeapi.informer import Informer, Key, key_of
+from tessera_common.tasks import cancel_and_wait
 
 log = logging.getLogger("e2e.controllers")
 
@@ -81,8 +81,4 @@ async def run_worker(queue: WorkQueue, reconcile: Callable[[Key], Awaitable[floa
 
 
 async def cancel_all(tasks: list[asyncio.Task[Any]]) -> None:
-    for task in tasks:
-        task.cancel()
-    for task in tasks:
-        with contextlib.suppress(asyncio.CancelledError, Exception):
-            await task
+    await cancel_and_wait(tasks, ignore_errors=True)
