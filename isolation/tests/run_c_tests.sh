@@ -58,6 +58,8 @@ run "hooks memory limits file" LD_LIBRARY_PATH="$BD/fake" LD_PRELOAD="$PRE" TESS
 if unshare --mount true 2>/dev/null; then
     rm -f "$TMP/state"
     : >"$TMP/region"
+    # The single-quoted script is expanded by the inner sh ("$0": the limits file, "$@": the command).
+    # shellcheck disable=SC2016
     run "hooks memory fixed path" unshare --mount --propagation private sh -c 'mount -t tmpfs -o size=64k tessera /run &&
         mkdir /run/tessera && : >/run/tessera/limits && mount --bind "$0" /run/tessera/limits &&
         mount -o remount,bind,ro /run/tessera/limits && exec env "$@"' "$TMP/limits" \
