@@ -15,17 +15,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
+from e2e.fakegpu import BUILD, fake_driver_env, host_env
 from isolation import limits as limits_file
 
 ROOT = Path(__file__).resolve().parents[1]
-BUILD = ROOT / "isolation" / "build"
 BENCH = BUILD / "tests" / "vgpu-bench"
 METRICS = {
     "launch_ns": ("kernel launch (no SM limit)", 50.0),
@@ -49,12 +48,8 @@ def main() -> int:
     args = ap.parse_args()
     subprocess.run(["make", "-s", "-C", str(ROOT / "isolation"), "all"], check=True)
     with tempfile.TemporaryDirectory() as tmp:
-        base = {k: v for k, v in os.environ.items() if not k.startswith(("CUDA_", "LD_PRELOAD", "TESSERA_"))}
-        base |= {
-            "LD_LIBRARY_PATH": str(BUILD / "fake"),
-            "TESSERA_FAKE_STATE": f"{tmp}/fake.state",
-            "TESSERA_FAKE_GPUS": "GPU-3e7a0c1d-5b2f-4c8e-9a61-0d4f2b7c9e10=80GiB/132sm/NVIDIA H100",
-        }
+        gpus = "GPU-3e7a0c1d-5b2f-4c8e-9a61-0d4f2b7c9e10=80GiB/132sm/NVIDIA H100"
+        base = host_env() | fake_driver_env(f"{tmp}/fake.state", gpus)
         limits = limits_file.Limits(
             region=f"{tmp}/bench.cache",
             devices=(limits_file.DeviceLimits("GPU-3e7a0c1d-5b2f-4c8e-9a61-0d4f2b7c9e10", 40 << 30, 0),),
