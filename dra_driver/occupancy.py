@@ -175,9 +175,9 @@ def load(held: Held | None, total: Totals) -> Fraction:
         return Fraction(0)
     if held.exclusive:
         return Fraction(1)
+    whole = {CAPACITY_MEMORY: total.memory_bytes, CAPACITY_CORES: total.cores, CAPACITY_SHARES: total.shares}
     parts = []
     for capacity, amount in held.amounts.items():
-        whole = {CAPACITY_MEMORY: total.memory_bytes, CAPACITY_CORES: total.cores, CAPACITY_SHARES: total.shares}
         if whole[capacity] is None:
             continue  # cores that are not shared are not consumed
         denominator = whole[capacity] or 0
