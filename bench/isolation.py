@@ -24,6 +24,8 @@ from pathlib import Path
 from e2e.fakegpu import BUILD, fake_driver_env, host_env
 from isolation import limits as limits_file
 
+from .common import write_report
+
 ROOT = Path(__file__).resolve().parents[1]
 BENCH = BUILD / "tests" / "vgpu-bench"
 METRICS = {
@@ -85,14 +87,7 @@ def main() -> int:
         tgt = "-" if target is None else f"<= {target:.0f} ns: {verdict}"
         lines.append(f"| {label} | {p:.1f} | {h:.1f} | {added:+.1f} | {ratio:.2f} | {tgt} |")
     text = "\n".join(lines) + "\n"
-    out = ROOT / ".bench"
-    out.mkdir(exist_ok=True)
-    (out / "isolation.md").write_text(text)
-    print(text)
-    if failed:
-        print(f"targets missed: {failed}", file=sys.stderr)
-        return 1
-    return 0
+    return write_report("isolation", text, ok=not failed, missed=f"targets missed: {failed}")
 
 
 if __name__ == "__main__":
