@@ -37,7 +37,7 @@ import statistics
 import sys
 import time
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from fractions import Fraction
 from typing import Any
@@ -416,30 +416,43 @@ class Run:
     writes: int = 0
 
 
-def simulate(name: str, model: Model, trace: Sequence[Arrival]) -> Run:
+def play(model: Model, trace: Sequence[Arrival]) -> Iterator[tuple[int, bool, float]]:
     """Play ``trace`` through ``model``: departures before arrivals at the same time, deferred slice
-    updates (``tick``) when due. Rejected pods are dropped (a real one would wait)."""
-    run = Run(name)
+    updates (``tick``) when due. Yields ``(index, placed, time)`` after each arrival; a caller that
+    stops early leaves the later events unplayed. Rejected pods are dropped (a real one would wait)."""
     events: list[tuple[float, int, int]] = [(a.time, 1, i) for i, a in enumerate(trace)]
     heapq.heapify(events)
     ticks: set[float] = set()
     while events:
         now, kind, index = heapq.heappop(events)
+        placed: bool | None = None
         if kind == 2:
             ticks.discard(now)
         elif kind == 0:
             model.remove(trace[index], now)
-        elif model.place(trace[index], now):
-            run.placed_total += 1
-            heapq.heappush(events, (now + trace[index].lifetime, 0, index))
-            if run.first_rejection is None:
-                run.samples.append(window_metrics(model.snapshot()))
-        elif run.first_rejection is None:
-            run.first_rejection = index
+        else:
+            placed = model.place(trace[index], now)
+            if placed:
+                heapq.heappush(events, (now + trace[index].lifetime, 0, index))
         due = model.tick(now)
         if due is not None and due not in ticks:
             ticks.add(due)
             heapq.heappush(events, (due, 2, -1))
+        if placed is not None:
+            yield index, placed, now
+
+
+def simulate(name: str, model: Model, trace: Sequence[Arrival]) -> Run:
+    """The whole of ``trace`` through ``model`` (:func:`play`), with the window metrics after every
+    arrival until the first rejection."""
+    run = Run(name)
+    for index, placed, _ in play(model, trace):
+        if placed:
+            run.placed_total += 1
+            if run.first_rejection is None:
+                run.samples.append(window_metrics(model.snapshot()))
+        elif run.first_rejection is None:
+            run.first_rejection = index
     run.seconds = list(getattr(model, "seconds", []))
     run.writes = int(getattr(model, "writes", 0))
     return run
@@ -574,20 +587,7 @@ def burst(model: Model, seed: int) -> tuple[int, int, int, int]:
     shares :data:`BURST_GAP` s apart, faster than any slice is rewritten. Returns the distinct nodes and
     cards the burst went to, and the most of its pods on one node and on one card."""
     trace = make_trace(seed, BURST_WARM, 1.0, MEAN_LOAD)
-    events: list[tuple[float, int, int]] = [(a.time, 1, i) for i, a in enumerate(trace)]
-    heapq.heapify(events)
-    now = 0.0
-    while events:
-        now, kind, index = heapq.heappop(events)
-        if kind == 0:
-            model.remove(trace[index], now)
-            continue
-        if model.place(trace[index], now):
-            heapq.heappush(events, (now + trace[index].lifetime, 0, index))
-        model.tick(now)
-        if index == len(trace) - 1:
-            break
-    now += 2.0
+    now = next(t for index, _, t in play(model, trace) if index == len(trace) - 1) + 2.0
     model.tick(now)
     before = model.snapshot().cards
     for i in range(BURST):
