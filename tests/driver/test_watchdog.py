@@ -35,14 +35,14 @@ from dra_driver.watchdog import (
 )
 from e2e.apiserver import APIServer
 from e2e.cluster.harness import fake_gpus
-from e2e.fakegpu import container_env
+from e2e.fakegpu import BUILD, container_env
 from e2e.kubelet.cgroups import CgroupError, HarnessCgroups
 from vendors import nvidia
 from vendors.base import DeviceInfo
 
 from .helpers import NODE, claim, driver_args, driver_log, plugin_process, request, result, settings, wait_ready
 from .kubelet import Claim, Kubelet
-from .test_container_metrics import BUILD, WORKLOAD
+from .test_container_metrics import WORKLOAD
 from .test_observability import free_port, sample, scrape
 
 MIB = 1 << 20
