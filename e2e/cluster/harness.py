@@ -644,6 +644,9 @@ class Harness:
 
     async def start_driver(self, node_name: str, *, wait: bool = True) -> None:
         node = self.nodes[node_name]
+        assert node.kubelet is not None
+        # a killed driver's registration stays (its socket file is left behind): wait for a new one
+        stale = node.kubelet.plugins.registration(node.driver_name)
         watchdog_args, watchdog_env = self.watchdog_args(node)
         node.driver = Child(
             f"driver on {node_name}",
@@ -686,15 +689,20 @@ class Harness:
         )
         await node.driver.start()
         if wait:
-            await self.wait_driver(node_name)
+            await self.wait_driver(node_name, stale=stale)
 
-    async def wait_driver(self, node_name: str, timeout: float = 60.0) -> None:
+    async def wait_driver(
+        self, node_name: str, timeout: float = 60.0, *, stale: tuple[str, tuple[int, int]] | None = None
+    ) -> None:
+        """Until the driver is registered with the kubelet (not from ``stale``, an earlier driver's
+        registration) and its slices are published."""
         node = self.nodes[node_name]
         assert node.kubelet is not None and node.driver is not None and self.kube is not None
         deadline = asyncio.get_running_loop().time() + timeout
         while True:
             node.driver.check()
-            registered = node.driver_name in node.kubelet.plugins.plugins
+            registration = node.kubelet.plugins.registration(node.driver_name)
+            registered = registration is not None and registration != stale
             slices = (
                 await self.kube.list(
                     cluster_path("resource.k8s.io/v1", "resourceslices"),

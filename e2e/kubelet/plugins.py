@@ -244,6 +244,14 @@ class PluginWatcher:
         self.changed.set()
         return True
 
+    def registration(self, driver: str) -> tuple[str, tuple[int, int]] | None:
+        """The registration socket ``driver`` is registered from and its (inode, mtime) then: a
+        restarted driver's registration has a new one."""
+        plugin = self.plugins.get(driver)
+        if plugin is None or plugin.registration_socket not in self._seen:
+            return None
+        return plugin.registration_socket, self._seen[plugin.registration_socket]
+
     async def wait_for(self, driver: str, timeout: float) -> Plugin:
         deadline = asyncio.get_running_loop().time() + timeout
         while driver not in self.plugins:

@@ -119,11 +119,17 @@ class Cluster:
         return str(((await self.get(ns, name)).get("status") or {}).get("phase", ""))
 
     async def wait_phase(self, ns: str, name: str, *phases: str) -> Obj:
-        async def check() -> Obj | None:
-            got = await self.get(ns, name)
-            return got if (got.get("status") or {}).get("phase") in phases else None
+        last: Obj = {}
 
-        return await self.wait(check, what=f"pod {ns}/{name} to be {'/'.join(phases)}")
+        async def check() -> Obj | None:
+            nonlocal last
+            last = await self.get(ns, name)
+            return last if (last.get("status") or {}).get("phase") in phases else None
+
+        try:
+            return await self.wait(check, what=f"pod {ns}/{name} to be {'/'.join(phases)}")
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}; last seen: {pod_summary(last)}") from None
 
     async def wait_running(self, ns: str, name: str) -> Obj:
         return await self.wait_phase(ns, name, "Running")
@@ -259,3 +265,24 @@ async def open_cluster(harness_nodes: list[NodeSpec]) -> AsyncIterator[Cluster]:
             yield Cluster(kube, HarnessControl(harness), timeout=float(os.environ.get("TESSERA_E2E_TIMEOUT", "60")))
         finally:
             await kube.close()
+
+
+def pod_summary(pod: Obj) -> str:
+    """What a test that timed out waiting on a pod shows: its phase, node, conditions and container
+    states, so that a failure in CI says why without a rerun."""
+    if not pod:
+        return "never read"
+    status = pod.get("status") or {}
+    conditions = [
+        f"{c.get('type')}={c.get('status')}"
+        + (f" ({c.get('reason')}: {c.get('message', '')})" if c.get("reason") else "")
+        for c in status.get("conditions") or []
+    ]
+    containers = [
+        f"{c.get('name')}: {next(iter((c.get('state') or {}).items()), ('?', {}))}"
+        for c in status.get("containerStatuses") or []
+    ]
+    return (
+        f"phase={status.get('phase', '')!r} node={(pod.get('spec') or {}).get('nodeName', '')!r} "
+        f"conditions={conditions} containers={containers}"
+    )

@@ -41,9 +41,15 @@ def mib(value: str) -> int:
 
 
 async def test_nvidia_and_volcano_seed_pods_run_with_what_they_ask(cluster: Cluster, ns: str) -> None:
-    # whole cards first, so that shares do not fragment the cards they need
-    order = ["gpu-pod2", "gpu-pod", "gpu-pod12", "volcano-gpu-pod12", "gpu-priority-pod", "gpu-policy-pod"]
+    # Whole cards first, and running before any share is created: a scheduler takes pods in no set
+    # order (one whose claim its controller has not made yet is retried later), and shares placed first
+    # can take a card on each node that gpu-pod2 needs both of.
+    whole = ["gpu-pod2", "gpu-pod"]
+    order = [*whole, "gpu-pod12", "volcano-gpu-pod12", "gpu-priority-pod", "gpu-policy-pod"]
     for name in order:
+        if name == order[len(whole)]:
+            for running in whole:
+                await cluster.wait_running(ns, running)
         pod = seed(name)
         if name == "volcano-gpu-pod12":
             # the seed names the Volcano scheduler, which this cluster does not run: converted as it is
