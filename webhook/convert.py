@@ -33,7 +33,7 @@ from vendors.base import (
     host_dirs,
 )
 
-from . import safety
+from . import safety, spreading
 from .claimspec import TEMPLATE_NAME_RE, Want, build_template, is_dns_label
 from .inventory import Inventory
 from .placement import NO_POLICIES, Policies, policies_for
@@ -323,6 +323,11 @@ class Converter:
                 patch.append({"op": "add", "path": "/spec/resourceClaims/-", "value": entry})
             else:
                 patch.append({"op": "add", "path": "/spec/resourceClaims", "value": [entry]})
+            labels = meta.get("labels")
+            spread, spread_note = spreading.constraints(policies, labels if isinstance(labels, dict) else {}, spec)
+            if spread:
+                patch.append({"op": "add", "path": "/spec/topologySpreadConstraints", "value": spread})
+                notes.append(str(spread_note))
         for edit in edits:
             patch.extend(_container_patch(edit, claim))
         if template is not None and _str(spec.get("schedulerName")) in HAMI_SCHEDULER_NAMES:

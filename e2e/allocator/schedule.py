@@ -7,8 +7,9 @@ allocated, and allocation of the pod's unallocated claims on the node (:mod:`.al
 Scoring is the DynamicResources plugin's from 1.35 (KEP-4816): per node, ``8 - index`` of the
 subrequest each ``firstAvailable`` request of the claims allocated in this cycle got, summed;
 normalised as kube-scheduler's default normaliser does (``score * 100 // max``, all 0 when the max
-is 0) and weighted 1 (its default weight). No other score plugin is modelled (the harness's pods ask
-no CPU or memory). The highest score wins; ties go to the node that sorts first by name
+is 0) and weighted 1 (its default weight); plus PodTopologySpread's soft constraints, weighted 2
+(:mod:`.spread`). No other score plugin is modelled (the harness's pods ask no CPU or memory, and
+carry no inter-pod affinity). The highest sum wins; ties go to the node that sorts first by name
 (deterministic, where kube-scheduler picks one of them at random: ``tie_break`` can do that). A pod
 that fits nowhere gets a message in kube-scheduler's form, followed by why, per node.
 """
@@ -20,6 +21,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from . import spread as topology_spread
 from .allocate import NO_ROOM, AllocatedState, NodeAllocation, allocate_on_node, tolerates
 from .pools import node_selector_matches
 
@@ -27,6 +29,8 @@ Obj = dict[str, Any]
 
 
 MAX_NODE_SCORE = 100
+DRA_WEIGHT = 1
+"""DynamicResources' weight in kube-scheduler's default profile (none given: 1)."""
 
 
 @dataclass
@@ -37,6 +41,8 @@ class Decision:
     per_node: dict[str, str] = field(default_factory=dict)
     scores: dict[str, int] = field(default_factory=dict)
     """Normalised DynamicResources score of every feasible node (0..100)."""
+    spread: dict[str, int] | None = None
+    """Normalised PodTopologySpread score of every feasible node (0..100); None when it skipped the pod."""
     evaluations: int = 0
     """CEL selector evaluations this decision ran (memoised verdicts not counted)."""
 
@@ -92,11 +98,13 @@ def schedule(
     new_share_id: Callable[[], str] = lambda: str(uuid.uuid4()),
     state: AllocatedState | None = None,
     tie_break: Callable[[list[str]], str] | None = None,
+    pods_on: Mapping[str, Sequence[Mapping[str, Any]]] | None = None,
 ) -> Decision:
     """Pick a node for ``pod`` whose claims are ``pod_claims`` (allocated or not); ``other_claims`` are
     every other claim in the cluster (their allocations hold devices), or ``state`` is what they hold
-    (then ``other_claims`` is not read; ``state`` is not changed). ``tie_break`` picks among the nodes
-    with the best score (sorted by name); default: the first."""
+    (then ``other_claims`` is not read; ``state`` is not changed). ``pods_on``: the pods bound or
+    assumed on each node, for PodTopologySpread (none: no pod counted). ``tie_break`` picks among the
+    nodes with the best score (sorted by name); default: the first."""
     if state is None:
         state = AllocatedState.from_claims(c for c in other_claims if (c.get("status") or {}).get("allocation"))
     elif any((c.get("status") or {}).get("allocation") for c in pod_claims):
@@ -144,15 +152,23 @@ def schedule(
                 unexplained.append(node)
     if feasible:
         scores = normalise({r.node: r.score for r in feasible})
-        top = max(scores.values())
-        best_nodes = [r.node for r in feasible if scores[r.node] == top]  # sorted by name
+        by_name = {str(n["metadata"]["name"]): n for n in nodes}
+        spread = topology_spread.scores(pod, [by_name[r.node] for r in feasible], nodes, pods_on or {})
+        totals = {
+            r.node: DRA_WEIGHT * scores[r.node] + (topology_spread.WEIGHT * spread[r.node] if spread else 0)
+            for r in feasible
+        }
+        top = max(totals.values())
+        best_nodes = [r.node for r in feasible if totals[r.node] == top]  # sorted by name
         chosen = tie_break(best_nodes) if tie_break is not None and len(best_nodes) > 1 else best_nodes[0]
         best = next(r for r in feasible if r.node == chosen)
         allocations = {
             str(claim["metadata"]["name"]): allocation
             for claim, allocation in zip(to_allocate, best.allocations or [], strict=True)
         }
-        return Decision(best.node, allocations, per_node=per_node, scores=scores, evaluations=evaluations)
+        return Decision(
+            best.node, allocations, per_node=per_node, scores=scores, spread=spread, evaluations=evaluations
+        )
     if not nodes:
         return Decision(None, message="0/0 nodes are available: no nodes registered.")
     for node in unexplained:

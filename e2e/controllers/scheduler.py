@@ -8,7 +8,10 @@ PreBind does, each new allocation is written: the ``resource.kubernetes.io/delet
 finalizer, then ``status.allocation`` with ``reservedFor`` naming the pod; already allocated claims
 get the pod added to ``reservedFor``; finally the pod is bound through ``pods/binding``. A pod that
 fits nowhere keeps ``PodScheduled=False`` (reason ``Unschedulable``) and gets a ``FailedScheduling``
-event with the reason per node; it is retried when nodes, slices, claims or classes change.
+event with the reason per node; it is retried when nodes, slices, claims or classes change. Nodes are
+scored as kube-scheduler's default profile does for these pods (DynamicResources and
+PodTopologySpread, see :mod:`e2e.allocator.schedule`), counting the pods bound to each node and those
+this scheduler bound that its informer has not shown bound yet.
 """
 
 from __future__ import annotations
@@ -67,9 +70,11 @@ class Scheduler:
         self.kube = kube
         self.retry_seconds = retry_seconds
         self.queue = WorkQueue()
-        self.pods = Informer(
-            kube, "/api/v1/pods", name="scheduler/pods", handler=self._on_pod, fieldSelector="spec.nodeName="
-        )
+        # every pod: the pending ones are scheduled, the bound ones counted for PodTopologySpread
+        self.pods = Informer(kube, "/api/v1/pods", name="scheduler/pods", handler=self._on_pod)
+        self._assumed: dict[Key, tuple[str, Obj]] = {}
+        """Pods bound in this process that the informer has not shown bound yet (kube-scheduler's
+        assumed pods): counted on their node so that a burst does not see them all as pending."""
         self.nodes = Informer(kube, "/api/v1/nodes", name="scheduler/nodes", handler=self._on_cluster)
         self.slices = Informer(kube, f"{RESOURCE_V1}/resourceslices", name="scheduler/slices", handler=self._on_cluster)
         self.classes = Informer(
@@ -79,10 +84,24 @@ class Scheduler:
         self._last_failure: dict[Key, str] = {}
 
     def _on_pod(self, kind: str, pod: Obj, old: Obj | None) -> None:
-        if kind != "DELETED":
-            self.queue.add(key_of(pod))
+        key = key_of(pod)
+        if kind == "DELETED":
+            self._last_failure.pop(key, None)
+            self._assumed.pop(key, None)
+        elif (pod.get("spec") or {}).get("nodeName"):
+            self._assumed.pop(key, None)
         else:
-            self._last_failure.pop(key_of(pod), None)
+            self.queue.add(key)
+
+    def _pods_on(self) -> dict[str, list[Obj]]:
+        out: dict[str, list[Obj]] = {}
+        for pod in self.pods.items():
+            node = (pod.get("spec") or {}).get("nodeName")
+            if node:
+                out.setdefault(str(node), []).append(pod)
+        for node, pod in self._assumed.values():
+            out.setdefault(node, []).append(pod)
+        return out
 
     def _on_cluster(self, kind: str, obj: Obj, old: Obj | None) -> None:
         for key in self._last_failure:
@@ -137,7 +156,9 @@ class Scheduler:
         mine = {(c["metadata"]["namespace"], c["metadata"]["name"]) for c in claims}
         others = [c for c in every_claim if (c["metadata"].get("namespace"), c["metadata"]["name"]) not in mine]
         classes = {c["metadata"]["name"]: c for c in self.classes.items()}
-        decision = schedule(pod, self.nodes.items(), claims, classes, self.slices.items(), others)
+        decision = schedule(
+            pod, self.nodes.items(), claims, classes, self.slices.items(), others, pods_on=self._pods_on()
+        )
         if not decision.scheduled:
             return await self._unschedulable(pod, decision.message, event=True)
         assert decision.node is not None
@@ -175,6 +196,7 @@ class Scheduler:
             "target": {"apiVersion": "v1", "kind": "Node", "name": decision.node},
         }
         await self.kube.create(namespaced_path("v1", "pods", ns, name) + "/binding", binding)
+        self._assumed[key] = (decision.node, pod)
         self._last_failure.pop(key, None)
         log.info("pod %s/%s: bound to %s", ns, name, decision.node)
         await self._event(pod, "Scheduled", f"Successfully assigned {ns}/{name} to {decision.node}", "Normal")

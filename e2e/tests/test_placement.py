@@ -8,6 +8,7 @@ policy to show that first fit would have put it elsewhere. Node policies rely on
 
 from __future__ import annotations
 
+import asyncio
 import os
 from typing import Any
 
@@ -124,3 +125,27 @@ async def test_node_spread_puts_a_second_pod_on_the_idle_node(cluster: Cluster, 
     if not os.environ.get("TESSERA_E2E_KUBECONFIG"):
         plain = pod("plain", "sleep 3600", limits=SMALL)
         assert (await placed(cluster, ns, "plain", plain))[0] == busy
+
+
+async def test_node_spread_splits_a_burst_of_one_workloads_pods_over_the_nodes(cluster: Cluster, ns: str) -> None:
+    # Created together, the pods are all scheduled before any slice shows the first of them: only the
+    # topology spread constraint the webhook adds (kube-scheduler counts the pods it places) splits them.
+    await node_scoring(cluster)
+    await idle(cluster)
+    nodes = sorted(await cluster.control.nodes_with_devices())
+    names = [f"worker-{i}" for i in range(2 * len(nodes))]
+    specs = []
+    for name in names:
+        spec = pod(name, "sleep 3600", limits=SMALL, annotations=NODE_SPREAD)
+        spec["metadata"]["labels"] = {"batch.kubernetes.io/controller-uid": f"{ns}-job", "job-name": "burst"}
+        specs.append(spec)
+    created = await asyncio.gather(*(cluster.create(ns, s) for s in specs))
+    assert all(
+        c["spec"]["topologySpreadConstraints"][0]["labelSelector"]["matchLabels"]
+        == {"batch.kubernetes.io/controller-uid": f"{ns}-job"}
+        for c in created
+    )
+    for name in names:
+        await cluster.wait_running(ns, name)
+    on = [(await cluster.get(ns, name))["spec"]["nodeName"] for name in names]
+    assert sorted(on) == sorted(nodes * 2), on

@@ -24,12 +24,12 @@ class OneCard(Model):
 
 
 def test_a_burst_on_one_card_counts_one_node_one_card_and_every_pod_there() -> None:
-    assert burst(OneCard(), 1) == (1, 1, BURST, BURST)
+    assert burst(OneCard(), 1, None) == (1, 1, BURST, BURST)
 
 
 def test_hami_scores_with_fresh_usage_give_every_pod_of_a_burst_its_own_card() -> None:
     import random
 
-    nodes, cards, most_on_node, most_on_card = burst(HamiModel("spread", "spread", random.Random(1)), 1)
+    nodes, cards, most_on_node, most_on_card = burst(HamiModel("spread", "spread", random.Random(1)), 1, None)
     assert cards == BURST and most_on_card == 1
     assert nodes > 1 and most_on_node < BURST
