@@ -323,11 +323,7 @@ class Converter:
                 patch.append({"op": "add", "path": "/spec/resourceClaims/-", "value": entry})
             else:
                 patch.append({"op": "add", "path": "/spec/resourceClaims", "value": [entry]})
-            labels = meta.get("labels")
-            spread, spread_note = spreading.constraints(policies, labels if isinstance(labels, dict) else {}, spec)
-            if spread:
-                patch.append({"op": "add", "path": "/spec/topologySpreadConstraints", "value": spread})
-                notes.append(str(spread_note))
+            patch.extend(_spread_patch(spreading.for_pod(policies, meta, spec), meta, notes))
         for edit in edits:
             patch.extend(_container_patch(edit, claim))
         if template is not None and _str(spec.get("schedulerName")) in HAMI_SCHEDULER_NAMES:
@@ -661,6 +657,21 @@ def _record(edits: Sequence[_Edit]) -> str:
 
 def _ours(annotations: Mapping[str, str]) -> list[str]:
     return [k for k in annotations if k.startswith(_DOMAIN_PREFIX) and k != OPT_OUT_KEY]
+
+
+def _spread_patch(spread: spreading.Spread, meta: Mapping[str, Any], notes: list[str]) -> Patch:
+    """The node policy's topology spread constraint and the labels it selects on (``meta`` exists
+    whenever labels are added: they come from its owner references)."""
+    if not spread.constraints:
+        return []
+    ops: Patch = [{"op": "add", "path": "/spec/topologySpreadConstraints", "value": spread.constraints}]
+    if spread.labels and not isinstance(meta.get("labels"), dict):
+        ops.append({"op": "add", "path": "/metadata/labels", "value": dict(spread.labels)})
+    else:
+        ops.extend({"op": "add", "path": "/metadata/labels/" + escape(k), "value": v} for k, v in spread.labels.items())
+    if spread.note:
+        notes.append(spread.note)
+    return ops
 
 
 def _strip_ours(annotations: Mapping[str, str]) -> Patch:

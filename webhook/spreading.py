@@ -7,9 +7,10 @@ kube-scheduler counts the pods it has just placed itself, so a soft topology spr
 node (``whenUnsatisfiable: ScheduleAnyway``, scored with weight 2 against DynamicResources' 1)
 spreads the burst where the slices cannot:
 
-* node ``spread``, pod of a workload (it carries ``pod-template-hash``, a Job's
-  ``batch.kubernetes.io/controller-uid`` or a StatefulSet's ``controller-revision-hash``): ``maxSkew: 1``
-  on ``kubernetes.io/hostname``, counting the pods with the same value of that label;
+* node ``spread``, on a pod a controller made (an owner reference with ``controller: true``: a
+  ReplicaSet's, a StatefulSet's, a Job's, a Kubeflow or Volcano job's, a RayCluster's...): the pod is
+  labelled ``tessera.dev/workload: <the owner's uid>`` and gets ``maxSkew: 1`` on
+  ``kubernetes.io/hostname`` over the pods with that label;
 * node ``binpack``: a constraint that counts no pod. kube-scheduler gives a pod without constraints of
   its own default ones when a Service or controller selects it (``maxSkew: 3`` per node), and those
   outweigh the binpack score: a Deployment would be spread. Any constraint of the pod's own turns the
@@ -20,7 +21,9 @@ A pod that has constraints of its own keeps them unchanged.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 from vendors.base import DOMAIN
@@ -28,22 +31,41 @@ from vendors.base import DOMAIN
 from .placement import Policies
 
 HOSTNAME = "kubernetes.io/hostname"
-WORKLOAD_LABELS = ("pod-template-hash", "batch.kubernetes.io/controller-uid", "controller-revision-hash")
-"""Labels the controllers put on their pods, each shared by the pods of one workload (revision)."""
+WORKLOAD_LABEL = f"{DOMAIN}/workload"
+"""The label that groups the pods of one controller (its uid) for node spread."""
 NO_POD_KEY = f"{DOMAIN}/binpack"
 NO_POD = {
     "matchExpressions": [{"key": NO_POD_KEY, "operator": "Exists"}, {"key": NO_POD_KEY, "operator": "DoesNotExist"}]
 }
 """A label selector no pod can match (a key both present and absent)."""
+_LABEL_VALUE = re.compile(r"^[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$")
 
 
-def constraints(
-    policies: Policies, labels: Mapping[str, Any], spec: Mapping[str, Any]
-) -> tuple[list[dict[str, Any]], str | None]:
-    """The ``topologySpreadConstraints`` to add for the pod's node policy, with a note saying why;
-    none when the pod has its own or nothing applies."""
+@dataclass(frozen=True)
+class Spread:
+    """What the webhook adds to a pod for its node policy."""
+
+    constraints: list[dict[str, Any]] = field(default_factory=list)
+    labels: dict[str, str] = field(default_factory=dict)
+    note: str | None = None
+
+
+def controller_uid(meta: Mapping[str, Any]) -> str | None:
+    """The uid of the pod's controller (the owner reference with ``controller: true``) when it can be a
+    label value."""
+    refs = meta.get("ownerReferences")
+    for ref in refs if isinstance(refs, list) else []:
+        if isinstance(ref, dict) and ref.get("controller") is True:
+            uid = ref.get("uid")
+            return uid if isinstance(uid, str) and _LABEL_VALUE.match(uid) else None
+    return None
+
+
+def for_pod(policies: Policies, meta: Mapping[str, Any], spec: Mapping[str, Any]) -> Spread:
+    """The constraint (and label) to add for the pod's node policy, with a note saying why; nothing
+    when the pod has constraints of its own or no node policy applies."""
     if spec.get("topologySpreadConstraints") or policies.node is None:
-        return [], None
+        return Spread()
     if policies.node == "binpack":
         constraint = {
             "maxSkew": 1,
@@ -51,20 +73,24 @@ def constraints(
             "whenUnsatisfiable": "ScheduleAnyway",
             "labelSelector": NO_POD,
         }
-        return [constraint], (
-            "node binpack: added a topology spread constraint that counts no pod, so that kube-scheduler's "
-            "default spreading (for pods a Service or controller selects) does not spread the pods"
+        return Spread(
+            [constraint],
+            note="node binpack: added a topology spread constraint that counts no pod, so that kube-scheduler's "
+            "default spreading (for pods a Service or controller selects) does not spread the pods",
         )
-    key = next((k for k in WORKLOAD_LABELS if isinstance(labels.get(k), str)), None)
-    if key is None:
-        return [], None
+    uid = controller_uid(meta)
+    if uid is None:
+        return Spread()
     constraint = {
         "maxSkew": 1,
         "topologyKey": HOSTNAME,
         "whenUnsatisfiable": "ScheduleAnyway",
-        "labelSelector": {"matchLabels": {key: labels[key]}},
+        "labelSelector": {"matchLabels": {WORKLOAD_LABEL: uid}},
     }
-    return [constraint], (
-        f"node spread: added a topology spread constraint on {HOSTNAME} over the pods with {key}={labels[key]}, "
-        "so that a burst of them spreads before the published occupancy catches up"
+    return Spread(
+        [constraint],
+        {WORKLOAD_LABEL: uid},
+        f"node spread: labelled {WORKLOAD_LABEL}={uid} (its controller) and added a topology spread constraint "
+        f"on {HOSTNAME} over the pods with that label, so that a burst of them spreads before the published "
+        "occupancy catches up",
     )

@@ -130,21 +130,27 @@ async def test_node_spread_puts_a_second_pod_on_the_idle_node(cluster: Cluster, 
 async def test_node_spread_splits_a_burst_of_one_workloads_pods_over_the_nodes(cluster: Cluster, ns: str) -> None:
     # Created together, the pods are all scheduled before any slice shows the first of them: only the
     # topology spread constraint the webhook adds (kube-scheduler counts the pods it places) splits them.
+    # Their controller is a ConfigMap here (any owner reference with controller: true counts; a real
+    # cluster's garbage collector keeps the pods while it exists).
     await node_scoring(cluster)
     await idle(cluster)
     nodes = sorted(await cluster.control.nodes_with_devices())
+    owner = await cluster.kube.create(
+        f"/api/v1/namespaces/{ns}/configmaps", {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "job"}}
+    )
+    uid = owner["metadata"]["uid"]
+    ref = {"apiVersion": "v1", "kind": "ConfigMap", "name": "job", "uid": uid, "controller": True}
     names = [f"worker-{i}" for i in range(2 * len(nodes))]
     specs = []
     for name in names:
         spec = pod(name, "sleep 3600", limits=SMALL, annotations=NODE_SPREAD)
-        spec["metadata"]["labels"] = {"batch.kubernetes.io/controller-uid": f"{ns}-job", "job-name": "burst"}
+        spec["metadata"]["ownerReferences"] = [ref]
         specs.append(spec)
     created = await asyncio.gather(*(cluster.create(ns, s) for s in specs))
-    assert all(
-        c["spec"]["topologySpreadConstraints"][0]["labelSelector"]["matchLabels"]
-        == {"batch.kubernetes.io/controller-uid": f"{ns}-job"}
-        for c in created
-    )
+    for c in created:
+        assert c["metadata"]["labels"]["tessera.dev/workload"] == uid
+        (constraint,) = c["spec"]["topologySpreadConstraints"]
+        assert constraint["labelSelector"] == {"matchLabels": {"tessera.dev/workload": uid}}
     for name in names:
         await cluster.wait_running(ns, name)
     on = [(await cluster.get(ns, name))["spec"]["nodeName"] for name in names]

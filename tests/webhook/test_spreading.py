@@ -8,77 +8,109 @@ from typing import Any
 import vendors
 from webhook.convert import Converter
 from webhook.placement import Policies
-from webhook.spreading import HOSTNAME, NO_POD, constraints
+from webhook.spreading import HOSTNAME, NO_POD, WORKLOAD_LABEL, Spread, controller_uid, for_pod
 
 from .conftest import make_pod, patched, validate
 
 SHARE = {"nvidia.com/gpu": 1, "nvidia.com/gpumem": 4096}
-RS_LABELS = {"app": "infer", "pod-template-hash": "5d8f7c9b6"}
-JOB_LABELS = {"batch.kubernetes.io/controller-uid": "0c7e2d4a", "batch.kubernetes.io/job-name": "train"}
+UID = "0c7e2d4a-5b1f-4e8a-9d3c-6f2b1a8e7d40"
 
 
-def _convert(labels: dict[str, str] | None, policy: str | None, **spec: Any) -> tuple[dict[str, Any], Any]:
+def owned(kind: str = "ReplicaSet", uid: Any = UID, *, controller: Any = True, **meta: Any) -> dict[str, Any]:
+    ref = {"apiVersion": "apps/v1", "kind": kind, "name": "w", "uid": uid, "controller": controller}
+    return {"name": "p", "ownerReferences": [ref], **meta}
+
+
+def _convert(meta: dict[str, Any], policy: str | None, **spec: Any) -> tuple[dict[str, Any], Any]:
     annotations = {"hami.io/node-scheduler-policy": policy} if policy else {}
-    pod = make_pod({"name": "main", "resources": {"limits": SHARE}}, annotations=annotations, labels=labels, **spec)
+    pod = make_pod({"name": "main", "resources": {"limits": SHARE}}, annotations=annotations, **spec)
+    pod["metadata"].update(meta)
     pod["metadata"]["namespace"] = "team-a"
     result = Converter(vendors.admission_vendors()).convert(pod, "team-a", None)
     assert result.allowed, result.message
     return patched(pod, result), result
 
 
-def test_spread_pods_of_a_workload_spread_over_nodes_by_its_own_label() -> None:
-    for labels, key in ((RS_LABELS, "pod-template-hash"), (JOB_LABELS, "batch.kubernetes.io/controller-uid")):
-        (got,), note = constraints(Policies("spread"), labels, {})
-        assert got == {
-            "maxSkew": 1,
-            "topologyKey": HOSTNAME,
-            "whenUnsatisfiable": "ScheduleAnyway",
-            "labelSelector": {"matchLabels": {key: labels[key]}},
-        }
-        assert note and key in note
+def test_spread_pods_of_a_controller_are_labelled_with_its_uid_and_spread_over_nodes_by_it() -> None:
+    for kind in ("ReplicaSet", "Job", "StatefulSet", "PyTorchJob"):
+        got = for_pod(Policies("spread"), owned(kind), {})
+        assert got.constraints == [
+            {
+                "maxSkew": 1,
+                "topologyKey": HOSTNAME,
+                "whenUnsatisfiable": "ScheduleAnyway",
+                "labelSelector": {"matchLabels": {WORKLOAD_LABEL: UID}},
+            }
+        ]
+        assert got.labels == {WORKLOAD_LABEL: UID} and got.note and UID in got.note
 
 
 def test_binpack_pods_get_a_constraint_that_counts_no_pod() -> None:
-    for labels in (RS_LABELS, {}):
-        (got,), note = constraints(Policies("binpack", ("spread",)), labels, {})
-        assert got["labelSelector"] == NO_POD and got["whenUnsatisfiable"] == "ScheduleAnyway"
-        assert note and "default spreading" in note
-    (key_present, key_absent) = NO_POD["matchExpressions"]
-    assert key_present["key"] == key_absent["key"] and {key_present["operator"], key_absent["operator"]} == {
-        "Exists",
-        "DoesNotExist",
-    }
+    for meta in (owned(), {"name": "bare"}):
+        got = for_pod(Policies("binpack", ("spread",)), meta, {})
+        (constraint,) = got.constraints
+        assert constraint["labelSelector"] == NO_POD and constraint["whenUnsatisfiable"] == "ScheduleAnyway"
+        assert got.labels == {} and got.note and "default spreading" in got.note
+    present, absent = NO_POD["matchExpressions"]
+    assert present["key"] == absent["key"]
+    assert {present["operator"], absent["operator"]} == {"Exists", "DoesNotExist"}
 
 
-def test_nothing_is_added_without_a_node_policy_a_workload_or_where_the_pod_has_its_own() -> None:
-    assert constraints(Policies(None, ("spread",)), RS_LABELS, {}) == ([], None)  # GPU policy only
-    assert constraints(Policies("spread"), {"app": "x"}, {}) == ([], None)  # a pod of its own
+def test_nothing_is_added_without_a_node_policy_a_controller_or_where_the_pod_has_its_own() -> None:
+    assert for_pod(Policies(None, ("spread",)), owned(), {}) == Spread()  # GPU policy only
+    assert for_pod(Policies("spread"), {"name": "bare", "labels": {"pod-template-hash": "x"}}, {}) == Spread()
     own = {"topologySpreadConstraints": [{"maxSkew": 2, "topologyKey": "zone", "whenUnsatisfiable": "DoNotSchedule"}]}
-    assert constraints(Policies("spread"), RS_LABELS, own) == ([], None)
-    assert constraints(Policies("binpack"), RS_LABELS, own) == ([], None)
+    assert for_pod(Policies("spread"), owned(), own) == Spread()
+    assert for_pod(Policies("binpack"), owned(), own) == Spread()
 
 
-def test_the_converted_pod_carries_the_constraint_validates_and_passes_again_unchanged() -> None:
-    for labels, policy in ((RS_LABELS, "spread"), (None, "binpack")):
-        pod, result = _convert(labels, policy)
-        assert pod["spec"]["topologySpreadConstraints"] == constraints(Policies(policy), labels or {}, {})[0]
+def test_only_a_controller_reference_with_a_usable_uid_groups_pods() -> None:
+    assert controller_uid(owned()) == UID
+    assert controller_uid(owned(controller=False)) is None  # an owner, not the controller
+    assert controller_uid(owned(controller="true")) is None
+    assert controller_uid(owned(uid=7)) is None
+    assert controller_uid(owned(uid="not a label value!")) is None
+    assert controller_uid(owned(uid="x" * 64)) is None  # longer than a label value may be
+    assert controller_uid({"ownerReferences": "junk"}) is None and controller_uid({}) is None
+
+
+def test_the_converted_pod_carries_label_and_constraint_validates_and_passes_again_unchanged() -> None:
+    cases = [
+        (owned(labels={"app": "infer"}), "spread"),  # labels present: one is added
+        (owned(), "spread"),  # no labels: the map is added
+        ({"name": "bare"}, "binpack"),
+    ]
+    for meta, policy in cases:
+        pod, result = _convert(meta, policy)
+        expected = for_pod(Policies(policy), meta, {})
+        assert pod["spec"]["topologySpreadConstraints"] == expected.constraints
+        for key, value in expected.labels.items():
+            assert pod["metadata"]["labels"][key] == value
+        if "labels" in meta:
+            assert pod["metadata"]["labels"]["app"] == "infer"
         assert any("topology spread constraint" in n for n in result.notes)
         validate(pod)
         again = Converter(vendors.admission_vendors()).convert(pod, "team-a", None)
         assert again.allowed and not again.patch
 
 
+def test_a_forged_workload_label_is_replaced_by_the_controllers_uid() -> None:
+    pod, _ = _convert(owned(labels={WORKLOAD_LABEL: "someone-else"}), "spread")
+    assert pod["metadata"]["labels"][WORKLOAD_LABEL] == UID
+
+
 def test_a_pods_own_constraints_are_left_as_written() -> None:
     own = [{"maxSkew": 1, "topologyKey": "topology.kubernetes.io/zone", "whenUnsatisfiable": "ScheduleAnyway",
             "labelSelector": {"matchLabels": {"app": "infer"}}}]  # fmt: skip
-    pod, result = _convert(RS_LABELS, "spread", topologySpreadConstraints=own)
-    assert pod["spec"]["topologySpreadConstraints"] == own
-    assert not any(p["path"].startswith("/spec/topologySpreadConstraints") for p in result.patch)
+    pod, result = _convert(owned(), "spread", topologySpreadConstraints=own)
+    assert pod["spec"]["topologySpreadConstraints"] == own and WORKLOAD_LABEL not in pod["metadata"].get("labels", {})
+    assert not any("topologySpreadConstraints" in p["path"] or "/labels" in p["path"] for p in result.patch)
 
 
 def test_the_cluster_default_node_policy_counts_as_the_pods() -> None:
-    pod = make_pod({"name": "main", "resources": {"limits": SHARE}}, labels=RS_LABELS)
+    pod = make_pod({"name": "main", "resources": {"limits": SHARE}})
+    pod["metadata"].update(owned())
     result = Converter(vendors.admission_vendors(), scheduling=Policies("spread")).convert(pod, "team-a", None)
     assert patched(pod, result)["spec"]["topologySpreadConstraints"][0]["labelSelector"] == {
-        "matchLabels": {"pod-template-hash": "5d8f7c9b6"}
+        "matchLabels": {WORKLOAD_LABEL: UID}
     }
