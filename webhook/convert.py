@@ -304,7 +304,13 @@ class Converter:
             # (reinvocation). Keep it unchanged when its annotations describe its content; otherwise
             # drop the annotations under our domain, which the user cannot be allowed to forge.
             if _record_matches(annotations, claim_entries, containers):
-                return Result(allowed=True, vendors=tuple(sorted(seen)))
+                if not _ours(annotations):
+                    return Result(allowed=True, vendors=tuple(sorted(seen)))
+                # converted before it was created (a workload whose template `python -m webhook convert`
+                # rewrote, or a reinvocation): the node policy's constraint is per pod, from its owner
+                policies = policies_for(annotations, self.scheduling)
+                spread = _spread_patch(spreading.for_pod(policies, meta, spec), meta, notes)
+                return Result(allowed=True, patch=spread, vendors=tuple(sorted(seen)), notes=tuple(notes))
             return Result(allowed=True, patch=_strip_ours(annotations), vendors=tuple(sorted(seen)))
 
         patch: Patch = []

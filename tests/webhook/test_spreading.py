@@ -9,6 +9,7 @@ import vendors
 from webhook.convert import Converter
 from webhook.placement import Policies
 from webhook.spreading import HOSTNAME, NO_POD, WORKLOAD_LABEL, Spread, controller_uid, for_pod
+from webhook.workloads import template_as_pod, template_path
 
 from .conftest import make_pod, patched, validate
 
@@ -114,3 +115,39 @@ def test_the_cluster_default_node_policy_counts_as_the_pods() -> None:
     assert patched(pod, result)["spec"]["topologySpreadConstraints"][0]["labelSelector"] == {
         "matchLabels": {WORKLOAD_LABEL: UID}
     }
+
+
+def test_pods_of_a_template_converted_beforehand_get_the_constraint_when_created() -> None:
+    # `python -m webhook convert` rewrites a Deployment's template; its pods then arrive converted,
+    # and only at creation do they have an owner
+    deployment = {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": "infer", "namespace": "team-a"},
+        "spec": {
+            "template": {
+                "metadata": {"annotations": {"hami.io/node-scheduler-policy": "spread"}},
+                "spec": {"containers": [{"name": "main", "resources": {"limits": SHARE}}]},
+            }
+        },
+    }
+    path = template_path(deployment)
+    assert path is not None
+    template_pod = template_as_pod(deployment, path, "team-a")
+    converter = Converter(vendors.admission_vendors())
+    result = converter.convert(template_pod, "team-a", None)
+    assert result.allowed and not any("topologySpreadConstraints" in p["path"] for p in result.patch)
+    pod = patched(template_pod, result)
+    pod["metadata"].update(owned())  # what the ReplicaSet controller sends
+    created = converter.convert(pod, "team-a", None)
+    assert created.allowed, created.message
+    out = patched(pod, created)
+    assert out["spec"]["topologySpreadConstraints"] == for_pod(Policies("spread"), owned(), {}).constraints
+    assert out["metadata"]["labels"] == {WORKLOAD_LABEL: UID}
+    validate(out)
+    assert not converter.convert(out, "team-a", None).patch  # and again: unchanged
+    # a pod of the user's own claims (no conversion record) is never touched
+    own = make_pod({"name": "main", "resources": {"claims": [{"name": "gpu"}]}}, resourceClaims=[
+        {"name": "gpu", "resourceClaimTemplateName": "mine"}])  # fmt: skip
+    own["metadata"].update(owned(annotations={"hami.io/node-scheduler-policy": "spread"}))
+    assert not converter.convert(own, "team-a", None).patch
