@@ -32,7 +32,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import copy
 import heapq
 import itertools
 import math
@@ -41,7 +40,7 @@ import statistics
 import sys
 import time
 import uuid
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from fractions import Fraction
 from typing import Any
@@ -89,7 +88,7 @@ SHAPES: list[tuple[str, float, dict[str, Any]]] = [
     ("1/4", 0.40, {"nvidia.com/gpu": 1, "nvidia.com/gpumem": CARD_MIB // 4, "nvidia.com/gpucores": 25}),
     ("2 x 1/2", 0.05, {"nvidia.com/gpu": 2, "nvidia.com/gpumem": CARD_MIB // 2, "nvidia.com/gpucores": 50}),
 ]
-WITHOUT_CONSTRAINTS = " without the webhook's spread constraint"
+WITHOUT_CONSTRAINTS = " without the webhook's spread constraints"
 POLICIES: dict[str, dict[str, str]] = {
     "first fit": {},
     "binpack": {"hami.io/node-scheduler-policy": "binpack", "hami.io/gpu-scheduler-policy": "binpack"},
@@ -217,7 +216,7 @@ class DraModel(Model):
         ]
         self.spread_constraints = spread_constraints
         self.pods: dict[str, dict[int, Obj]] = {n: {} for n in self.devices}
-        self.pod_specs: dict[tuple[str, Workload | None], Obj] = {}
+        self.now = 0.0
         self.totals = {n: device_totals(d, NAMES, SPLIT) for n, d in self.devices.items()}
         self.classes = {
             DRIVER: {
@@ -226,8 +225,7 @@ class DraModel(Model):
             }
         }
         self.annotations = dict(annotations)
-        self.converter = Converter([nvidia.VENDOR])
-        self.templates: dict[str, Obj] = {}
+        self.converter = Converter([nvidia.VENDOR], clock=lambda: self.now)
         self.tie_rng = tie_rng
         self.interval = interval
         self.state = AllocatedState()
@@ -244,29 +242,25 @@ class DraModel(Model):
         self.writes = 0
         self.inventory = Inventory.from_slices(list(self.slices.values()))
 
-    def _pod(self, arrival: Arrival) -> tuple[Obj, Obj]:
-        """The pod as the webhook leaves it (name and uid set here) and its claim template."""
-        key = (arrival.shape, arrival.workload)
-        if key not in self.pod_specs:
-            meta: Obj = {"name": "p", "namespace": "bench", "annotations": self.annotations}
-            if arrival.workload is not None:
-                meta.update(arrival.workload.meta())
-            written: Obj = {
-                "apiVersion": "v1",
-                "kind": "Pod",
-                "metadata": meta,
-                "spec": {"containers": [{"name": "main", "resources": {"limits": limits(arrival.shape)}}]},
-            }
-            result = self.converter.convert(written, "bench", self.inventory)
-            assert result.allowed and result.template is not None, result.message
-            patched: Obj = jsonpatch.apply_patch(written, list(result.patch))
-            if not self.spread_constraints:
-                patched["spec"].pop("topologySpreadConstraints", None)
-            self.pod_specs[key] = patched
-            self.templates[arrival.shape] = result.template
-        pod = copy.deepcopy(self.pod_specs[key])
-        pod["metadata"].update(name=f"pod-{arrival.index}", uid=str(arrival.index))
-        return pod, self.templates[arrival.shape]
+    def _pod(self, arrival: Arrival, now: float) -> tuple[Obj, Obj]:
+        """The pod as the webhook leaves it when admitted at ``now``, and its claim template."""
+        meta: Obj = {"name": f"pod-{arrival.index}", "namespace": "bench", "uid": str(arrival.index)}
+        meta["annotations"] = dict(self.annotations)
+        if arrival.workload is not None:
+            meta.update(arrival.workload.meta())
+        written: Obj = {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": meta,
+            "spec": {"containers": [{"name": "main", "resources": {"limits": limits(arrival.shape)}}]},
+        }
+        self.now = now
+        result = self.converter.convert(written, "bench", self.inventory)
+        assert result.allowed and result.template is not None, result.message
+        pod: Obj = jsonpatch.apply_patch(written, list(result.patch))
+        if not self.spread_constraints:
+            pod["spec"].pop("topologySpreadConstraints", None)
+        return pod, result.template
 
     def _attributes(self) -> dict[str, Attributes]:
         results = [r for held in self.on_node.values() for rs in held.values() for r in rs]
@@ -304,7 +298,7 @@ class DraModel(Model):
         return min(self.due.values(), default=None)
 
     def place(self, arrival: Arrival, now: float) -> bool:
-        pod, template = self._pod(arrival)
+        pod, template = self._pod(arrival, now)
         claim = {
             "apiVersion": "resource.k8s.io/v1",
             "kind": "ResourceClaim",
@@ -670,10 +664,11 @@ def burst(model: Model, seed: int, workload: Workload | None) -> tuple[int, int,
 
 BURST_RUNS: list[tuple[str, str, Workload | None]] = [
     ("spread (node and GPU), a ReplicaSet", "spread", REPLICA_SET),
-    ("spread, a ReplicaSet, without the webhook's constraint", "spread" + WITHOUT_CONSTRAINTS, REPLICA_SET),
+    ("spread, a ReplicaSet, without the webhook's constraints", "spread" + WITHOUT_CONSTRAINTS, REPLICA_SET),
     ("spread, a Job", "spread", JOB),
-    ("spread, a Job, without the webhook's constraint", "spread" + WITHOUT_CONSTRAINTS, JOB),
+    ("spread, a Job, without the webhook's constraints", "spread" + WITHOUT_CONSTRAINTS, JOB),
     ("spread, pods of no workload", "spread", None),
+    ("spread, pods of no workload, without the webhook's constraints", "spread" + WITHOUT_CONSTRAINTS, None),
     ("HAMi scores, spread", "hami spread", REPLICA_SET),
     ("first fit, a ReplicaSet", "first fit", REPLICA_SET),
     ("binpack (node and GPU), a ReplicaSet", "binpack", REPLICA_SET),
@@ -692,6 +687,61 @@ def bursts(seeds: Sequence[int]) -> list[str]:
         figures = [burst(run_model(key, seed), seed, workload) for seed in seeds]
         columns = [_span([float(f[i]) for f in figures], ".1f") for i in range(4)]
         lines.append(f"| {label} | {' | '.join(columns)} |")
+    return lines
+
+
+SPREAD_WINDOW = 130
+"""Arrivals over which :func:`spread_seeds` compares every seed (the same window for every run)."""
+SPREAD_VARIANTS: list[tuple[str, Callable[[random.Random], Model]]] = [
+    ("spread (node and GPU)", lambda rng: DraModel(POLICIES["spread"], rng, interval=INTERVAL)),
+    (
+        "spread, without the webhook's constraints",
+        lambda rng: DraModel(POLICIES["spread"], rng, interval=INTERVAL, spread_constraints=False),
+    ),
+    ("spread, fresh occupancy (no throttle)", lambda rng: DraModel(POLICIES["spread"], rng, interval=0.0)),
+]
+
+
+def spread_seeds(count: int, arrivals: int, rate: float) -> list[str]:
+    """Spread against HAMi's spread scores over seeds 1..``count``: each run's mean card and node
+    evenness over the first :data:`SPREAD_WINDOW` arrivals (seeds where a run places fewer before its
+    first rejection are left out), the gap to HAMi's, mean and standard error over seeds."""
+    gaps: dict[str, list[tuple[float, float]]] = {label: [] for label, _ in SPREAD_VARIANTS}
+    skipped: list[int] = []
+
+    def evenness(model: Model, trace: Sequence[Arrival]) -> tuple[float, float] | None:
+        samples = simulate("", model, trace).samples[:SPREAD_WINDOW]
+        if len(samples) < SPREAD_WINDOW:
+            return None
+        return statistics.mean(x["jain_cards"] for x in samples), statistics.mean(x["jain_nodes"] for x in samples)
+
+    for seed in range(1, count + 1):
+        trace = make_trace(seed, arrivals, rate, MEAN_LOAD)
+        anchor = evenness(HamiModel("spread", "spread", random.Random(seed + 1000)), trace)
+        runs = [(label, evenness(make(random.Random(seed + 1000)), trace)) for label, make in SPREAD_VARIANTS]
+        if anchor is None or any(r is None for _, r in runs):
+            skipped.append(seed)
+            continue
+        for label, r in runs:
+            assert r is not None
+            gaps[label].append((r[0] - anchor[0], r[1] - anchor[1]))
+        print(f"  seed {seed}: " + ", ".join(f"{label} {g[-1][0]:+.4f}/{g[-1][1]:+.4f}"
+                                             for label, g in gaps.items()), flush=True)  # fmt: skip
+
+    def stat(values: Sequence[float]) -> str:
+        se = statistics.stdev(values) / math.sqrt(len(values)) if len(values) > 1 else float("nan")
+        return f"{statistics.mean(values):+.4f} ({se:.4f})"
+
+    lines = [
+        "| run | seeds | card evenness gap to HAMi's scores, mean (standard error) "
+        "| node evenness gap, mean (standard error) |",
+        "|---|---:|---:|---:|",
+    ]
+    for label, g in gaps.items():
+        if g:
+            lines.append(f"| {label} | {len(g)} | {stat([c for c, _ in g])} | {stat([n for _, n in g])} |")
+    if skipped:
+        lines += ["", f"Left out (a run placed fewer than {SPREAD_WINDOW} before its first rejection): {skipped}."]
     return lines
 
 
@@ -911,6 +961,13 @@ def main() -> int:
     parser.add_argument("--rate", type=float, default=1.0, help="arrivals per second of the placement traces")
     parser.add_argument("--api-seconds", type=float, default=20.0, help="duration of the run against the stand-in")
     parser.add_argument("--quick", action="store_true", help="one seed, 320 arrivals, 8 s against the stand-in")
+    parser.add_argument(
+        "--spread-seeds",
+        type=int,
+        default=0,
+        help="also compare spread with HAMi's scores over seeds 1..N, each over its first 130 arrivals "
+        "(about a minute per seed; default: off)",
+    )
     args = parser.parse_args()
     if args.quick:
         args.seeds, args.arrivals, args.api_seconds = 1, 320, 8.0
@@ -919,6 +976,18 @@ def main() -> int:
     lines, missed = placement_report(p)
     print("bursts", flush=True)
     burst_lines = bursts(p.seeds)
+    many: list[str] = []
+    if args.spread_seeds:
+        print("spread over many seeds", flush=True)
+        many = [
+            "## Spread over many seeds",
+            "",
+            f"Seeds 1 to {args.spread_seeds}, each compared with HAMi's spread scores over its first {SPREAD_WINDOW} "
+            "arrivals (the same window for every run); reported, no target.",
+            "",
+            *spread_seeds(args.spread_seeds, args.arrivals, args.rate),
+            "",
+        ]
     print("scale", flush=True)
     scale = [
         "| run | occupancy changes per node per second, mean (max) | slice writes per node per second, mean (max) | "
@@ -950,6 +1019,7 @@ def main() -> int:
             "",
             *burst_lines,
             "",
+            *many,
             "## Occupancy at 100 pods/s on 16 nodes x 8 cards",
             "",
             *scale,

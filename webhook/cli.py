@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import math
 import os
 import sys
 from collections.abc import Iterator, Sequence
@@ -29,7 +30,7 @@ import vendors as vendor_registry
 from tessera_common.flags import parse_bool, parse_list
 from vendors.base import CORE_LIMIT_POLICIES, AdmissionVendor, ConversionError, SharingPolicy
 
-from . import workloads
+from . import spreading, workloads
 from .convert import Converter
 from .inventory import Inventory, InventoryError, load_file, parse_documents
 from .placement import Policies, parse_gpu_policy, parse_node_policy
@@ -70,6 +71,13 @@ def build_parser() -> argparse.ArgumentParser:
     opt("--tls-key-file", help="PEM private key of the certificate; reloaded when the file changes")
     opt("--kubeconfig", help="kubeconfig file (default: the in-cluster service account)")
     _common(opt)
+    opt(
+        "--spread-window",
+        spreading.DEFAULT_WINDOW,
+        type=float,
+        help="seconds of the admission windows within which node-spread pods avoid each other's nodes: twice "
+        "the drivers' --occupancy-interval; 0: off (default %(default)s)",
+    )
     opt("--log-format", "json", choices=["json", "text"], help="log format (default %(default)s)")
     opt("--log-level", "info", choices=["debug", "info", "warning", "error"], help="(default %(default)s)")
     opt(
@@ -215,12 +223,17 @@ def converter_from_args(args: argparse.Namespace) -> Converter:
         )
     except ConversionError as exc:
         raise UsageError(str(exc)) from None
+    # `convert` rewrites manifests ahead of time: the admission windows are the webhook's, at creation
+    window = float(getattr(args, "spread_window", 0.0))
+    if not math.isfinite(window) or window < 0:
+        raise UsageError(f"--spread-window must be 0 or a positive number of seconds, got {window:g}")
     return Converter(
         enabled_vendors(args.vendors),
         policy=policy,
         opt_out_namespaces=parse_list(args.opt_out_namespaces),
         host_dirs=protected or None,
         scheduling=scheduling,
+        spread_window=window,
     )
 
 

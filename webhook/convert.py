@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -110,6 +111,8 @@ class Converter:
     not, and the pod is told so). ``host_dirs``: Tessera's directories on the nodes, which no pod
     with shares may mount (default: the drivers' defaults for the enabled vendors). ``scheduling``:
     the cluster's default scheduling policies; the pod's HAMi annotations override each.
+    ``spread_window``: seconds of the admission windows node spread groups pods by (0: none; see
+    :mod:`.spreading`); ``clock`` gives the admission time.
     """
 
     def __init__(
@@ -120,8 +123,12 @@ class Converter:
         opt_out_namespaces: Iterable[str] = (),
         host_dirs: Sequence[str] | None = None,
         scheduling: Policies = NO_POLICIES,
+        spread_window: float = spreading.DEFAULT_WINDOW,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self.vendors: dict[str, AdmissionVendor] = {v.names.vendor: v for v in vendors}
+        self.spread_window = spread_window
+        self.clock = clock
         self.policy = policy or SharingPolicy()
         self.opt_out_namespaces = frozenset(opt_out_namespaces)
         self.host_dirs: tuple[str, ...] = (
@@ -309,7 +316,7 @@ class Converter:
                 # converted before it was created (a workload whose template `python -m webhook convert`
                 # rewrote, or a reinvocation): the node policy's constraint is per pod, from its owner
                 policies = policies_for(annotations, self.scheduling)
-                spread = _spread_patch(spreading.for_pod(policies, meta, spec), meta, notes)
+                spread = _spread_patch(self._spread(policies, meta, spec), meta, notes)
                 return Result(allowed=True, patch=spread, vendors=tuple(sorted(seen)), notes=tuple(notes))
             return Result(allowed=True, patch=_strip_ours(annotations), vendors=tuple(sorted(seen)))
 
@@ -329,7 +336,7 @@ class Converter:
                 patch.append({"op": "add", "path": "/spec/resourceClaims/-", "value": entry})
             else:
                 patch.append({"op": "add", "path": "/spec/resourceClaims", "value": [entry]})
-            patch.extend(_spread_patch(spreading.for_pod(policies, meta, spec), meta, notes))
+            patch.extend(_spread_patch(self._spread(policies, meta, spec), meta, notes))
         for edit in edits:
             patch.extend(_container_patch(edit, claim))
         if template is not None and _str(spec.get("schedulerName")) in HAMI_SCHEDULER_NAMES:
@@ -341,6 +348,9 @@ class Converter:
         else:  # only zero counts: the resources go, there is nothing to record
             patch.extend(_strip_ours(annotations))
         return Result(allowed=True, patch=patch, template=template, vendors=tuple(sorted(seen)), notes=tuple(notes))
+
+    def _spread(self, policies: Policies, meta: Mapping[str, Any], spec: Mapping[str, Any]) -> spreading.Spread:
+        return spreading.for_pod(policies, meta, spec, now=self.clock(), window=self.spread_window)
 
     def _annotation_terms(
         self, vendor: AdmissionVendor, annotations: dict[str, str]

@@ -139,6 +139,20 @@ def test_parser_reads_serve_flags_from_env(monkeypatch: pytest.MonkeyPatch):
     assert args.port == 1234  # the flag wins
 
 
+def test_spread_window_is_a_serve_flag_and_must_be_a_duration(monkeypatch: pytest.MonkeyPatch):
+    from webhook.cli import UsageError, converter_from_args
+
+    assert converter_from_args(build_parser().parse_args(["serve"])).spread_window == 2.0
+    monkeypatch.setenv("TESSERA_SPREAD_WINDOW", "0.5")
+    assert converter_from_args(build_parser().parse_args(["serve"])).spread_window == 0.5
+    assert converter_from_args(build_parser().parse_args(["serve", "--spread-window", "0"])).spread_window == 0
+    for bad in ("-1", "nan", "inf"):
+        with pytest.raises(UsageError, match="--spread-window"):
+            converter_from_args(build_parser().parse_args(["serve", "--spread-window", bad]))
+    # `convert` rewrites manifests ahead of time: no admission windows in its output
+    assert converter_from_args(build_parser().parse_args(["convert", "-f", "-"])).spread_window == 0
+
+
 async def test_kubeconfig_reads_the_inventory_from_the_cluster(tmp_path):
     slices = [d for d in yaml.safe_load_all(INVENTORY.read_text(encoding="utf-8")) if d]
     pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "a"},

@@ -201,3 +201,12 @@ app.kubernetes.io/name: {{ include "tessera.name" . }}
 app.kubernetes.io/instance: {{ .Release.Name }}
 app.kubernetes.io/component: exporter
 {{- end -}}
+
+{{/*
+The webhook's node-spread admission window (seconds): twice the drivers' occupancy interval, the time
+a slice may take to show an allocation; 2 where occupancy is off (webhook/spreading.py).
+*/}}
+{{- define "tessera.spreadWindow" -}}
+{{- $i := float64 .Values.driver.occupancyIntervalSeconds -}}
+{{- if gt $i 0.0 -}}{{- mulf 2.0 $i -}}{{- else -}}2{{- end -}}
+{{- end -}}
