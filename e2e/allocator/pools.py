@@ -65,6 +65,22 @@ def node_selector_matches(selector: Mapping[str, Any] | None, node: Mapping[str,
     return False
 
 
+def node_affinity_mismatch(pod: Mapping[str, Any], node: Mapping[str, Any]) -> str | None:
+    """Why the pod's ``nodeSelector`` or required node affinity rules ``node`` out; None when they
+    do not."""
+    spec = pod.get("spec") or {}
+    labels = node.get("metadata", {}).get("labels") or {}
+    for key, value in (spec.get("nodeSelector") or {}).items():
+        if labels.get(key) != value:
+            return f"nodeSelector {key}={value} does not match"
+    required = ((spec.get("affinity") or {}).get("nodeAffinity") or {}).get(
+        "requiredDuringSchedulingIgnoredDuringExecution"
+    )
+    if required and not node_selector_matches(required, node):
+        return "required node affinity does not match"
+    return None
+
+
 def slice_targets_node(spec: Mapping[str, Any], node: Mapping[str, Any]) -> bool:
     node_name = node.get("metadata", {}).get("name")
     if spec.get("nodeName"):

@@ -23,12 +23,12 @@ from typing import Any
 
 from . import spread as topology_spread
 from .allocate import NO_ROOM, AllocatedState, NodeAllocation, allocate_on_node, tolerates
-from .pools import node_selector_matches
+from .pools import node_affinity_mismatch, node_selector_matches
 
 Obj = dict[str, Any]
 
 
-MAX_NODE_SCORE = 100
+MAX_NODE_SCORE = topology_spread.MAX_NODE_SCORE
 DRA_WEIGHT = 1
 """DynamicResources' weight in kube-scheduler's default profile (none given: 1)."""
 
@@ -66,16 +66,9 @@ def node_filter(pod: Mapping[str, Any], node: Mapping[str, Any]) -> tuple[str, s
         if taint.get("effect") in ("NoSchedule", "NoExecute") and not _pod_tolerates(pod, taint):
             text = f"{{{taint.get('key')}: {taint.get('value', '')}}}"
             return f"node(s) had untolerated taint {text}", f"untolerated taint {text}"
-    pod_spec = pod.get("spec") or {}
-    labels = node.get("metadata", {}).get("labels") or {}
-    for key, value in (pod_spec.get("nodeSelector") or {}).items():
-        if labels.get(key) != value:
-            return "node(s) didn't match Pod's node affinity/selector", f"nodeSelector {key}={value} does not match"
-    required = ((pod_spec.get("affinity") or {}).get("nodeAffinity") or {}).get(
-        "requiredDuringSchedulingIgnoredDuringExecution"
-    )
-    if required and not node_selector_matches(required, node):
-        return "node(s) didn't match Pod's node affinity/selector", "required node affinity does not match"
+    why = node_affinity_mismatch(pod, node)
+    if why is not None:
+        return "node(s) didn't match Pod's node affinity/selector", why
     return None
 
 

@@ -25,7 +25,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from .pools import _requirement_matches, node_selector_matches
+from .pools import _requirement_matches, node_affinity_mismatch
 
 HOSTNAME = "kubernetes.io/hostname"
 ZONE = "topology.kubernetes.io/zone"
@@ -34,6 +34,7 @@ WEIGHT = 2
 SYSTEM_DEFAULTS = ((HOSTNAME, 3), (ZONE, 5))
 DEFAULTED_OWNERS = frozenset({"ReplicaSet", "StatefulSet", "ReplicationController"})
 MAX_NODE_SCORE = 100
+"""kube-scheduler's ``framework.MaxNodeScore``: every plugin's normalised score is 0..100."""
 
 PodMatcher = Callable[[Mapping[str, Any]], bool]
 
@@ -98,17 +99,6 @@ def constraints(pod: Mapping[str, Any]) -> tuple[list[Constraint], bool]:
     return [Constraint(key, skew, same_owner) for key, skew in SYSTEM_DEFAULTS], False
 
 
-def _affinity_matches(pod: Mapping[str, Any], node: Mapping[str, Any]) -> bool:
-    spec = pod.get("spec") or {}
-    labels = _labels(node)
-    if any(labels.get(k) != v for k, v in (spec.get("nodeSelector") or {}).items()):
-        return False
-    required = ((spec.get("affinity") or {}).get("nodeAffinity") or {}).get(
-        "requiredDuringSchedulingIgnoredDuringExecution"
-    )
-    return node_selector_matches(required, node) if required else True
-
-
 def scores(
     pod: Mapping[str, Any],
     feasible: Sequence[Mapping[str, Any]],
@@ -141,7 +131,7 @@ def scores(
         {} if c.key == HOSTNAME else dict.fromkeys({_labels(n).get(c.key, "") for n in eligible}, 0) for c in found
     ]
     for node in nodes:
-        if not _affinity_matches(pod, node) or (require_all and not has_keys(node)):
+        if node_affinity_mismatch(pod, node) is not None or (require_all and not has_keys(node)):
             continue
         for i, c in enumerate(found):
             value = _labels(node).get(c.key, "")
