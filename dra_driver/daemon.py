@@ -1,7 +1,8 @@
 """Wiring: discovery, checkpoint, the two sockets, the slice publisher, health and metrics.
 
-Start order follows the kubelet's expectations: the DRA socket serves before the registration
-socket appears (the kubelet calls the DRA socket as soon as it registers us); on SIGTERM the
+Start order follows the kubelet's expectations: the DRA socket, the metrics and liveness endpoints
+serve before the registration socket appears (the kubelet calls the DRA socket as soon as it
+registers us, and anything that waits for the registration finds the driver fully up); on SIGTERM the
 registration socket goes first, then the DRA socket, and both files are removed.
 """
 
@@ -185,13 +186,6 @@ class Driver:
         )
         self.publisher.start()
 
-        reg = registration.Registration(
-            s.driver, s.dra_socket, [*plugin.SERVICES, health.HEALTH_SERVICE], on_registered=self._on_registered
-        )
-        self._reg_server = grpc.aio.server()
-        registration.add_to_server(self._reg_server, reg)
-        await self._listen_unix(self._reg_server, s.registration_socket)
-
         self._tasks.append(asyncio.create_task(self.monitor.run(), name="device-health"))
         self._start_watchdog()
         if s.healthz_port:
@@ -199,6 +193,14 @@ class Driver:
             self._live_server = await health.serve_liveness(live, s.listen_address, s.healthz_port)
         if s.metrics_port:
             self._metrics_runner = await serve_metrics(self.metrics, s.listen_address, s.metrics_port)
+
+        # Last: once the registration socket appears, everything the driver serves is up.
+        reg = registration.Registration(
+            s.driver, s.dra_socket, [*plugin.SERVICES, health.HEALTH_SERVICE], on_registered=self._on_registered
+        )
+        self._reg_server = grpc.aio.server()
+        registration.add_to_server(self._reg_server, reg)
+        await self._listen_unix(self._reg_server, s.registration_socket)
         log.info(
             "driver started",
             extra={
