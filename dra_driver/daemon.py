@@ -190,9 +190,19 @@ class Driver:
         self._start_watchdog()
         if s.healthz_port:
             live = health.Liveness(s.registration_socket, s.dra_socket, checks=[self.preparer.check_progress])
-            self._live_server = await health.serve_liveness(live, s.listen_address, s.healthz_port)
+            try:
+                self._live_server = await health.serve_liveness(live, s.listen_address, s.healthz_port)
+            except OSError as exc:
+                raise StartupError(
+                    _port_error("liveness", "--healthz-port", s.listen_address, s.healthz_port, exc)
+                ) from exc
         if s.metrics_port:
-            self._metrics_runner = await serve_metrics(self.metrics, s.listen_address, s.metrics_port)
+            try:
+                self._metrics_runner = await serve_metrics(self.metrics, s.listen_address, s.metrics_port)
+            except OSError as exc:
+                raise StartupError(
+                    _port_error("metrics", "--metrics-port", s.listen_address, s.metrics_port, exc)
+                ) from exc
 
         # Last: once the registration socket appears, everything the driver serves is up.
         reg = registration.Registration(
@@ -377,6 +387,13 @@ class Driver:
             self._lock_file.close()
             self._lock_file = None
         log.info("driver stopped; sockets removed", extra={"driver": s.driver, "node": s.node_name})
+
+
+def _port_error(what: str, flag: str, host: str, port: int, exc: OSError) -> str:
+    return (
+        f"cannot listen on {host}:{port} for {what} ({exc.strerror or exc}): if another process holds the "
+        f"port, stop it or give {flag} a free one (0 turns {what} off); check --listen-address too"
+    )
 
 
 async def run(settings: Settings) -> int:

@@ -93,10 +93,15 @@ class Liveness(health_pb2_grpc.HealthServicer):  # type: ignore[misc]
 
 
 async def serve_liveness(liveness: Liveness, host: str, port: int) -> grpc.aio.Server:
-    server = grpc.aio.server()
+    # No SO_REUSEPORT (gRPC's default): a port another process holds must fail here, not be shared.
+    server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
     health_pb2_grpc.add_HealthServicer_to_server(liveness, server)
-    if server.add_insecure_port(f"{host}:{port}") == 0:
-        raise OSError(f"cannot listen on {host}:{port} for the health server")
+    try:
+        bound = server.add_insecure_port(f"{host}:{port}")
+    except RuntimeError as exc:  # grpc.aio raises where the sync server returns 0
+        raise OSError(f"gRPC could not bind it: {exc}") from exc
+    if bound == 0:
+        raise OSError("gRPC could not bind it")
     await server.start()
     log.info("liveness server listening", extra={"address": f"{host}:{port}"})
     return server

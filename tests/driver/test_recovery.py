@@ -7,6 +7,7 @@ import asyncio
 import json
 import os
 import signal
+import socket
 
 import grpc
 import pytest
@@ -130,6 +131,25 @@ async def test_sigterm_removes_sockets_and_stale_sockets_are_replaced(
         await kubelet.close()
         proc.send_signal(signal.SIGTERM)
         assert await asyncio.wait_for(proc.wait(), timeout=10) == 0
+    assert not exists(s.dra_socket) and not exists(s.registration_socket)
+
+
+@pytest.mark.parametrize("flag", ["--metrics-port", "--healthz-port"])
+async def test_a_taken_port_stops_start_up_before_the_kubelet_sees_the_plugin(
+    api: APIServer, root: str, kubeconfig: str, flag: str
+) -> None:
+    s = settings(root, kubeconfig)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        args = driver_args(root, kubeconfig, "2xH100", flag, str(port), "--listen-address", "127.0.0.1")
+        async with plugin_process(args) as proc:
+            code = await asyncio.wait_for(proc.wait(), timeout=30)
+            log = driver_log(proc)
+    assert code == 1, log
+    assert f"cannot listen on 127.0.0.1:{port}" in log and f"give {flag} a free one" in log, log
+    assert "Traceback" not in log
     assert not exists(s.dra_socket) and not exists(s.registration_socket)
 
 
