@@ -45,11 +45,10 @@ async def test_nvidia_and_volcano_seed_pods_run_with_what_they_ask(cluster: Clus
     # order (one whose claim its controller has not made yet is retried later), and shares placed first
     # can take a card on each node that gpu-pod2 needs both of.
     whole = ["gpu-pod2", "gpu-pod"]
-    order = [*whole, "gpu-pod12", "volcano-gpu-pod12", "gpu-priority-pod", "gpu-policy-pod"]
-    for name in order:
-        if name == order[len(whole)]:
-            for running in whole:
-                await cluster.wait_running(ns, running)
+    shares = ["gpu-pod12", "volcano-gpu-pod12", "gpu-priority-pod", "gpu-policy-pod"]
+    order = [*whole, *shares]
+
+    async def create(name: str) -> None:
         pod = seed(name)
         if name == "volcano-gpu-pod12":
             # the seed names the Volcano scheduler, which this cluster does not run: converted as it is
@@ -61,6 +60,13 @@ async def test_nvidia_and_volcano_seed_pods_run_with_what_they_ask(cluster: Clus
         assert created["spec"].get("resourceClaims"), f"{name} was not converted"
         limits = created["spec"]["containers"][0]["resources"].get("limits") or {}
         assert not any(k.startswith(("nvidia.com/", "volcano.sh/")) for k in limits), limits
+
+    for name in whole:
+        await create(name)
+    for name in whole:
+        await cluster.wait_running(ns, name)
+    for name in shares:
+        await create(name)
     for name in order:
         await cluster.wait_running(ns, name)
     devices = {name: await cluster.devices(ns, name) for name in order}
